@@ -1,0 +1,3 @@
+from seggrid.cli import main
+
+raise SystemExit(main())

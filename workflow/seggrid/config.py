@@ -1,0 +1,153 @@
+"""Config loading and validation (JSON schema with defaults + cross-reference checks).
+
+A *setting* is a named dict of overrides of ``recipe``; :func:`resolve_setting` gives the
+full recipe. A table *row* names one or more settings and the folds whose models are
+averaged; its prediction set id (:func:`prediction_set_id`) is shared by identical rows,
+so a setting compared in two tables is trained, predicted and evaluated once.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft7Validator, validators
+
+from seggrid.errors import SeggridError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+def _extend_with_defaults(validator_class):
+    validate_props = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFilling = _extend_with_defaults(Draft7Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Fill defaults in place and check the config; raise SeggridError naming key and problem."""
+    if not isinstance(config, dict):
+        raise SeggridError(f"{source}: the config must be a mapping, got {type(config).__name__}")
+    schema = load_schema()
+    errors = sorted(_DefaultFilling(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"key '{_key(e.absolute_path)}': {e.message}" for e in errors]
+        raise SeggridError(f"{source}: invalid config:\n  " + "\n  ".join(lines))
+    _check_references(config, source)
+    return config
+
+
+def _check_references(config: dict, source: str) -> None:
+    settings = config["settings"]
+    problems = []
+    for name in settings:
+        s = resolve_setting(config, name)
+        if s["max_features"] < s["base_features"]:
+            problems.append(f"key 'settings.{name}.max_features': smaller than base_features")
+        if s["gpus"] > 1 and s["batch"] < s["gpus"]:
+            problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs but global batch {s['batch']}; "
+                            "each GPU needs at least one sample")
+    for tname, table in config["tables"].items():
+        for i, row in enumerate(table["rows"]):
+            where = f"tables.{tname}.rows.{i}"
+            if ("setting" in row) == ("models" in row):
+                problems.append(f"key '{where}': give exactly one of 'setting' or 'models'")
+                continue
+            for m in row_models(row):
+                if m not in settings:
+                    problems.append(f"key '{where}': unknown setting '{m}'")
+            folds = row.get("folds", [0])
+            if folds != "all" and any(f >= config["folds"] for f in folds):
+                problems.append(f"key '{where}.folds': fold out of range 0..{config['folds'] - 1}")
+    for name in config["figures"]["fig1_settings"]:
+        if name not in settings:
+            problems.append(f"key 'figures.fig1_settings': unknown setting '{name}'")
+    if problems:
+        raise SeggridError(f"{source}: invalid config:\n  " + "\n  ".join(problems))
+
+
+def load_config(*paths: str | Path, overrides: dict | None = None) -> dict:
+    """Load YAML config file(s), later ones updating earlier ones (top-level keys), and validate."""
+    config: dict[str, Any] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise SeggridError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SeggridError(f"{p}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise SeggridError(f"{p}: the config must be a mapping")
+        config.update(data)
+    config.update(overrides or {})
+    return validate_config(config, source=", ".join(str(p) for p in paths) or "config")
+
+
+def resolve_setting(config: dict, name: str) -> dict:
+    """The full training recipe of setting ``name`` (recipe defaults + its overrides)."""
+    if name not in config["settings"]:
+        raise SeggridError(f"config: unknown setting '{name}'")
+    recipe = copy.deepcopy(config["recipe"])
+    recipe.update(copy.deepcopy(config["settings"][name]))
+    recipe["name"] = name
+    return recipe
+
+
+def row_models(row: dict) -> list[str]:
+    return [row["setting"]] if "setting" in row else list(row["models"])
+
+
+def row_folds(config: dict, row: dict) -> list[int]:
+    folds = row.get("folds", [0])
+    return list(range(config["folds"])) if folds == "all" else sorted(set(folds))
+
+
+def prediction_set_id(models: list[str], folds: list[int]) -> str:
+    """Name of the averaged prediction of ``models`` x ``folds``, e.g. ``A+B__f01234``."""
+    return "+".join(models) + "__f" + "-".join(str(f) for f in folds)
+
+
+def parse_prediction_set_id(pset: str) -> tuple[list[str], list[int]]:
+    models, folds = pset.rsplit("__f", 1)
+    return models.split("+"), [int(f) for f in folds.split("-")]
+
+
+def prediction_sets(config: dict) -> list[str]:
+    out: list[str] = []
+    for table in config["tables"].values():
+        for row in table["rows"]:
+            pid = prediction_set_id(row_models(row), row_folds(config, row))
+            if pid not in out:
+                out.append(pid)
+    return out
+
+
+def training_jobs(config: dict) -> list[tuple[str, int]]:
+    """Every (setting, fold) the tables and figures need, each once."""
+    jobs: list[tuple[str, int]] = []
+    for pset in prediction_sets(config):
+        models, folds = parse_prediction_set_id(pset)
+        jobs += [(m, f) for m in models for f in folds]
+    jobs += [(s, 0) for s in config["figures"]["fig1_settings"]]
+    return list(dict.fromkeys(jobs))
