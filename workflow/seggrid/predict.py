@@ -1,0 +1,111 @@
+"""Inference: sliding window (MONAI, Gaussian importance weighting, sigma = patch/8) with
+mirroring test-time augmentation, and ensembling of probability maps.
+
+``predict`` writes one ``<case>.npz`` of float16 softmax probabilities (C, z, y, x) at the
+target spacing per evaluation case; ``ensemble`` averages those of several models/folds and
+writes ``<case>.nii.gz`` labels in the input image's exact geometry (shape and affine).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from seggrid.dataset import load_dataset
+from seggrid.geometry import load_nifti, save_label_nifti, Geometry
+from seggrid.io import atomic_path, provenance, write_json
+from seggrid.network import build_network
+from seggrid.preprocess import to_original_geometry
+from seggrid.train import autocast, peak_memory_mb
+
+SPATIAL_AXES = (2, 3, 4)
+
+
+def tta_flips(n: int) -> list[tuple[int, ...]]:
+    """Axis sets to mirror: 1 = none; 2 = none + left-right (x); 8 = every subset of (z, y, x)."""
+    if n == 1:
+        return [()]
+    if n == 2:
+        return [(), (4,)]
+    if n == 8:
+        return [c for r in range(4) for c in itertools.combinations(SPATIAL_AXES, r)]
+    raise ValueError(f"tta_flips must be 1, 2 or 8, got {n}")
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = build_network(ckpt["plan"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt["plan"]
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, image: np.ndarray, patch: list[int], step: float,
+                          flips: int, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """Softmax probabilities (C, z, y, x) for one preprocessed image (z, y, x)."""
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None].float().to(device)
+    total = None
+    for axes in tta_flips(flips):
+        xf = torch.flip(x, axes) if axes else x
+        with autocast(device, precision):
+            logits = sliding_window_inference(xf, roi_size=tuple(patch), sw_batch_size=2, predictor=model,
+                                              overlap=1 - step, mode="gaussian", sigma_scale=0.125,
+                                              padding_mode="constant", cval=0.0)
+        probs = torch.softmax(logits.float(), 1)
+        probs = torch.flip(probs, axes) if axes else probs
+        total = probs if total is None else total + probs
+    return (total / len(tta_flips(flips)))[0].cpu()
+
+
+def predict(model_path: str | Path, preprocessed: str | Path, case_ids: list[str], out: str | Path,
+            step: float = 0.5, flips: int = 8, threads: int = 1, gpus: int = 0) -> dict:
+    device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(threads)
+    model, plan = load_model(model_path, device)
+    patch = plan["topology"]["patch_effective"]
+    preprocessed = Path(preprocessed)
+    timings = {}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for i, cid in enumerate(case_ids, 1):
+            t0 = time.time()
+            image = np.load(preprocessed / f"{cid}_img.npy")
+            probs = predict_probabilities(model, image, patch, step, flips, device, plan["setting"]["precision"])
+            np.savez_compressed(tmp / f"{cid}.npz", probs=probs.numpy().astype(np.float16))
+            timings[cid] = {"seconds": time.time() - t0, "peak_mem_mb": peak_memory_mb(device)}
+            print(f"[predict] {i}/{len(case_ids)} {cid} {timings[cid]['seconds']:.1f}s", flush=True)
+        write_json(tmp / "inference.json", {"model": str(model_path), "tta_flips": flips, "step": step,
+                                            "device": str(device), "cases": timings,
+                                            "provenance": provenance(plan["setting"].get("seed"), plan)})
+    return timings
+
+
+def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset_root: str | Path,
+             out: str | Path, mr_case_id_min: int | None = None) -> list[str]:
+    """Average member probabilities per case; write labels in each input image's geometry."""
+    preprocessed = Path(preprocessed)
+    member_dirs = [Path(m) for m in member_dirs]
+    cases = sorted(p.stem for p in member_dirs[0].glob("*.npz"))
+    ds = load_dataset(dataset_root, mr_case_id_min)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for i, cid in enumerate(cases, 1):
+            total = None
+            for m in member_dirs:
+                probs = np.load(m / f"{cid}.npz")["probs"].astype(np.float32)
+                total = probs if total is None else total + probs
+            props = json.loads((preprocessed / f"{cid}.json").read_text())
+            labels = to_original_geometry(total / len(member_dirs), props)
+            ref = load_nifti(ds.case(cid).image)
+            save_label_nifti(labels, Geometry.from_dict(props["geometry"]), tmp / f"{cid}.nii.gz", ref)
+            print(f"[ensemble] {i}/{len(cases)} {cid} ({len(member_dirs)} members)", flush=True)
+        write_json(tmp / "members.json", {"members": [str(m) for m in member_dirs], "cases": cases,
+                                          "provenance": provenance()})
+    return cases
