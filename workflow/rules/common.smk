@@ -1,0 +1,98 @@
+# Shared set-up and input functions. The config is validated (and its defaults filled) by
+# the same code the `seggrid check-config` CLI uses; nothing here reads the dataset, so
+# `snakemake -n` works before the data is downloaded.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+PACKAGE_DIR = Path(workflow.basedir) / "workflow"
+sys.path.insert(0, str(PACKAGE_DIR))
+
+from seggrid.config import (  # noqa: E402
+    parse_prediction_set_id,
+    prediction_sets,
+    resolve_setting,
+    training_jobs,
+    validate_config,
+)
+from seggrid.errors import SeggridError  # noqa: E402
+
+try:
+    validate_config(config, source="config (--configfile / --config)")
+except SeggridError as exc:
+    raise WorkflowError(str(exc))
+
+OUT = config["outdir"]
+DATA = config["dataset"]
+ENV = "../../envs/seggrid.yaml"
+SEGGRID = "python -m seggrid"
+# The rules call the package from this checkout, in .venv or in the conda env alike.
+shell.prefix(f"export PYTHONPATH={shlex.quote(str(PACKAGE_DIR))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+wildcard_constraints:
+    setting=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    fold=r"\d+",
+    pset=r"[A-Za-z0-9_+-]+",
+
+
+def mr_arg():
+    m = DATA["mr_case_id_min"]
+    return "" if m is None else f"--mr-case-id-min {m}"
+
+
+def target_spacing_arg():
+    t = config["preprocessing"]["target_spacing"]
+    return "" if t is None else "--target-spacing " + " ".join(str(v) for v in t)
+
+
+def dataset_input(wildcards):
+    """The demo dataset is built by a rule; a real dataset is only read by the jobs."""
+    return [f"{DATA['root']}/dataset.json"] if DATA["demo"] else []
+
+
+def setting(wildcards):
+    return resolve_setting(config, wildcards.setting)
+
+
+def setting_json(wildcards):
+    return shlex.quote(json.dumps(setting(wildcards), sort_keys=True))
+
+
+def launcher(wildcards):
+    """One process per job, or one torchrun rank per GPU for multi-GPU settings."""
+    gpus = setting(wildcards)["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node={gpus} -m seggrid"
+    return SEGGRID
+
+
+def ensemble_members(wildcards):
+    models, folds = parse_prediction_set_id(wildcards.pset)
+    return [f"{OUT}/predict/{m}/fold_{f}" for m in models for f in folds]
+
+
+def table_inputs(wildcards):
+    files = [f"{OUT}/metrics/{p}.json" for p in prediction_sets(config)]
+    files += [f"{OUT}/plans/{s}.json" for s in config["settings"]]
+    files += [f"{OUT}/train/{s}/fold_{f}/summary.json" for s, f in training_jobs(config)]
+    return files
+
+
+def fig1_logs(wildcards):
+    return {s: f"{OUT}/train/{s}/fold_0/log.csv" for s in config["figures"]["fig1_settings"]}
+
+
+def tables_json():
+    keep = {k: config[k] for k in ("tables", "folds", "seed", "settings", "recipe")}
+    return shlex.quote(json.dumps(keep, sort_keys=True))
+
+
+def all_outputs():
+    outs = [f"{OUT}/tables/{t}.{ext}" for t in config["tables"] for ext in ("csv", "md")]
+    outs.append(f"{OUT}/tables/provenance.json")
+    if config["figures"]["fig1_settings"]:
+        outs.append(f"{OUT}/figures/fig1_curves.png")
+    return outs

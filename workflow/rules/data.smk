@@ -1,0 +1,126 @@
+# Dataset -> validation -> fingerprint -> splits -> preprocessing -> plans.
+
+
+rule make_demo_data:
+    output:
+        f"{DATA['root']}/dataset.json",
+    params:
+        root=DATA["root"],
+        seed=config["seed"],
+        counts=f"--ct-train {DATA['demo_ct_train']} --mr-train {DATA['demo_mr_train']} "
+        f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}",
+    log:
+        f"{OUT}/logs/make_demo_data.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    shell:
+        "{SEGGRID} make-demo-data --out {params.root} --seed {params.seed} {params.counts} > {log} 2>&1"
+
+
+rule validate_dataset:
+    input:
+        dataset_input,
+    output:
+        f"{OUT}/dataset/check.json",
+    params:
+        root=DATA["root"],
+        mr=mr_arg(),
+    log:
+        f"{OUT}/logs/validate_dataset.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{SEGGRID} validate --dataset {params.root} {params.mr} --out {output} > {log} 2>&1"
+
+
+rule fingerprint:
+    input:
+        f"{OUT}/dataset/check.json",
+    output:
+        f"{OUT}/dataset/fingerprint.json",
+    params:
+        root=DATA["root"],
+        mr=mr_arg(),
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/fingerprint.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{SEGGRID} fingerprint --dataset {params.root} {params.mr} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule split:
+    input:
+        f"{OUT}/dataset/check.json",
+    output:
+        f"{OUT}/dataset/splits.json",
+    params:
+        folds=config["folds"],
+        seed=config["seed"],
+        holdout=DATA["holdout_fraction"],
+    log:
+        f"{OUT}/logs/split.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "{SEGGRID} split --dataset-check {input} --folds {params.folds} --seed {params.seed} "
+        "--holdout-fraction {params.holdout} --out {output} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        f"{OUT}/dataset/fingerprint.json",
+    output:
+        directory(f"{OUT}/preprocessed"),
+    params:
+        root=DATA["root"],
+        mr=mr_arg(),
+        spacing=target_spacing_arg(),
+        seed=config["seed"],
+    threads: config["preprocessing"]["threads"]
+    log:
+        f"{OUT}/logs/preprocess.log",
+    benchmark:
+        f"{OUT}/benchmarks/preprocess.tsv"
+    conda:
+        ENV
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    shell:
+        "{SEGGRID} preprocess --dataset {params.root} {params.mr} --fingerprint {input} {params.spacing} "
+        "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule plan:
+    input:
+        fingerprint=f"{OUT}/dataset/fingerprint.json",
+        check=f"{OUT}/dataset/check.json",
+    output:
+        f"{OUT}/plans/{{setting}}.json",
+    params:
+        setting=setting_json,
+        spacing=target_spacing_arg(),
+    log:
+        f"{OUT}/logs/plan/{{setting}}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "{SEGGRID} plan --setting-json {params.setting} --fingerprint {input.fingerprint} "
+        "--dataset-check {input.check} {params.spacing} --out {output} > {log} 2>&1"

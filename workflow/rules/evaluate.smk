@@ -1,0 +1,47 @@
+# Averaging members into a prediction set (one model, a 5-fold ensemble, or A & B) and
+# scoring it: DSC and NSD per organ per case.
+
+
+rule ensemble:
+    input:
+        members=ensemble_members,
+        preprocessed=f"{OUT}/preprocessed",
+    output:
+        directory(f"{OUT}/predictions/{{pset}}"),
+    params:
+        root=DATA["root"],
+        mr=mr_arg(),
+    log:
+        f"{OUT}/logs/ensemble/{{pset}}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{SEGGRID} ensemble --members {input.members} --preprocessed {input.preprocessed} "
+        "--dataset {params.root} {params.mr} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        predictions=f"{OUT}/predictions/{{pset}}",
+        splits=f"{OUT}/dataset/splits.json",
+    output:
+        csv=f"{OUT}/metrics/{{pset}}.csv",
+        summary=f"{OUT}/metrics/{{pset}}.json",
+    params:
+        root=DATA["root"],
+        mr=mr_arg(),
+        metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
+    log:
+        f"{OUT}/logs/evaluate/{{pset}}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{SEGGRID} evaluate --predictions {input.predictions} --dataset {params.root} {params.mr} "
+        "--splits {input.splits} --metrics-json {params.metrics} --out-csv {output.csv} "
+        "--out-json {output.summary} > {log} 2>&1"

@@ -1,0 +1,60 @@
+# Training one (setting, fold) and predicting the evaluation cases with it. Resources come
+# from the setting (gpus, threads, mem_mb, runtime_min); `gpu` is Snakemake's standard
+# resource, which the SLURM executor turns into --gpus.
+
+
+rule train:
+    input:
+        plan=f"{OUT}/plans/{{setting}}.json",
+        preprocessed=f"{OUT}/preprocessed",
+        splits=f"{OUT}/dataset/splits.json",
+    output:
+        model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
+        log=f"{OUT}/train/{{setting}}/fold_{{fold}}/log.csv",
+        summary=f"{OUT}/train/{{setting}}/fold_{{fold}}/summary.json",
+    params:
+        launcher=launcher,
+        outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
+        seed=config["seed"],
+    threads: lambda w: setting(w)["threads"]
+    resources:
+        gpu=lambda w: setting(w)["gpus"],
+        mem_mb=lambda w: setting(w)["mem_mb"],
+        runtime=lambda w: setting(w)["runtime_min"],
+    log:
+        f"{OUT}/logs/train/{{setting}}/fold_{{fold}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train/{{setting}}/fold_{{fold}}.tsv"
+    conda:
+        ENV
+    shell:
+        "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "
+        "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --out {params.outdir} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
+        preprocessed=f"{OUT}/preprocessed",
+        splits=f"{OUT}/dataset/splits.json",
+    output:
+        directory(f"{OUT}/predict/{{setting}}/fold_{{fold}}"),
+    params:
+        step=config["inference"]["step"],
+        flips=config["inference"]["tta_flips"],
+        gpus=config["inference"]["gpus"],
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=config["inference"]["mem_mb"],
+        runtime=config["inference"]["runtime_min"],
+    log:
+        f"{OUT}/logs/predict/{{setting}}/fold_{{fold}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict/{{setting}}/fold_{{fold}}.tsv"
+    conda:
+        ENV
+    shell:
+        "{SEGGRID} predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
+        "--step {params.step} --tta-flips {params.flips} --threads {threads} --gpus {params.gpus} "
+        "--out {output} > {log} 2>&1"
