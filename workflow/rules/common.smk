@@ -38,9 +38,11 @@ wildcard_constraints:
     pset=r"[A-Za-z0-9_+-]+",
 
 
-def mr_arg():
+def dataset_args():
+    """--dataset-style options shared by every step that reads the dataset."""
     m = DATA["mr_case_id_min"]
-    return "" if m is None else f"--mr-case-id-min {m}"
+    args = f"--dataset {shlex.quote(DATA['root'])} --modalities {' '.join(DATA['modalities'])}"
+    return args if m is None else f"{args} --mr-case-id-min {m}"
 
 
 def target_spacing_arg():

@@ -26,8 +26,7 @@ rule validate_dataset:
     output:
         f"{OUT}/dataset/check.json",
     params:
-        root=DATA["root"],
-        mr=mr_arg(),
+        dataset=dataset_args(),
     log:
         f"{OUT}/logs/validate_dataset.log",
     conda:
@@ -36,7 +35,7 @@ rule validate_dataset:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} validate --dataset {params.root} {params.mr} --out {output} > {log} 2>&1"
+        "{SEGGRID} validate {params.dataset} --out {output} > {log} 2>&1"
 
 
 rule fingerprint:
@@ -45,8 +44,7 @@ rule fingerprint:
     output:
         f"{OUT}/dataset/fingerprint.json",
     params:
-        root=DATA["root"],
-        mr=mr_arg(),
+        dataset=dataset_args(),
         seed=config["seed"],
     log:
         f"{OUT}/logs/fingerprint.log",
@@ -56,7 +54,7 @@ rule fingerprint:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} fingerprint --dataset {params.root} {params.mr} --seed {params.seed} --out {output} > {log} 2>&1"
+        "{SEGGRID} fingerprint {params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule split:
@@ -86,8 +84,7 @@ rule preprocess:
     output:
         directory(f"{OUT}/preprocessed"),
     params:
-        root=DATA["root"],
-        mr=mr_arg(),
+        dataset=dataset_args(),
         spacing=target_spacing_arg(),
         seed=config["seed"],
     threads: config["preprocessing"]["threads"]
@@ -101,7 +98,7 @@ rule preprocess:
         mem_mb=16000,
         runtime=240,
     shell:
-        "{SEGGRID} preprocess --dataset {params.root} {params.mr} --fingerprint {input} {params.spacing} "
+        "{SEGGRID} preprocess {params.dataset} --fingerprint {input} {params.spacing} "
         "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 

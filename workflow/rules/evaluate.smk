@@ -9,8 +9,7 @@ rule ensemble:
     output:
         directory(f"{OUT}/predictions/{{pset}}"),
     params:
-        root=DATA["root"],
-        mr=mr_arg(),
+        dataset=dataset_args(),
     log:
         f"{OUT}/logs/ensemble/{{pset}}.log",
     conda:
@@ -20,7 +19,7 @@ rule ensemble:
         runtime=60,
     shell:
         "{SEGGRID} ensemble --members {input.members} --preprocessed {input.preprocessed} "
-        "--dataset {params.root} {params.mr} --out {output} > {log} 2>&1"
+        "{params.dataset} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -31,8 +30,7 @@ rule evaluate:
         csv=f"{OUT}/metrics/{{pset}}.csv",
         summary=f"{OUT}/metrics/{{pset}}.json",
     params:
-        root=DATA["root"],
-        mr=mr_arg(),
+        dataset=dataset_args(),
         metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
     log:
         f"{OUT}/logs/evaluate/{{pset}}.log",
@@ -42,6 +40,6 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} evaluate --predictions {input.predictions} --dataset {params.root} {params.mr} "
+        "{SEGGRID} evaluate --predictions {input.predictions} {params.dataset} "
         "--splits {input.splits} --metrics-json {params.metrics} --out-csv {output.csv} "
         "--out-json {output.summary} > {log} 2>&1"

@@ -50,7 +50,7 @@ def cmd_validate(a):
     from seggrid.io import write_json
     from seggrid.validate import validate_dataset
 
-    report = validate_dataset(a.dataset, a.mr_case_id_min)
+    report = validate_dataset(a.dataset, a.mr_case_id_min, a.modalities)
     write_json(a.out, report)
     print(f"[validate] OK: {report['n_training']} training, {report['n_validation']} validation cases")
 
@@ -59,7 +59,7 @@ def cmd_fingerprint(a):
     from seggrid.fingerprint import compute_fingerprint
     from seggrid.io import write_json
 
-    write_json(a.out, compute_fingerprint(a.dataset, a.mr_case_id_min, a.seed))
+    write_json(a.out, compute_fingerprint(a.dataset, a.mr_case_id_min, a.seed, a.modalities))
 
 
 def cmd_plan(a):
@@ -79,7 +79,7 @@ def cmd_preprocess(a):
     from seggrid.preprocess import preprocess_dataset
 
     preprocess_dataset(a.dataset, _read(a.fingerprint), a.target_spacing, a.out, a.mr_case_id_min, a.seed,
-                       a.threads)
+                       a.threads, a.modalities)
 
 
 def cmd_split(a):
@@ -108,14 +108,14 @@ def cmd_predict(a):
 def cmd_ensemble(a):
     from seggrid.predict import ensemble
 
-    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min)
+    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities)
 
 
 def cmd_evaluate(a):
     from seggrid.evaluate import evaluate
 
     s = evaluate(a.predictions, a.dataset, _read(a.splits)["evaluation"], _json_arg(a.metrics_json), a.out_csv,
-                 a.out_json, a.mr_case_id_min)
+                 a.out_json, a.mr_case_id_min, a.modalities)
     print(f"[evaluate] mean DSC {s['dsc']:.4f}, NSD {s['nsd']:.4f} over {s['n_cases']} cases")
 
 
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     def dataset_args(sp):
         sp.add_argument("--dataset", required=True, help="folder holding dataset.json")
         sp.add_argument("--mr-case-id-min", type=int, default=None, help="case ids numbered >= this are MR")
+        sp.add_argument("--modalities", nargs="+", choices=("CT", "MR"), default=None,
+                        help="keep only cases of these modalities")
 
     sp = add("make-demo-data", cmd_make_demo_data, "build the embedded demo dataset (AMOS-style)")
     sp.add_argument("--out", required=True)

@@ -62,11 +62,24 @@ def _modality(dataset_modality: str, case_id: str, mr_case_id_min: int | None) -
     return "CT" if dataset_modality.upper() == "CT" else "MR"
 
 
-def load_dataset(root: str | Path, mr_case_id_min: int | None = None) -> Dataset:
+def load_dataset(root: str | Path, mr_case_id_min: int | None = None,
+                 modalities: list[str] | None = None) -> Dataset:
     """Parse ``root/dataset.json`` (either layout). Raises SeggridError naming the problem.
 
+    ``modalities`` keeps only cases of those modalities (e.g. ["CT"] for AMOS Task 1).
     Only dataset.json is read here; image files are checked by :mod:`seggrid.validate`.
     """
+    ds = _load_any(Path(root), mr_case_id_min)
+    if modalities:
+        keep = set(modalities)
+        ds.training = [c for c in ds.training if c.modality in keep]
+        ds.validation = [c for c in ds.validation if c.modality in keep]
+        if not ds.training:
+            raise SeggridError(f"{ds.root / 'dataset.json'}: no training case of modality {sorted(keep)}")
+    return ds
+
+
+def _load_any(root: Path, mr_case_id_min: int | None) -> Dataset:
     root = Path(root)
     djson = root / "dataset.json"
     if not djson.exists():

@@ -15,9 +15,10 @@ from seggrid.metrics import case_scores, summarise
 
 
 def evaluate(predictions: str | Path, dataset_root: str | Path, case_ids: list[str], metrics_cfg: dict,
-             out_csv: str | Path, out_json: str | Path, mr_case_id_min: int | None = None) -> dict:
+             out_csv: str | Path, out_json: str | Path, mr_case_id_min: int | None = None,
+             modalities: list[str] | None = None) -> dict:
     predictions = Path(predictions)
-    ds = load_dataset(dataset_root, mr_case_id_min)
+    ds = load_dataset(dataset_root, mr_case_id_min, modalities)
     rows = []
     for i, cid in enumerate(case_ids, 1):
         case = ds.case(cid)

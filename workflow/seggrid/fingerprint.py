@@ -44,8 +44,9 @@ def target_spacing_rule(spacings: np.ndarray, shapes: np.ndarray) -> list[float]
     return [float(t) for t in target]
 
 
-def compute_fingerprint(root: str | Path, mr_case_id_min: int | None = None, seed: int = 0) -> dict:
-    ds = load_dataset(root, mr_case_id_min)
+def compute_fingerprint(root: str | Path, mr_case_id_min: int | None = None, seed: int = 0,
+                        modalities: list[str] | None = None) -> dict:
+    ds = load_dataset(root, mr_case_id_min, modalities)
     rng = np.random.default_rng(seed)
     spacings, shapes, ct_samples = [], [], []
     per_case = []

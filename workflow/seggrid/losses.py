@@ -6,7 +6,8 @@ scalar. Compound losses add their terms with weight 1 (as nnU-Net's Dice + CE).
 Terms
 - ``dice``: soft Dice over the foreground classes, smooth 1e-5 (MONAI DiceLoss); 1 - Dice.
 - ``ce``: cross-entropy.
-- ``focal``: focal loss, gamma 2 (MONAI FocalLoss, softmax).
+- ``focal``: focal loss (Lin et al.), gamma 2, on the softmax: mean over voxels of
+  -(1 - p_t)**2 * log(p_t), p_t the probability of the true class.
 - ``topk``: mean cross-entropy of the 10 % voxels with the highest cross-entropy.
 - ``perimeter``: our 3D version of El Jurdi et al.'s perimeter loss. The soft boundary of a
   class probability map p is ``p - erode(p)`` with a soft 3x3x3 erosion (min-pooling, written
@@ -22,7 +23,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss, FocalLoss
+from monai.losses import DiceLoss
 from torch import nn
 
 TOPK_FRACTION = 0.10
@@ -48,12 +49,15 @@ class CETerm(nn.Module):
 
 
 class FocalTerm(nn.Module):
+    """Per-voxel focal cross-entropy -(1 - p_t)**gamma * log(p_t), averaged over voxels."""
+
     def __init__(self, gamma: float = 2.0):
         super().__init__()
-        self.focal = FocalLoss(include_background=True, to_onehot_y=True, gamma=gamma, use_softmax=True)
+        self.gamma = gamma
 
     def forward(self, logits, target):
-        return self.focal(logits, target)
+        log_p = torch.log_softmax(logits, dim=1).gather(1, target.long())
+        return (-(1 - log_p.exp()) ** self.gamma * log_p).mean()
 
 
 class TopKTerm(nn.Module):
@@ -75,8 +79,8 @@ def soft_surface(p: torch.Tensor) -> torch.Tensor:
 
 class PerimeterTerm(nn.Module):
     def forward(self, logits, target):
-        probs = torch.softmax(logits.float(), dim=1)[:, 1:]
-        truth = _onehot(target, logits.shape[1])[:, 1:]
+        probs = torch.softmax(logits, dim=1)[:, 1:]
+        truth = _onehot(target, logits.shape[1]).to(probs.dtype)[:, 1:]
         s_pred, s_true = soft_surface(probs), soft_surface(truth)
         return (((s_pred - s_true) / (s_pred + s_true + 1.0)) ** 2).mean()
 
@@ -101,7 +105,8 @@ class CompoundLoss(nn.Module):
         self.terms = nn.ModuleList(TERMS[t]() for t in terms)
 
     def forward(self, logits, target):
-        logits = logits.float()
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         return sum(term(logits, target) for term in self.terms)
 
 

@@ -88,12 +88,13 @@ def predict(model_path: str | Path, preprocessed: str | Path, case_ids: list[str
 
 
 def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset_root: str | Path,
-             out: str | Path, mr_case_id_min: int | None = None) -> list[str]:
+             out: str | Path, mr_case_id_min: int | None = None,
+             modalities: list[str] | None = None) -> list[str]:
     """Average member probabilities per case; write labels in each input image's geometry."""
     preprocessed = Path(preprocessed)
     member_dirs = [Path(m) for m in member_dirs]
     cases = sorted(p.stem for p in member_dirs[0].glob("*.npz"))
-    ds = load_dataset(dataset_root, mr_case_id_min)
+    ds = load_dataset(dataset_root, mr_case_id_min, modalities)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for i, cid in enumerate(cases, 1):

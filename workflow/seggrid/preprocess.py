@@ -98,9 +98,9 @@ def preprocess_case(case: Case, target: list[float], ct_stats: dict | None, n_cl
 
 def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list[float] | None,
                        out: str | Path, mr_case_id_min: int | None = None, seed: int = 0,
-                       threads: int = 1) -> dict:
+                       threads: int = 1, modalities: list[str] | None = None) -> dict:
     """Preprocess every training and validation case into ``out`` (a folder, written atomically)."""
-    ds = load_dataset(root, mr_case_id_min)
+    ds = load_dataset(root, mr_case_id_min, modalities)
     target = list(target_spacing) if target_spacing else fingerprint["target_spacing_rule"]
     n_classes = max(ds.labels) + 1
     torch.set_num_threads(threads)

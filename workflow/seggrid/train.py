@@ -105,7 +105,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     s = plan["setting"]
     out_dir = Path(out_dir)
     rank, world, device = distributed_context(s["gpus"])
-    torch.set_num_threads(threads)
+    torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(seed + fold)
     if s["batch"] < world:
         raise SeggridError(f"setting '{s['name']}': global batch {s['batch']} < {world} ranks")

@@ -51,9 +51,10 @@ def check_case(case: Case, allowed_labels: set[int]) -> tuple[list[str], dict]:
     return problems, summary
 
 
-def validate_dataset(root: str | Path, mr_case_id_min: int | None = None) -> dict:
+def validate_dataset(root: str | Path, mr_case_id_min: int | None = None,
+                     modalities: list[str] | None = None) -> dict:
     """Validate dataset.json and every listed case. Raise one SeggridError listing all problems."""
-    ds: Dataset = load_dataset(root, mr_case_id_min)
+    ds: Dataset = load_dataset(root, mr_case_id_min, modalities)
     problems: list[str] = []
     all_cases = ds.training + ds.validation
     for cid, n in Counter(c.case_id for c in all_cases).items():

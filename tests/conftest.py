@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny demo dataset and one pass of every CLI step over it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from seggrid.cli import main  # noqa: E402
+
+TINY_SETTING = {
+    "name": "tiny", "patch": [8, 16, 16], "batch": 2, "loss": "dice_ce", "optimizer": "adam", "lr": 0.01,
+    "momentum": 0.99, "weight_decay": 3e-5, "lr_schedule": "poly", "epochs": 2, "iterations_per_epoch": 3,
+    "val_iterations": 1, "oversample_foreground": 0.33, "mirror_p": 0.5, "precision": "fp32", "grad_clip": 12,
+    "base_features": 4, "max_features": 16, "deep_supervision": True, "max_pools_per_axis": 3,
+    "patch_rounding": "down", "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10,
+}
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "demo"
+    assert run_cli("make-demo-data", "--out", out, "--seed", 7, "--ct-train", 3, "--mr-train", 2,
+                   "--ct-val", 1, "--mr-val", 1) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def pipeline(demo_dataset, tmp_path_factory) -> dict:
+    """Every CLI step once, on the tiny dataset; returns the paths the tests inspect."""
+    d = tmp_path_factory.mktemp("run")
+    p = {k: d / v for k, v in {
+        "check": "check.json", "fingerprint": "fingerprint.json", "splits": "splits.json",
+        "preprocessed": "preprocessed", "plan": "plan.json", "train": "train", "predict": "predict",
+        "ensemble": "ensemble", "csv": "metrics.csv", "summary": "metrics.json"}.items()}
+    mr = ("--mr-case-id-min", 500)
+    assert run_cli("validate", "--dataset", demo_dataset, *mr, "--out", p["check"]) == 0
+    assert run_cli("fingerprint", "--dataset", demo_dataset, *mr, "--out", p["fingerprint"]) == 0
+    assert run_cli("split", "--dataset-check", p["check"], "--folds", 2, "--seed", 1, "--out", p["splits"]) == 0
+    assert run_cli("preprocess", "--dataset", demo_dataset, *mr, "--fingerprint", p["fingerprint"],
+                   "--target-spacing", 6, 6, 6, "--out", p["preprocessed"]) == 0
+    assert run_cli("plan", "--setting-json", json.dumps(TINY_SETTING), "--fingerprint", p["fingerprint"],
+                   "--dataset-check", p["check"], "--target-spacing", 6, 6, 6, "--out", p["plan"]) == 0
+    assert run_cli("train", "--plan", p["plan"], "--preprocessed", p["preprocessed"], "--splits", p["splits"],
+                   "--fold", 0, "--seed", 3, "--out", p["train"]) == 0
+    assert run_cli("predict", "--model", p["train"] / "model.pt", "--preprocessed", p["preprocessed"],
+                   "--splits", p["splits"], "--tta-flips", 2, "--out", p["predict"]) == 0
+    assert run_cli("ensemble", "--members", p["predict"], "--preprocessed", p["preprocessed"],
+                   "--dataset", demo_dataset, *mr, "--out", p["ensemble"]) == 0
+    assert run_cli("evaluate", "--predictions", p["ensemble"], "--dataset", demo_dataset, *mr, "--splits",
+                   p["splits"], "--metrics-json", "{}", "--out-csv", p["csv"], "--out-json", p["summary"]) == 0
+    p["dataset"] = demo_dataset
+    return p

@@ -1,0 +1,153 @@
+"""Each CLI step on tiny data: the files it writes and what they hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from conftest import ROOT, TINY_SETTING, run_cli
+
+
+def test_demo_dataset_layout_and_determinism(demo_dataset, tmp_path):
+    meta = json.loads((demo_dataset / "dataset.json").read_text())
+    assert len(meta["training"]) == 5 and len(meta["validation"]) == 2
+    assert set(meta["labels"]) == {str(i) for i in range(16)}
+    ids = [e["image"] for e in meta["training"]]
+    assert sum("amos_05" in i for i in ids) == 2           # MR cases numbered from 501
+    again = tmp_path / "again"
+    assert run_cli("make-demo-data", "--out", again, "--seed", 7, "--ct-train", 3, "--mr-train", 2,
+                   "--ct-val", 1, "--mr-val", 1) == 0
+    for entry in meta["training"]:
+        a = nib.load(demo_dataset / entry["label"])
+        b = nib.load(again / entry["label"])
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        assert np.allclose(a.affine, b.affine)
+
+
+def test_demo_cases_keep_organs_and_orientation(demo_dataset):
+    meta = json.loads((demo_dataset / "dataset.json").read_text())
+    for entry in meta["training"]:
+        seg = nib.load(demo_dataset / entry["label"])
+        present = set(np.unique(np.asarray(seg.dataobj)).tolist())
+        assert {1, 2, 3, 6}.issubset(present)                 # spleen, kidneys, liver
+        # storage flips change the array but not the anatomy: liver (6) right of spleen (1)
+        data = np.asarray(seg.dataobj)
+        world = lambda lab: (seg.affine @ np.r_[np.argwhere(data == lab).mean(0), 1])[:3]
+        assert world(6)[0] > world(1)[0], "liver must lie to the patient's right (larger RAS x) of the spleen"
+
+
+def test_validate_writes_report(pipeline):
+    check = json.loads(pipeline["check"].read_text())
+    assert check["n_training"] == 5 and check["n_validation"] == 2 and check["layout"] == "msd"
+    modalities = {c["case_id"]: c["modality"] for c in check["cases"]}
+    assert modalities["amos_0501"] == "MR" and modalities["amos_0001"] == "CT"
+
+
+def test_fingerprint_statistics(pipeline):
+    fp = json.loads(pipeline["fingerprint"].read_text())
+    ct = fp["ct_foreground_intensity"]
+    assert ct["percentile_00_5"] < ct["mean"] < ct["percentile_99_5"]
+    assert all(2.5 < s < 4.0 for s in fp["median_spacing"])   # sample is 3 mm, demo spacing 0.9-1.15x
+    assert fp["n_cases"] == 5
+
+
+def test_splits_are_disjoint_and_cover(pipeline):
+    s = json.loads(pipeline["splits"].read_text())
+    assert s["evaluation"] == ["amos_0004", "amos_0503"]
+    vals = [c for f in s["folds"] for c in f["val"]]
+    assert sorted(vals) == sorted(set(vals)) and len(vals) == 5
+    for f in s["folds"]:
+        assert not set(f["train"]) & set(f["val"])
+
+
+def test_preprocess_outputs(pipeline):
+    pp = pipeline["preprocessed"]
+    manifest = json.loads((pp / "manifest.json").read_text())
+    assert manifest["target_spacing"] == [6.0, 6.0, 6.0]
+    for cid, info in manifest["cases"].items():
+        img = np.load(pp / f"{cid}_img.npy", mmap_mode="r")
+        assert list(img.shape) == info["shape"] and img.dtype == np.float32
+        props = json.loads((pp / f"{cid}.json").read_text())
+        assert np.isfinite(img).all()
+        if info["modality"] == "MR":                      # per-image z-score
+            assert abs(float(np.mean(img))) < 0.1
+        seg = np.load(pp / f"{cid}_seg.npy")
+        assert seg.shape == img.shape and seg.max() <= 15
+        for cls, locs in props["class_locations"].items():
+            z, y, x = np.asarray(locs).T
+            assert np.all(seg[z, y, x] == int(cls))
+
+
+def test_plan_records_requested_and_effective_patch(pipeline):
+    plan = json.loads(pipeline["plan"].read_text())
+    assert plan["topology"]["patch_requested"] == [8, 16, 16]
+    assert plan["topology"]["patch_effective"] == [8, 16, 16]
+    assert plan["n_classes"] == 16 and plan["setting"]["name"] == "tiny"
+
+
+def test_train_outputs(pipeline):
+    t = pipeline["train"]
+    log = pd.read_csv(t / "log.csv")
+    assert list(log["epoch"]) == [0, 1]
+    assert log["train_loss"].notna().all() and (log["lr"] > 0).all()
+    summary = json.loads((t / "summary.json").read_text())
+    assert summary["provenance"]["seed"] == 3 and "torch" in summary["provenance"]["versions"]
+    assert summary["wall_seconds"] > 0
+    assert not (t / "checkpoint_latest.pt").exists()
+    ckpt = torch.load(t / "model.pt", weights_only=False)
+    assert ckpt["plan"]["setting"]["name"] == "tiny"
+
+
+def test_predict_probabilities(pipeline):
+    pp, pred = pipeline["preprocessed"], pipeline["predict"]
+    for cid in ("amos_0004", "amos_0503"):
+        probs = np.load(pred / f"{cid}.npz")["probs"]
+        assert probs.dtype == np.float16
+        assert probs.shape[0] == 16
+        assert list(probs.shape[1:]) == list(np.load(pp / f"{cid}_img.npy", mmap_mode="r").shape)
+        assert np.allclose(probs.astype(np.float32).sum(0), 1, atol=0.02)
+    timing = json.loads((pred / "inference.json").read_text())
+    assert timing["tta_flips"] == 2 and set(timing["cases"]) == {"amos_0004", "amos_0503"}
+
+
+def test_ensemble_writes_input_geometry(pipeline):
+    meta = json.loads((pipeline["dataset"] / "dataset.json").read_text())
+    for entry in meta["validation"]:
+        cid = entry["image"].split("/")[-1].replace(".nii.gz", "")
+        ref = nib.load(pipeline["dataset"] / entry["image"])
+        out = nib.load(pipeline["ensemble"] / f"{cid}.nii.gz")
+        assert out.shape == ref.shape
+        assert np.allclose(out.affine, ref.affine)
+        assert out.get_data_dtype() == np.uint8
+
+
+def test_evaluate_table(pipeline):
+    df = pd.read_csv(pipeline["csv"])
+    assert set(df["case_id"]) == {"amos_0004", "amos_0503"} and len(df) == 2 * 15
+    summary = json.loads(pipeline["summary"].read_text())
+    assert 0 <= summary["dsc"] <= 1 and 0 <= summary["nsd"] <= 1
+    absent = df[df["organ"] == "esophagus"]                # empty in every reference
+    assert (absent["reference_voxels"] == 0).all()
+
+
+def test_cli_error_exit_code_and_message(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "seggrid", "validate", "--dataset", str(tmp_path),
+                           "--out", str(tmp_path / "x.json")], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "dataset.json not found" in proc.stderr and str(tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_unknown_fold_is_a_clear_error(pipeline, tmp_path, capsys):
+    rc = run_cli("train", "--plan", pipeline["plan"], "--preprocessed", pipeline["preprocessed"],
+                 "--splits", pipeline["splits"], "--fold", 7, "--out", tmp_path / "t")
+    assert rc == 2 and "no fold 7" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

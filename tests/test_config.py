@@ -1,0 +1,82 @@
+"""Config schema: defaults, and errors that name the key and the problem."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from seggrid.config import (load_config, prediction_sets, resolve_setting, training_jobs, validate_config)
+from seggrid.errors import SeggridError
+
+DEMO = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def demo():
+    return copy.deepcopy(DEMO)
+
+
+def test_demo_config_is_valid_and_fills_defaults():
+    cfg = validate_config(demo())
+    assert cfg["metrics"]["nsd_tolerance_mm"]["liver"] == 5
+    assert cfg["recipe"]["momentum"] == 0.99 and cfg["recipe"]["grad_clip"] == 12
+    s = resolve_setting(cfg, "p32_bs4_focal")
+    assert (s["batch"], s["loss"], s["patch"]) == (4, "dice_focal", [16, 32, 32])
+
+
+def test_shared_settings_train_once():
+    cfg = validate_config(demo())
+    jobs = training_jobs(cfg)
+    assert len(jobs) == len(set(jobs))
+    assert ("p24_bs2_ce", 0) in jobs and ("p24_bs8_ce", 4) in jobs
+    # 10 single-fold settings + 4 more folds of A + 5 folds of B
+    assert len(jobs) == 10 + 4 + 5
+    assert len(prediction_sets(cfg)) == 10 + 3
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["recipe"].update(batch=0), "key 'recipe.batch': 0 is less than the minimum of 1"),
+    (lambda c: c["recipe"].update(loss="dice_bce"), "key 'recipe.loss': 'dice_bce' is not one of"),
+    (lambda c: c["settings"]["p24_bs4_ce"].update(patch=[16, 32]), "key 'settings.p24_bs4_ce.patch'"),
+    (lambda c: c["settings"]["p24_bs4_ce"].update(bacth=4), "'bacth' was unexpected"),
+    (lambda c: c["tables"]["table1"]["rows"].append({"setting": "nope"}), "unknown setting 'nope'"),
+    (lambda c: c["tables"]["table4"]["rows"][0].update(folds=[7]), "fold out of range"),
+    (lambda c: c["settings"]["p24_bs4_ce"].update(gpus=8), "8 GPUs but global batch 4"),
+    (lambda c: c.update(seed="x"), "key 'seed': 'x' is not of type 'integer'"),
+    (lambda c: c.pop("tables"), "'tables' is a required property"),
+    (lambda c: c["figures"].update(fig1_settings=["ghost"]), "unknown setting 'ghost'"),
+])
+def test_bad_config_names_key_and_problem(mutate, message):
+    cfg = demo()
+    mutate(cfg)
+    with pytest.raises(SeggridError) as err:
+        validate_config(cfg, source="my.yaml")
+    assert message in str(err.value) and "my.yaml" in str(err.value)
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(SeggridError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("settings: [unclosed\n")
+    with pytest.raises(SeggridError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["amos22_task1.yaml", "amos22_task2.yaml"])
+def test_amos_configs_express_the_paper_grid(name):
+    cfg = load_config(ROOT / "config" / name)
+    patches = {tuple(resolve_setting(cfg, r["setting"])["patch"]) for r in cfg["tables"]["table1"]["rows"]}
+    assert patches == {(64, 160, 160), (64, 288, 288), (64, 354, 354), (64, 384, 384)}
+    batches = [resolve_setting(cfg, r["setting"])["batch"] for r in cfg["tables"]["table2"]["rows"]]
+    assert batches == [2, 4, 16, 64]
+    losses = [resolve_setting(cfg, r["setting"])["loss"] for r in cfg["tables"]["table3"]["rows"]]
+    assert losses == ["dice_ce", "dice_focal", "dice_topk", "dice_perimeter"]
+    for s in cfg["settings"]:
+        r = resolve_setting(cfg, s)
+        assert r["optimizer"] == "sgd_nesterov" and r["lr"] == 0.01 and r["momentum"] == 0.99
+        assert r["gpus"] >= 1 and r["batch"] >= r["gpus"]
+    assert resolve_setting(cfg, "p160_bs64_ce")["gpus"] > 1
+    assert len(training_jobs(cfg)) == 10 + 4 + 5
