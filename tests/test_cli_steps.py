@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from conftest import ROOT, TINY_SETTING, run_cli
+from conftest import ROOT, run_cli
 
 
 def test_demo_dataset_layout_and_determinism(demo_dataset, tmp_path):

@@ -106,7 +106,7 @@ def cmd_predict(a):
 
 
 def cmd_ensemble(a):
-    from seggrid.predict import ensemble
+    from seggrid.ensemble import ensemble
 
     ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities)
 

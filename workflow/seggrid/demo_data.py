@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from seggrid.errors import SeggridError
-from seggrid.io import atomic_path, write_json
+from seggrid.io import atomic_path
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "totalseg_sample"
 

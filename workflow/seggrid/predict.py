@@ -1,15 +1,13 @@
 """Inference: sliding window (MONAI, Gaussian importance weighting, sigma = patch/8) with
-mirroring test-time augmentation, and ensembling of probability maps.
+mirroring test-time augmentation.
 
 ``predict`` writes one ``<case>.npz`` of float16 softmax probabilities (C, z, y, x) at the
-target spacing per evaluation case; ``ensemble`` averages those of several models/folds and
-writes ``<case>.nii.gz`` labels in the input image's exact geometry (shape and affine).
+target spacing per evaluation case; :mod:`seggrid.ensemble` averages and exports them.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -17,11 +15,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from seggrid.dataset import load_dataset
-from seggrid.geometry import load_nifti, save_label_nifti, Geometry
 from seggrid.io import atomic_path, provenance, write_json
 from seggrid.network import build_network
-from seggrid.preprocess import to_original_geometry
 from seggrid.train import autocast, peak_memory_mb
 
 SPATIAL_AXES = (2, 3, 4)
@@ -85,28 +80,3 @@ def predict(model_path: str | Path, preprocessed: str | Path, case_ids: list[str
                                             "device": str(device), "cases": timings,
                                             "provenance": provenance(plan["setting"].get("seed"), plan)})
     return timings
-
-
-def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset_root: str | Path,
-             out: str | Path, mr_case_id_min: int | None = None,
-             modalities: list[str] | None = None) -> list[str]:
-    """Average member probabilities per case; write labels in each input image's geometry."""
-    preprocessed = Path(preprocessed)
-    member_dirs = [Path(m) for m in member_dirs]
-    cases = sorted(p.stem for p in member_dirs[0].glob("*.npz"))
-    ds = load_dataset(dataset_root, mr_case_id_min, modalities)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        for i, cid in enumerate(cases, 1):
-            total = None
-            for m in member_dirs:
-                probs = np.load(m / f"{cid}.npz")["probs"].astype(np.float32)
-                total = probs if total is None else total + probs
-            props = json.loads((preprocessed / f"{cid}.json").read_text())
-            labels = to_original_geometry(total / len(member_dirs), props)
-            ref = load_nifti(ds.case(cid).image)
-            save_label_nifti(labels, Geometry.from_dict(props["geometry"]), tmp / f"{cid}.nii.gz", ref)
-            print(f"[ensemble] {i}/{len(cases)} {cid} ({len(member_dirs)} members)", flush=True)
-        write_json(tmp / "members.json", {"members": [str(m) for m in member_dirs], "cases": cases,
-                                          "provenance": provenance()})
-    return cases
