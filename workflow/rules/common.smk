@@ -2,6 +2,7 @@
 # the same code the `seggrid check-config` CLI uses; nothing here reads the dataset, so
 # `snakemake -n` works before the data is downloaded.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -28,7 +29,6 @@ except SeggridError as exc:
 OUT = config["outdir"]
 DATA = config["dataset"]
 ENV = "../../envs/seggrid.yaml"
-SEGGRID = "python -m seggrid"
 # The rules call the package from this checkout, in .venv or in the conda env alike.
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(PACKAGE_DIR))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
@@ -68,7 +68,7 @@ def launcher(wildcards):
     gpus = setting(wildcards)["gpus"]
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node={gpus} -m seggrid"
-    return SEGGRID
+    return "python -m seggrid"
 
 
 def ensemble_members(wildcards):

@@ -5,7 +5,7 @@ rule make_demo_data:
     output:
         f"{DATA['root']}/dataset.json",
     params:
-        root=DATA["root"],
+        root=lambda w, output: os.path.dirname(output[0]),
         seed=config["seed"],
         counts=f"--ct-train {DATA['demo_ct_train']} --mr-train {DATA['demo_mr_train']} "
         f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}",
@@ -17,7 +17,7 @@ rule make_demo_data:
         mem_mb=2000,
         runtime=15,
     shell:
-        "{SEGGRID} make-demo-data --out {params.root} --seed {params.seed} {params.counts} > {log} 2>&1"
+        "python -m seggrid make-demo-data --out {params.root} --seed {params.seed} {params.counts} > {log} 2>&1"
 
 
 rule validate_dataset:
@@ -35,7 +35,7 @@ rule validate_dataset:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} validate {params.dataset} --out {output} > {log} 2>&1"
+        "python -m seggrid validate {params.dataset} --out {output} > {log} 2>&1"
 
 
 rule fingerprint:
@@ -54,7 +54,7 @@ rule fingerprint:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} fingerprint {params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m seggrid fingerprint {params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule split:
@@ -74,7 +74,7 @@ rule split:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{SEGGRID} split --dataset-check {input} --folds {params.folds} --seed {params.seed} "
+        "python -m seggrid split --dataset-check {input} --folds {params.folds} --seed {params.seed} "
         "--holdout-fraction {params.holdout} --out {output} > {log} 2>&1"
 
 
@@ -98,7 +98,7 @@ rule preprocess:
         mem_mb=16000,
         runtime=240,
     shell:
-        "{SEGGRID} preprocess {params.dataset} --fingerprint {input} {params.spacing} "
+        "python -m seggrid preprocess {params.dataset} --fingerprint {input} {params.spacing} "
         "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -119,5 +119,5 @@ rule plan:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{SEGGRID} plan --setting-json {params.setting} --fingerprint {input.fingerprint} "
+        "python -m seggrid plan --setting-json {params.setting} --fingerprint {input.fingerprint} "
         "--dataset-check {input.check} {params.spacing} --out {output} > {log} 2>&1"

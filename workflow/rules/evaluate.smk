@@ -18,7 +18,7 @@ rule ensemble:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} ensemble --members {input.members} --preprocessed {input.preprocessed} "
+        "python -m seggrid ensemble --members {input.members} --preprocessed {input.preprocessed} "
         "{params.dataset} --out {output} > {log} 2>&1"
 
 
@@ -40,6 +40,6 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{SEGGRID} evaluate --predictions {input.predictions} {params.dataset} "
+        "python -m seggrid evaluate --predictions {input.predictions} {params.dataset} "
         "--splits {input.splits} --metrics-json {params.metrics} --out-csv {output.csv} "
         "--out-json {output.summary} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule tables:
         f"{OUT}/tables/provenance.json",
     params:
         config=tables_json(),
-        outdir=OUT,
+        outdir=lambda w, output: os.path.dirname(os.path.dirname(output[-1])),
     log:
         f"{OUT}/logs/tables.log",
     conda:
@@ -18,7 +18,7 @@ rule tables:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{SEGGRID} tables --config-json {params.config} --outdir {params.outdir} "
+        "python -m seggrid tables --config-json {params.config} --outdir {params.outdir} "
         "--tables-dir {params.outdir}/tables > {log} 2>&1"
 
 
@@ -37,4 +37,4 @@ rule figure1:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{SEGGRID} figures {params.logs} --out {output} > {log} 2>&1"
+        "python -m seggrid figures {params.logs} --out {output} > {log} 2>&1"

@@ -55,6 +55,6 @@ rule predict:
     conda:
         ENV
     shell:
-        "{SEGGRID} predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
+        "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--step {params.step} --tta-flips {params.flips} --threads {threads} --gpus {params.gpus} "
         "--out {output} > {log} 2>&1"

@@ -1,0 +1,108 @@
+"""The Snakemake workflow: a minimal grid end to end, the AMOS grids as a dry run, lint."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args, cwd=ROOT, timeout=900):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([*SNAKEMAKE, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def minimal_config(tmp: Path) -> Path:
+    recipe = {"patch": [8, 16, 16], "batch": 2, "optimizer": "adam", "epochs": 2, "iterations_per_epoch": 2,
+              "val_iterations": 1, "precision": "fp32", "base_features": 4, "max_features": 16,
+              "max_pools_per_axis": 3, "patch_rounding": "down", "gpus": 0, "threads": 1, "mem_mb": 1000,
+              "runtime_min": 10}
+    cfg = {
+        "outdir": str(tmp / "results"), "seed": 5, "folds": 2,
+        "dataset": {"root": str(tmp / "results" / "demo_data"), "demo": True, "demo_ct_train": 3,
+                    "demo_mr_train": 1, "demo_ct_val": 1, "demo_mr_val": 1, "mr_case_id_min": 500},
+        "preprocessing": {"target_spacing": [6.0, 6.0, 6.0], "threads": 1},
+        "recipe": recipe,
+        "settings": {"a": {}, "b": {"patch": [8, 20, 20], "loss": "dice_focal"}, "c": {"batch": 3}},
+        "inference": {"tta_flips": 2, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10},
+        "tables": {
+            "table1": {"title": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
+            "table2": {"title": "batch", "rows": [{"label": "2", "setting": "a"}, {"label": "3", "setting": "c"}]},
+            "table4": {"title": "final", "rows": [{"label": "A", "setting": "a", "folds": "all"},
+                                                  {"label": "A&B", "models": ["a", "b"], "folds": "all"}]},
+        },
+        "figures": {"fig1_settings": ["a", "c"]},
+    }
+    path = tmp / "minimal.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_minimal_grid_end_to_end(tmp_path):
+    cfg = minimal_config(tmp_path)
+    proc = snakemake("--cores", 2, "--configfile", cfg)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tables = tmp_path / "results" / "tables"
+    t1 = pd.read_csv(tables / "table1.csv")
+    assert list(t1["row"]) == ["small", "big"]
+    assert list(t1["patch_requested"]) == ["(8, 16, 16)", "(8, 20, 20)"]
+    assert list(t1["patch_effective"]) == ["(8, 16, 16)", "(8, 16, 16)"]   # 20 rounds down to 16
+    t4 = pd.read_csv(tables / "table4.csv")
+    assert list(t4["folds"]) == ["0,1", "0,1"] and list(t4["settings"]) == ["a", "a & b"]
+    for t in (t1, t4, pd.read_csv(tables / "table2.csv")):
+        assert t["dsc"].between(0, 1).all() and t["nsd"].between(0, 1).all()
+        assert (t["train_hours"] > 0).all()
+    assert "DSC Score" in (tables / "table1.md").read_text()
+    png = tmp_path / "results" / "figures" / "fig1_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # the shared setting 'a' fold 0 was trained once (one log, one benchmark)
+    assert len(list((tmp_path / "results" / "logs" / "train" / "a").glob("*.log"))) == 2
+    # a second run has nothing to do
+    again = snakemake("--cores", 2, "--configfile", cfg, "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("name, resources", [
+    ("amos22_task1.yaml", {"p160_bs2_ce": 1, "p288_bs2_ce": 2, "p160_bs16_ce": 4, "p160_bs64_ce": 8}),
+    ("amos22_task2.yaml", {"p384_bs2_ce": 2, "p288_bs8_focal": 4}),
+])
+def test_amos_dry_run_without_data(name, resources, tmp_path):
+    proc = snakemake("-n", "-p", "--configfile", ROOT / "config" / name, "--directory", ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(r"train\s+19\b", out)                    # 10 single-fold + 4 + 5 folds
+    for setting, gpus in resources.items():
+        block = re.search(rf"wildcards: setting={setting}, fold=0\n\s+resources: ([^\n]+)", out)
+        assert block, setting
+        assert f"gpu={gpus}" in block.group(1) and "mem_mb=" in block.group(1) and "runtime=" in block.group(1)
+    assert "torchrun --standalone --nproc_per_node=8 -m seggrid train" in out
+    assert not (ROOT / "data" / "amos22").exists()
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["recipe"]["batch"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", path)
+    assert proc.returncode != 0
+    assert "key 'recipe.batch': 0 is less than the minimum of 1" in proc.stderr + proc.stdout
+
+
+def test_lint_reports_nothing():
+    proc = snakemake("--lint")
+    out = proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
