@@ -33,12 +33,13 @@ def tta_flips(n: int) -> list[tuple[int, ...]]:
     raise ValueError(f"tta_flips must be 1, 2 or 8, got {n}")
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, int | None]:
+    """(network in eval mode, its plan, the training seed) from a ``model.pt``."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
     model = build_network(ckpt["plan"]).to(device)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    return model, ckpt["plan"]
+    return model, ckpt["plan"], ckpt.get("seed")
 
 
 @torch.no_grad()
@@ -63,7 +64,7 @@ def predict(model_path: str | Path, preprocessed: str | Path, case_ids: list[str
             step: float = 0.5, flips: int = 8, threads: int = 1, gpus: int = 0) -> dict:
     device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
-    model, plan = load_model(model_path, device)
+    model, plan, seed = load_model(model_path, device)
     patch = plan["topology"]["patch_effective"]
     preprocessed = Path(preprocessed)
     timings = {}
@@ -78,5 +79,5 @@ def predict(model_path: str | Path, preprocessed: str | Path, case_ids: list[str
             print(f"[predict] {i}/{len(case_ids)} {cid} {timings[cid]['seconds']:.1f}s", flush=True)
         write_json(tmp / "inference.json", {"model": str(model_path), "tta_flips": flips, "step": step,
                                             "device": str(device), "cases": timings,
-                                            "provenance": provenance(plan["setting"].get("seed"), plan)})
+                                            "provenance": provenance(seed, plan)})
     return timings
