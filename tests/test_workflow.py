@@ -34,7 +34,7 @@ def minimal_config(tmp: Path) -> Path:
                     "demo_mr_train": 1, "demo_ct_val": 1, "demo_mr_val": 1, "mr_case_id_min": 500},
         "preprocessing": {"target_spacing": [6.0, 6.0, 6.0], "threads": 1},
         "recipe": recipe,
-        "settings": {"a": {}, "b": {"patch": [8, 20, 20], "loss": "dice_focal"}, "c": {"batch": 3}},
+        "settings": {"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3}},
         "inference": {"tta_flips": 2, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10},
         "tables": {
             "table1": {"title": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
@@ -57,8 +57,8 @@ def test_minimal_grid_end_to_end(tmp_path):
     tables = tmp_path / "results" / "tables"
     t1 = pd.read_csv(tables / "table1.csv")
     assert list(t1["row"]) == ["small", "big"]
-    assert list(t1["patch_requested"]) == ["(8, 16, 16)", "(8, 20, 20)"]
-    assert list(t1["patch_effective"]) == ["(8, 16, 16)", "(8, 16, 16)"]   # 20 rounds down to 16
+    assert list(t1["patch_requested"]) == ["(8, 16, 16)", "(8, 22, 22)"]
+    assert list(t1["patch_effective"]) == ["(8, 16, 16)", "(8, 20, 20)"]   # 22 rounds down to 20
     t4 = pd.read_csv(tables / "table4.csv")
     assert list(t4["folds"]) == ["0,1", "0,1"] and list(t4["settings"]) == ["a", "a & b"]
     for t in (t1, t4, pd.read_csv(tables / "table2.csv")):

@@ -29,8 +29,16 @@ except SeggridError as exc:
 OUT = config["outdir"]
 DATA = config["dataset"]
 ENV = "../../envs/seggrid.yaml"
-# The rules call the package from this checkout, in .venv or in the conda env alike.
-shell.prefix(f"export PYTHONPATH={shlex.quote(str(PACKAGE_DIR))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# The rules call the package from this checkout. Without --sdm conda, `python` in a job is
+# the interpreter running Snakemake (e.g. .venv/bin/python); with it, the rule's conda env.
+try:
+    from snakemake.settings.types import DeploymentMethod
+
+    USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+except (ImportError, AttributeError):
+    USE_CONDA = False
+_path = "" if USE_CONDA else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(f"{_path}export PYTHONPATH={shlex.quote(str(PACKAGE_DIR))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 wildcard_constraints:
     setting=r"[A-Za-z0-9][A-Za-z0-9_-]*",

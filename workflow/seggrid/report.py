@@ -48,7 +48,8 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             "DSC Score", "NSD Score", "Training time (h)"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df[cols].iterrows():
-        vals = [f"{v:.4f}" if k in ("dsc", "nsd", "train_hours") else str(v) for k, v in r.items()]
+        vals = [f"{v:.4f}" if k in ("dsc", "nsd") else f"{v:.3g}" if k == "train_hours" else str(v)
+                for k, v in r.items()]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -59,7 +60,7 @@ def write_tables(config: dict, outdir: str | Path, tables_dir: str | Path) -> di
     for name, table in config["tables"].items():
         df = table_rows(config, table, outdir)
         with atomic_path(tables_dir / f"{name}.csv") as tmp:
-            df.to_csv(tmp, index=False, float_format="%.4f")
+            df.round({"dsc": 4, "nsd": 4}).to_csv(tmp, index=False, float_format="%.6g")
         with atomic_path(tables_dir / f"{name}.md") as tmp:
             tmp.write_text(to_markdown(df, table.get("title", name)))
         print(f"[tables] {name}: {len(df)} rows", flush=True)
