@@ -151,3 +151,20 @@ def test_unknown_fold_is_a_clear_error(pipeline, tmp_path, capsys):
                  "--splits", pipeline["splits"], "--fold", 7, "--out", tmp_path / "t")
     assert rc == 2 and "no fold 7" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_corrupt_model_and_missing_inputs_are_clear_errors(pipeline, tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    rc = run_cli("predict", "--model", bad, "--preprocessed", pipeline["preprocessed"], "--splits",
+                 pipeline["splits"], "--out", tmp_path / "pred")
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.pt: not a readable seggrid model" in err and not (tmp_path / "pred").exists()
+    broken = tmp_path / "splits.json"
+    broken.write_text("{")
+    rc = run_cli("train", "--plan", pipeline["plan"], "--preprocessed", pipeline["preprocessed"],
+                 "--splits", broken, "--fold", 0, "--out", tmp_path / "t")
+    assert rc == 2 and "splits.json: not valid JSON" in capsys.readouterr().err
+    rc = run_cli("predict", "--model", pipeline["train"] / "model.pt", "--preprocessed", tmp_path / "nowhere",
+                 "--splits", pipeline["splits"], "--out", tmp_path / "pred")
+    assert rc == 2 and "nowhere" in capsys.readouterr().err and not (tmp_path / "pred").exists()

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except SeggridError as exc:
+    except (SeggridError, OSError) as exc:      # OSError messages name the file
         print(f"seggrid {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,6 +8,7 @@ target spacing per evaluation case; :mod:`seggrid.ensemble` averages and exports
 from __future__ import annotations
 
 import itertools
+import pickle
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, write_json
 from seggrid.network import build_network
 from seggrid.train import autocast, peak_memory_mb
@@ -35,8 +37,11 @@ def tta_flips(n: int) -> list[tuple[int, ...]]:
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, int | None]:
     """(network in eval mode, its plan, the training seed) from a ``model.pt``."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = build_network(ckpt["plan"]).to(device)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        model = build_network(ckpt["plan"]).to(device)
+    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        raise SeggridError(f"{path}: not a readable seggrid model ({type(exc).__name__}: {exc})") from exc
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt["plan"], ckpt.get("seed")

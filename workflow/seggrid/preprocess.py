@@ -17,7 +17,7 @@ from scipy import ndimage
 from seggrid.dataset import Case, load_dataset
 from seggrid.errors import SeggridError
 from seggrid.fingerprint import crop, nonzero_bbox
-from seggrid.geometry import Geometry, file_to_internal, load_nifti, read_array
+from seggrid.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
 from seggrid.io import atomic_path, write_json
 
 LOCATIONS_PER_CLASS = 500
@@ -123,20 +123,17 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
 
 
 def to_original_geometry(probs: np.ndarray | torch.Tensor, props: dict) -> np.ndarray:
-    """Map (C, z, y, x) class scores at the target spacing to a label array in the file's grid."""
+    """Map (C, z, y, x) class scores at the target spacing to a label array in the file's grid:
+    resample to the cropped shape, argmax, paste into the crop box, undo the orientation."""
     cropped = resample_probabilities(probs, props["shape_cropped"]).argmax(0).numpy().astype(np.uint8)
-    full_shape = [b for _, b in props["crop_box"]]
     geom = Geometry.from_dict(props["geometry"])
-    internal_shape = file_internal_shape(geom)
-    labels = np.zeros(internal_shape, dtype=np.uint8)
+    labels = np.zeros(internal_shape(geom), dtype=np.uint8)
     labels[tuple(slice(a, b) for a, b in props["crop_box"])] = cropped
-    assert all(f <= s for f, s in zip(full_shape, internal_shape))
-    from seggrid.geometry import internal_to_file
-
     return internal_to_file(labels, geom)
 
 
-def file_internal_shape(geom: Geometry) -> tuple[int, int, int]:
+def internal_shape(geom: Geometry) -> tuple[int, int, int]:
+    """Shape of the file's array in the internal (z, y, x) order."""
     ras_shape = [0, 0, 0]
     for file_axis in range(3):
         ras_shape[int(geom.ornt_to_ras[file_axis, 0])] = geom.shape[file_axis]

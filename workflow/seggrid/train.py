@@ -130,7 +130,11 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         (model.module if world > 1 else model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        rng.bit_generator.state = ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"]
+        if world == 1:
+            rng.bit_generator.state = ckpt["rng"]
+        else:       # rank 0 saved only its own stream: give every rank a fresh one for the rest
+            rng = np.random.default_rng([seed, fold, rank, ckpt["epoch"]])
+            sampler.rng = rng
         torch.set_rng_state(ckpt["torch_rng"])
         start_epoch, ema, log, elapsed_before = ckpt["epoch"], ckpt["ema"], ckpt["log"], ckpt["elapsed"]
         if rank == 0:
