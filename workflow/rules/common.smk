@@ -95,6 +95,11 @@ def fig1_logs(wildcards):
     return {s: f"{OUT}/train/{s}/fold_0/log.csv" for s in config["figures"]["fig1_settings"]}
 
 
+def fig1_label(name):
+    s = resolve_setting(config, name)
+    return f"{name} (batch {s['batch']})"
+
+
 def tables_json():
     keep = {k: config[k] for k in ("tables", "folds", "seed", "settings", "recipe")}
     return shlex.quote(json.dumps(keep, sort_keys=True))

@@ -28,7 +28,9 @@ rule figure1:
     output:
         f"{OUT}/figures/fig1_curves.png",
     params:
-        logs=lambda w, input: " ".join(f"--log {shlex.quote(k + '=' + v)}" for k, v in input.items()),
+        logs=lambda w, input: " ".join(
+            f"--log {shlex.quote(fig1_label(k) + '=' + v)}" for k, v in input.items()
+        ),
     log:
         f"{OUT}/logs/figure1.log",
     conda:

@@ -1,0 +1,41 @@
+"""A setting with 2 GPUs runs as 2 torchrun ranks; without CUDA they train on CPU with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from seggrid.train import local_batch
+
+
+def test_global_batch_is_split_over_ranks():
+    assert [local_batch(16, r, 4) for r in range(4)] == [4, 4, 4, 4]
+    assert [local_batch(5, r, 2) for r in range(2)] == [3, 2]
+    assert sum(local_batch(7, r, 3) for r in range(3)) == 7
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) fallback")
+def test_two_rank_torchrun_training_on_cpu(pipeline, tmp_path):
+    plan = json.loads(pipeline["plan"].read_text())
+    plan["setting"].update(gpus=2, batch=2, name="two_ranks")
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "seggrid", "train", "--plan", str(plan_path),
+         "--preprocessed", str(pipeline["preprocessed"]), "--splits", str(pipeline["splits"]), "--fold", "0",
+         "--threads", "2", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "workflow")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed: 2 ranks, backend gloo (no usable CUDA device: ranks run on CPU)" in proc.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["device"] == "cpu"
+    state = torch.load(tmp_path / "out" / "model.pt", weights_only=False)["state_dict"]
+    assert not any(k.startswith("module.") for k in state)      # saved without the DDP wrapper
