@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY_SETTING, run_cli
 
 
 def test_demo_dataset_layout_and_determinism(demo_dataset, tmp_path):
@@ -168,3 +168,38 @@ def test_corrupt_model_and_missing_inputs_are_clear_errors(pipeline, tmp_path, c
     rc = run_cli("predict", "--model", pipeline["train"] / "model.pt", "--preprocessed", tmp_path / "nowhere",
                  "--splits", pipeline["splits"], "--out", tmp_path / "pred")
     assert rc == 2 and "nowhere" in capsys.readouterr().err and not (tmp_path / "pred").exists()
+
+
+def test_tables_and_figure_cli(pipeline, tmp_path):
+    import shutil
+
+    out = tmp_path / "results"
+    (out / "metrics").mkdir(parents=True)
+    (out / "plans").mkdir()
+    (out / "train" / "tiny").mkdir(parents=True)
+    shutil.copy(pipeline["summary"], out / "metrics" / "tiny__f0.json")
+    shutil.copy(pipeline["plan"], out / "plans" / "tiny.json")
+    shutil.copytree(pipeline["train"], out / "train" / "tiny" / "fold_0")
+    cfg = {"folds": 2, "seed": 3, "settings": {"tiny": {}}, "recipe": TINY_SETTING,
+           "tables": {"table1": {"title": "T1", "rows": [{"label": "tiny row", "setting": "tiny"}]}}}
+    assert run_cli("tables", "--config-json", json.dumps(cfg), "--outdir", out, "--tables-dir", out / "tables") == 0
+    t1 = pd.read_csv(out / "tables" / "table1.csv")
+    summary = json.loads(pipeline["summary"].read_text())
+    assert t1.loc[0, "row"] == "tiny row" and t1.loc[0, "dsc"] == round(summary["dsc"], 4)
+    assert t1.loc[0, "patch_effective"] == "(8, 16, 16)" and t1.loc[0, "batch"] == 2
+    md = (out / "tables" / "table1.md").read_text()
+    assert md.startswith("**T1**") and "| tiny row |" in md
+    prov = json.loads((out / "tables" / "provenance.json").read_text())
+    assert prov["seed"] == 3 and prov["config"]["tables"] == cfg["tables"] and prov["versions"]["torch"]
+    png = out / "fig1.png"
+    assert run_cli("figures", "--log", f"tiny (batch 2)={pipeline['train'] / 'log.csv'}", "--out", png) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_check_config_cli(tmp_path, capsys):
+    assert run_cli("check-config", ROOT / "config" / "config.yaml") == 0
+    assert "11 settings, 19 training jobs, 13 prediction sets" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("settings: {a: {batch: -1}}\ntables: {t: {rows: [{setting: a}]}}\n")
+    assert run_cli("check-config", bad) == 2
+    assert "key 'settings.a.batch': -1 is less than the minimum of 1" in capsys.readouterr().err
