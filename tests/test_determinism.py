@@ -67,3 +67,17 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(pipeline, tmp_path, m
     assert len(log) == 3                                     # header + 2 epochs, none repeated
     a, b = _weights(pipeline["train"] / "model.pt"), _weights(out / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stale_checkpoint_of_another_plan_is_ignored(pipeline, tmp_path, capsys):
+    import seggrid.train as tr
+
+    plan = json.loads(pipeline["plan"].read_text())
+    splits = json.loads(pipeline["splits"].read_text())
+    out = tmp_path / "t"
+    out.mkdir()
+    torch.save({"plan_hash": "something else", "seed": 3, "epoch": 1}, out / "checkpoint_latest.pt")
+    tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3)
+    assert "ignoring" in capsys.readouterr().out
+    a, b = _weights(pipeline["train"] / "model.pt"), _weights(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from seggrid.errors import SeggridError
-from seggrid.io import atomic_path, provenance, write_json
+from seggrid.io import atomic_path, config_hash, provenance, write_json
 from seggrid.losses import DeepSupervisionLoss, build_loss
 from seggrid.network import build_network, deep_supervision_heads, deep_supervision_weights
 from seggrid.sampling import PatchSampler
@@ -125,8 +125,12 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     log: list[dict] = []
     start_epoch, ema, elapsed_before = 0, None, 0.0
     ckpt_path = out_dir / "checkpoint_latest.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None and (ckpt.get("plan_hash") != config_hash(plan) or ckpt.get("seed") != seed):
+        if rank == 0:
+            print(f"[train] ignoring {ckpt_path}: it belongs to another plan or seed", flush=True)
+        ckpt = None
+    if ckpt is not None:
         (model.module if world > 1 else model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -190,7 +194,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
                 state = {"model": (model.module if world > 1 else model).state_dict(),
                          "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                         "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start}
+                         "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start,
+                         "plan_hash": config_hash(plan), "seed": seed}
                 with atomic_path(ckpt_path) as tmp:
                     torch.save(state, tmp)
 
