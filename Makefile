@@ -1,6 +1,6 @@
 # Two commands do all set-up:  `make demo` (run the study on the embedded demo data)
 # and `make test`. Both create .venv from requirements.lock first if it is missing.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
