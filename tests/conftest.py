@@ -57,6 +57,6 @@ def pipeline(demo_dataset, tmp_path_factory) -> dict:
     assert run_cli("ensemble", "--members", p["predict"], "--preprocessed", p["preprocessed"],
                    "--dataset", demo_dataset, *mr, "--out", p["ensemble"]) == 0
     assert run_cli("evaluate", "--predictions", p["ensemble"], "--dataset", demo_dataset, *mr, "--splits",
-                   p["splits"], "--metrics-json", "{}", "--out-csv", p["csv"], "--out-json", p["summary"]) == 0
+                   p["splits"], "--metrics-json", "{}", "--out-csv", p["csv"], "--out-json", p["summary"], "--seed", 3) == 0
     p["dataset"] = demo_dataset
     return p

@@ -203,3 +203,9 @@ def test_check_config_cli(tmp_path, capsys):
     bad.write_text("settings: {a: {batch: -1}}\ntables: {t: {rows: [{setting: a}]}}\n")
     assert run_cli("check-config", bad) == 2
     assert "key 'settings.a.batch': -1 is less than the minimum of 1" in capsys.readouterr().err
+
+
+def test_metrics_record_provenance(pipeline):
+    prov = json.loads(pipeline["summary"].read_text())["provenance"]
+    assert prov["seed"] == 3 and prov["versions"]["surface-distance"] == "0.1"
+    assert prov["config"]["metrics"] == {} and prov["config_hash"]

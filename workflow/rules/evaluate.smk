@@ -10,6 +10,7 @@ rule ensemble:
         directory(f"{OUT}/predictions/{{pset}}"),
     params:
         dataset=dataset_args(),
+        seed=config["seed"],
     log:
         f"{OUT}/logs/ensemble/{{pset}}.log",
     conda:
@@ -19,7 +20,7 @@ rule ensemble:
         runtime=60,
     shell:
         "python -m seggrid ensemble --members {input.members} --preprocessed {input.preprocessed} "
-        "{params.dataset} --out {output} > {log} 2>&1"
+        "{params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -31,6 +32,7 @@ rule evaluate:
         summary=f"{OUT}/metrics/{{pset}}.json",
     params:
         dataset=dataset_args(),
+        seed=config["seed"],
         metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
     log:
         f"{OUT}/logs/evaluate/{{pset}}.log",
@@ -42,4 +44,4 @@ rule evaluate:
     shell:
         "python -m seggrid evaluate --predictions {input.predictions} {params.dataset} "
         "--splits {input.splits} --metrics-json {params.metrics} --out-csv {output.csv} "
-        "--out-json {output.summary} > {log} 2>&1"
+        "--out-json {output.summary} --seed {params.seed} > {log} 2>&1"

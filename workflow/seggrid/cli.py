@@ -108,14 +108,14 @@ def cmd_predict(a):
 def cmd_ensemble(a):
     from seggrid.ensemble import ensemble
 
-    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities)
+    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities, a.seed)
 
 
 def cmd_evaluate(a):
     from seggrid.evaluate import evaluate
 
     s = evaluate(a.predictions, a.dataset, _read(a.splits)["evaluation"], _json_arg(a.metrics_json), a.out_csv,
-                 a.out_json, a.mr_case_id_min, a.modalities)
+                 a.out_json, a.mr_case_id_min, a.modalities, a.seed)
     print(f"[evaluate] mean DSC {s['dsc']:.4f}, NSD {s['nsd']:.4f} over {s['n_cases']} cases")
 
 
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ensemble", cmd_ensemble, "average probabilities; write NIfTI labels in input geometry")
     sp.add_argument("--members", nargs="+", required=True)
     sp.add_argument("--preprocessed", required=True)
+    sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
     dataset_args(sp)
     sp.add_argument("--out", required=True)
 
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_args(sp)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--metrics-json", required=True)
+    sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
     sp.add_argument("--out-csv", required=True)
     sp.add_argument("--out-json", required=True)
 

@@ -17,7 +17,7 @@ from seggrid.preprocess import to_original_geometry
 
 def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset_root: str | Path,
              out: str | Path, mr_case_id_min: int | None = None,
-             modalities: list[str] | None = None) -> list[str]:
+             modalities: list[str] | None = None, seed: int | None = None) -> list[str]:
     """Average member probabilities per case; write labels in each input image's geometry."""
     preprocessed = Path(preprocessed)
     member_dirs = [Path(m) for m in member_dirs]
@@ -36,5 +36,5 @@ def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset_ro
             save_label_nifti(labels, Geometry.from_dict(props["geometry"]), tmp / f"{cid}.nii.gz", ref)
             print(f"[ensemble] {i}/{len(cases)} {cid} ({len(member_dirs)} members)", flush=True)
         write_json(tmp / "members.json", {"members": [str(m) for m in member_dirs], "cases": cases,
-                                          "provenance": provenance()})
+                                          "provenance": provenance(seed, {"members": [str(m) for m in member_dirs]})})
     return cases

@@ -16,7 +16,7 @@ from seggrid.metrics import case_scores, summarise
 
 def evaluate(predictions: str | Path, dataset_root: str | Path, case_ids: list[str], metrics_cfg: dict,
              out_csv: str | Path, out_json: str | Path, mr_case_id_min: int | None = None,
-             modalities: list[str] | None = None) -> dict:
+             modalities: list[str] | None = None, seed: int | None = None) -> dict:
     predictions = Path(predictions)
     ds = load_dataset(dataset_root, mr_case_id_min, modalities)
     rows = []
@@ -35,7 +35,7 @@ def evaluate(predictions: str | Path, dataset_root: str | Path, case_ids: list[s
         print(f"[evaluate] {i}/{len(case_ids)} {cid}", flush=True)
     df = pd.DataFrame(rows)
     summary = summarise(df)
-    summary["provenance"] = provenance(config=metrics_cfg)
+    summary["provenance"] = provenance(seed, {"metrics": metrics_cfg, "predictions": str(predictions)})
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     write_json(out_json, summary)

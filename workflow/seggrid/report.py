@@ -75,6 +75,7 @@ def figure1(train_logs: dict[str, str | Path], out_png: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, path in train_logs.items():
@@ -84,6 +85,7 @@ def figure1(train_logs: dict[str, str | Path], out_png: str | Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     ax_dsc.set(xlabel="epoch", ylabel="validation DSC (pseudo-Dice)", title="Validation DSC", ylim=(0, 1))
     for ax in (ax_loss, ax_dsc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Figure 1: training curves, fold 0")
