@@ -26,7 +26,6 @@ def test_internal_order_is_ras_zyx_and_inverts(name, codes):
     assert spacing == (3.0, 3.0, 3.0)
     assert np.array_equal(internal_to_file(internal, geom), data)
     # the internal x axis runs towards the patient's right in world coordinates
-    ijk0 = np.argwhere(data == data)[0]
     geom2 = Geometry.from_dict(geom.to_dict())
     assert np.allclose(geom2.affine, img.affine)
     probe = np.zeros_like(internal)
@@ -36,7 +35,6 @@ def test_internal_order_is_ras_zyx_and_inverts(name, codes):
     file_idx0 = np.argwhere(internal_to_file(probe, geom) == 1)[0]
     x_world = lambda idx: (img.affine @ np.r_[idx, 1])[0]
     assert x_world(file_idx) > x_world(file_idx0)
-    del ijk0
 
 
 @pytest.mark.parametrize("name, modality", [("ct", "CT"), ("mr", "MR")])

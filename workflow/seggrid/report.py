@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from seggrid.config import parse_prediction_set_id, prediction_set_id, row_folds, row_models
+from seggrid.config import prediction_set_id, row_folds, row_models
 from seggrid.io import atomic_path, provenance, write_json
 
 TABLE_COLUMNS = ["row", "settings", "patch_requested", "patch_effective", "batch", "loss", "folds", "n_cases",
@@ -94,5 +94,3 @@ def figure1(train_logs: dict[str, str | Path], out_png: str | Path) -> None:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
-
-__all__ = ["write_tables", "figure1", "parse_prediction_set_id"]
