@@ -114,6 +114,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     rng = np.random.default_rng([seed, fold, rank])
     sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], rank, world),
                            s["oversample_foreground"], s["mirror_p"], rng)
+    val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], rank, world),
+                               s["oversample_foreground"], 0.0, np.random.default_rng(0))
     model = build_network(plan).to(device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -168,8 +170,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
             scaler.update()
             train_losses.append(loss.item())
 
-        val_loss, counts = validate(model, plan, preprocessed, fold_split["val"], seed + epoch, rank, world,
-                                    device, loss_fn, n_classes)
+        val_sampler.rng = np.random.default_rng([seed + epoch, rank, 7])   # same patches on every run
+        val_loss, counts = validate(model, plan, val_sampler, device, loss_fn, n_classes)
         if world > 1:
             stats = torch.cat([counts.flatten(), torch.tensor([val_loss], dtype=torch.float64, device=device)])
             dist.all_reduce(stats)
@@ -217,13 +219,10 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
 
 
 @torch.no_grad()
-def validate(model, plan, preprocessed, val_cases, seed, rank, world, device, loss_fn, n_classes):
+def validate(model, plan, sampler: PatchSampler, device, loss_fn, n_classes):
     """Validation loss and TP/FP/FN counts over this rank's share of the validation batches."""
     s = plan["setting"]
     model.eval()
-    sampler = PatchSampler(preprocessed, val_cases, plan["topology"]["patch_effective"],
-                           local_batch(s["batch"], rank, world), s["oversample_foreground"], 0.0,
-                           np.random.default_rng([seed, rank, 7]))
     counts = torch.zeros(3, n_classes - 1, dtype=torch.float64, device=device)
     losses = []
     for _ in range(s["val_iterations"]):
