@@ -16,7 +16,7 @@ from seggrid.cli import main  # noqa: E402
 TINY_SETTING = {
     "name": "tiny", "patch": [8, 16, 16], "batch": 2, "loss": "dice_ce", "optimizer": "adam", "lr": 0.01,
     "momentum": 0.99, "weight_decay": 3e-5, "lr_schedule": "poly", "epochs": 2, "iterations_per_epoch": 3,
-    "val_iterations": 1, "oversample_foreground": 0.33, "mirror_p": 0.5, "precision": "fp32", "grad_clip": 12,
+    "val_iterations": 1, "oversample_foreground": 0.33, "augmentation": "nnunet", "precision": "fp32", "grad_clip": 12,
     "base_features": 4, "max_features": 16, "deep_supervision": True, "max_pools_per_axis": 3,
     "patch_rounding": "down", "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10,
 }

@@ -64,11 +64,12 @@ def cmd_fingerprint(a):
 
 def cmd_plan(a):
     from seggrid.io import write_json
+    from seggrid.config import complete_setting
     from seggrid.planner import make_plan
 
     fingerprint, check = _read(a.fingerprint), _read(a.dataset_check)
     target = a.target_spacing or fingerprint["target_spacing_rule"]
-    plan = make_plan(_json_arg(a.setting_json), target, fingerprint, check["labels"])
+    plan = make_plan(complete_setting(_json_arg(a.setting_json)), target, fingerprint, check["labels"])
     write_json(a.out, plan)
     t = plan["topology"]
     print(f"[plan] {plan['setting']['name']}: patch {t['patch_requested']} -> {t['patch_effective']}, "

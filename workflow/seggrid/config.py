@@ -114,6 +114,15 @@ def resolve_setting(config: dict, name: str) -> dict:
     return recipe
 
 
+def complete_setting(setting: dict) -> dict:
+    """A resolved setting with any recipe key it lacks filled from the schema's defaults (so a
+    plan made from an older or hand-written setting JSON still names every registry entry)."""
+    recipe = load_schema()["properties"]["recipe"]["properties"]
+    out = {k: copy.deepcopy(v["default"]) for k, v in recipe.items() if "default" in v}
+    out.update(copy.deepcopy(setting))
+    return out
+
+
 def row_models(row: dict) -> list[str]:
     return [row["setting"]] if "setting" in row else list(row["models"])
 

@@ -4,7 +4,11 @@ Every loss takes logits (B, C, z, y, x) and an integer target (B, 1, z, y, x) an
 scalar. Compound losses add their terms with weight 1 (as nnU-Net's Dice + CE).
 
 Terms
-- ``dice``: soft Dice over the foreground classes, smooth 1e-5 (MONAI DiceLoss); 1 - Dice.
+- ``dice``: soft Dice over the foreground classes, smooth 1e-5; 1 - mean Dice. Per sample and
+  class, or with ``batch_dice`` over the whole batch per class. Under torchrun the batch-Dice
+  TP/FP/FN sums are all-reduced over ranks (differentiably), so the loss is that of the GLOBAL
+  batch and DDP's gradient equals the single-process gradient. (MONAI's DiceLoss, used
+  before, cannot reduce its terms across ranks.)
 - ``ce``: cross-entropy.
 - ``focal``: focal loss (Lin et al.), gamma 2, on the softmax: mean over voxels of
   -(1 - p_t)**2 * log(p_t), p_t the probability of the true class.
@@ -23,7 +27,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+import torch.distributed as dist
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch import nn
 
 TOPK_FRACTION = 0.10
@@ -34,13 +39,21 @@ def _onehot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 class DiceTerm(nn.Module):
-    def __init__(self, batch_dice: bool = False):
+    def __init__(self, batch_dice: bool = False, smooth: float = 1e-5):
         super().__init__()
-        self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True,
-                             smooth_nr=1e-5, smooth_dr=1e-5, batch=batch_dice)
+        self.batch_dice, self.smooth = batch_dice, smooth
 
     def forward(self, logits, target):
-        return self.dice(logits, target)
+        probs = torch.softmax(logits, dim=1)[:, 1:]
+        truth = _onehot(target, logits.shape[1])[:, 1:]
+        dims = (0, 2, 3, 4) if self.batch_dice else (2, 3, 4)
+        tp = (probs * truth).sum(dims)
+        fp = (probs * (1 - truth)).sum(dims)
+        fn = ((1 - probs) * truth).sum(dims)
+        if self.batch_dice and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            tp, fp, fn = differentiable_all_reduce(torch.stack([tp, fp, fn])).unbind(0)
+        dice = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth).clamp_min(1e-8)
+        return 1 - dice.mean()
 
 
 class CETerm(nn.Module):
@@ -99,10 +112,10 @@ LOSSES: dict[str, tuple[str, ...]] = {
 
 
 class CompoundLoss(nn.Module):
-    def __init__(self, terms: tuple[str, ...]):
+    def __init__(self, terms: tuple[str, ...], batch_dice: bool = False):
         super().__init__()
         self.names = terms
-        self.terms = nn.ModuleList(TERMS[t]() for t in terms)
+        self.terms = nn.ModuleList(DiceTerm(batch_dice) if t == "dice" else TERMS[t]() for t in terms)
 
     def forward(self, logits, target):
         if logits.dtype in (torch.float16, torch.bfloat16):
@@ -110,10 +123,10 @@ class CompoundLoss(nn.Module):
         return sum(term(logits, target) for term in self.terms)
 
 
-def build_loss(name: str) -> CompoundLoss:
+def build_loss(name: str, batch_dice: bool = False) -> CompoundLoss:
     if name not in LOSSES:
         raise KeyError(f"unknown loss '{name}'; known: {sorted(LOSSES)}")
-    return CompoundLoss(LOSSES[name])
+    return CompoundLoss(LOSSES[name], batch_dice)
 
 
 class DeepSupervisionLoss(nn.Module):

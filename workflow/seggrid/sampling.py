@@ -1,36 +1,145 @@
-"""Patch sampling from memory-mapped preprocessed cases: nnU-Net's foreground oversampling
-and mirroring augmentation.
+"""Patch sampling from preprocessed cases: nnU-Net's foreground oversampling, then augmentation.
 
-A batch of ``batch`` patches (z, y, x) = plan's effective patch: the last
-``round(batch * oversample)`` samples are forced to contain foreground (a random class
-present in the case, a random voxel of it, placed at a random position in the patch); the
-others are placed uniformly. Regions outside the image are zero-padded (label 0).
+A batch holds ``batch`` patches of the plan's effective patch (z, y, x). The last
+``round(batch * foreground_fraction)`` samples are forced to contain foreground (a random
+class present in the case, a random voxel of it, placed at a random position in the patch);
+the others are placed uniformly. Regions outside the image are zero (label 0).
+
+Two options from Ma et al. 2020 ("training 20x faster"):
+
+- ``adaptive_ratio``: the foreground fraction follows the last validation's errors:
+  r' = (r_FN / r_FP)**gamma with their eq. 5-6, r_FP = mean_c (TP+FP)/(TP+FP+FN),
+  r_FN = mean_c (TP+FN)/(TP+FP+FN), and fraction = r' / (1 + r'); it starts at 1:1.
+- :class:`SmartCache`: keep ``size`` cases in RAM and replace ``replace_fraction`` of them per
+  epoch, loading the replacements in a background thread while the epoch trains.
+  Without it, cases are memory-mapped and the OS page cache decides.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from seggrid.augment import Augmenter
+
+
+def adaptive_foreground_fraction(counts: np.ndarray, gamma: float = 1.0) -> float:
+    """Fraction of forced-foreground samples from (3, C) validation TP/FP/FN counts."""
+    tp, fp, fn = counts
+    union = tp + fp + fn
+    seen = union > 0
+    if not seen.any():
+        return 0.5
+    r_fp = float(np.mean((tp + fp)[seen] / union[seen]))
+    r_fn = float(np.mean((tp + fn)[seen] / union[seen]))
+    if r_fp == 0:
+        return 1.0
+    r = (r_fn / r_fp) ** gamma
+    return r / (1 + r)
+
+
+class SmartCache:
+    """``size`` of the cases held in RAM; :meth:`start_epoch` swaps in the replacements loaded in
+    the background during the previous epoch and starts loading the next ones. Which cases are
+    swapped is drawn from ``rng``, so the sequence is deterministic."""
+
+    def __init__(self, load, n_cases: int, size: int, replace_fraction: float, rng: np.random.Generator):
+        self.load, self.n_cases, self.rng = load, n_cases, rng
+        self.size = min(size, n_cases)
+        self.n_replace = min(int(round(self.size * replace_fraction)), n_cases - self.size)
+        self.members = sorted(rng.choice(n_cases, size=self.size, replace=False).tolist())
+        self.data = {i: load(i) for i in self.members}
+        self._incoming: dict[int, tuple] = {}
+        self._plan: list[tuple[int, int]] = []
+        self._thread: threading.Thread | None = None
+
+    def _prefetch(self) -> None:
+        if self.n_replace == 0:
+            return
+        outside = [i for i in range(self.n_cases) if i not in self.data]
+        new = self.rng.choice(outside, size=self.n_replace, replace=False).tolist()
+        old = self.rng.choice(self.members, size=self.n_replace, replace=False).tolist()
+        self._plan = list(zip(old, new))
+        self._incoming = {}
+        self._thread = threading.Thread(target=lambda: self._incoming.update({i: self.load(i) for i in new}),
+                                        daemon=True)
+        self._thread.start()
+
+    def state_dict(self) -> dict:
+        """Members, the pending swap and the generator: enough to resume the same sequence."""
+        return {"members": list(self.members), "plan": list(self._plan), "rng": self.rng.bit_generator.state,
+                "pending": self._thread is not None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self.members = list(state["members"])
+        self.data = {i: self.load(i) for i in self.members}
+        self.rng.bit_generator.state = state["rng"]
+        self._plan, self._thread = [tuple(p) for p in state["plan"]], None
+        if state["pending"]:
+            new = [n for _, n in self._plan]
+            self._incoming = {}
+            self._thread = threading.Thread(target=lambda: self._incoming.update({i: self.load(i) for i in new}),
+                                            daemon=True)
+            self._thread.start()
+
+    def start_epoch(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            for old, new in self._plan:
+                del self.data[old]
+                self.data[new] = self._incoming[new]
+            self.members = sorted(self.data)
+            self._thread = None
+        self._prefetch()
 
 
 class PatchSampler:
     def __init__(self, preprocessed: str | Path, case_ids: list[str], patch: list[int], batch: int,
-                 oversample: float, mirror_p: float, rng: np.random.Generator):
+                 foreground_fraction: float, rng: np.random.Generator, augmenter: Augmenter | None = None,
+                 device: torch.device | str = "cpu", cache_cases: int = 0, cache_replace: float = 0.1):
         if not case_ids:
             raise ValueError("PatchSampler needs at least one case")
         root = Path(preprocessed)
         self.patch = np.asarray(patch)
         self.batch = batch
-        self.n_forced = int(round(batch * oversample))
-        self.mirror_p = mirror_p
+        self.foreground_fraction = foreground_fraction
         self.rng = rng
+        self.augmenter = augmenter
+        self.device = torch.device(device)
         self.case_ids = list(case_ids)
         self.images = [np.load(root / f"{c}_img.npy", mmap_mode="r") for c in self.case_ids]
         self.labels = [np.load(root / f"{c}_seg.npy", mmap_mode="r") for c in self.case_ids]
         self.locations = [{int(k): np.asarray(v) for k, v in json.loads((root / f"{c}.json").read_text())
                            ["class_locations"].items()} for c in self.case_ids]
+        self.cache = None
+        if cache_cases:
+            self.cache = SmartCache(lambda i: (np.array(self.images[i]), np.array(self.labels[i])),
+                                    len(self.case_ids), cache_cases, cache_replace,
+                                    np.random.default_rng(rng.integers(2**63)))
+
+    @property
+    def n_forced(self) -> int:
+        return int(round(self.batch * self.foreground_fraction))
+
+    def start_epoch(self) -> None:
+        if self.cache is not None:
+            self.cache.start_epoch()
+
+    def _case(self) -> int:
+        if self.cache is not None:
+            return int(self.rng.choice(self.cache.members))
+        return int(self.rng.integers(len(self.case_ids)))
+
+    def _arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None:
+            return self.cache.data[i]
+        return self.images[i], self.labels[i]
 
     def _corner(self, shape: np.ndarray, force_fg: bool, locs: dict) -> np.ndarray:
         if force_fg and locs:
@@ -41,28 +150,42 @@ class PatchSampler:
         hi = np.maximum(0, shape - self.patch)
         return np.array([self.rng.integers(a, b + 1) for a, b in zip(lo, hi)])
 
-    def _crop(self, array: np.ndarray, corner: np.ndarray) -> np.ndarray:
-        out = np.zeros(tuple(self.patch), dtype=array.dtype)
+    @staticmethod
+    def crop(array: np.ndarray, corner: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """``size`` voxels from ``corner`` (may lie outside the array: zero-filled there)."""
+        out = np.zeros(tuple(size), dtype=array.dtype)
         src, dst = [], []
-        for c, p, s in zip(corner, self.patch, array.shape):
+        for c, p, s in zip(corner, size, array.shape):
             a, b = max(c, 0), min(c + p, s)
             src.append(slice(a, max(a, b)))
             dst.append(slice(a - c, a - c + max(0, b - a)))
         out[tuple(dst)] = array[tuple(src)]
         return out
 
-    def sample(self, force_fg: bool) -> tuple[np.ndarray, np.ndarray]:
-        i = self.rng.integers(len(self.case_ids))
-        corner = self._corner(np.asarray(self.images[i].shape), force_fg, self.locations[i])
-        image, label = self._crop(self.images[i], corner), self._crop(self.labels[i], corner)
-        for ax in range(3):
-            if self.rng.random() < self.mirror_p:
-                image, label = np.flip(image, ax), np.flip(label, ax)
-        return image, label
-
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """(image (B, 1, z, y, x) float32, label (B, 1, z, y, x) int64)."""
-        pairs = [self.sample(force_fg=i >= self.batch - self.n_forced) for i in range(self.batch)]
-        images = np.stack([p[0] for p in pairs])[:, None].astype(np.float32)
-        labels = np.stack([p[1] for p in pairs])[:, None].astype(np.int64)
-        return images, labels
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (B, 1, z, y, x) float32, label (B, 1, z, y, x) int64) on the sampler's device."""
+        n_forced = self.n_forced
+        picks = []
+        for b in range(self.batch):
+            i = self._case()
+            image, _ = self._arrays(i)
+            corner = self._corner(np.asarray(image.shape), b >= self.batch - n_forced, self.locations[i])
+            params = self.augmenter.draw(self.rng) if self.augmenter else None
+            picks.append((i, corner, params))
+        size = self.patch.copy()
+        if self.augmenter:
+            for _, _, params in picks:
+                size = np.maximum(size, Augmenter.source_size(params, self.patch.tolist()))
+        margin = (size - self.patch) // 2
+        images, labels = [], []
+        for i, corner, _ in picks:
+            image, label = self._arrays(i)
+            images.append(self.crop(image, corner - margin, size))
+            labels.append(self.crop(label, corner - margin, size))
+        img = torch.from_numpy(np.stack(images)[:, None].astype(np.float32)).to(self.device)
+        lab = torch.from_numpy(np.stack(labels)[:, None].astype(np.int64)).to(self.device)
+        if self.augmenter is None:
+            return img, lab
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(self.rng.integers(2**63)))
+        return self.augmenter(img, lab, [p for _, _, p in picks], self.patch.tolist(), generator)
