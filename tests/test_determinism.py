@@ -81,3 +81,69 @@ def test_stale_checkpoint_of_another_plan_is_ignored(pipeline, tmp_path, capsys)
     assert "ignoring" in capsys.readouterr().out
     a, b = _weights(pipeline["train"] / "model.pt"), _weights(out / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_weights(pipeline, tmp_path):
+    """A real `seggrid train` process is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and
+    started again with the same command: it resumes and ends with the uninterrupted weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    plan = json.loads(pipeline["plan"].read_text())
+    plan["setting"].update(epochs=3, iterations_per_epoch=40, cache_cases=2, cache_replace=0.5,
+                           foreground_sampling="adaptive", name="killed")
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "workflow"))
+
+    def command(out):
+        return [sys.executable, "-m", "seggrid", "train", "--plan", str(plan_path), "--preprocessed",
+                str(pipeline["preprocessed"]), "--splits", str(pipeline["splits"]), "--fold", "0", "--seed", "3",
+                "--checkpoint-every", "1", "--out", str(out)]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint_latest.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)                                          # well inside epoch 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "model.pt").exists()
+    rerun = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "resumed from" in rerun.stdout
+    assert len((out / "log.csv").read_text().splitlines()) == 4
+    a, b = _weights(tmp_path / "whole" / "model.pt"), _weights(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(pipeline, tmp_path, monkeypatch):
+    import pytest
+
+    import seggrid.train as tr
+    from seggrid.errors import SeggridError
+    from seggrid.losses import DeepSupervisionLoss
+
+    plan = json.loads(pipeline["plan"].read_text())
+    splits = json.loads(pipeline["splits"].read_text())
+    real = DeepSupervisionLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, target):
+        calls["n"] += 1
+        value = real(self, outputs, target)
+        return value * float("nan") if calls["n"] > plan["setting"]["iterations_per_epoch"] + 1 else value
+
+    monkeypatch.setattr(DeepSupervisionLoss, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(SeggridError, match="non-finite loss .* at epoch 1; stopped, the last good checkpoint"):
+        tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3, checkpoint_every=1)
+    assert torch.load(out / "checkpoint_latest.pt", weights_only=False)["epoch"] == 1
+    assert not (out / "model.pt").exists()

@@ -6,8 +6,8 @@ scalar. Compound losses add their terms with weight 1 (as nnU-Net's Dice + CE).
 Terms
 - ``dice``: soft Dice over the foreground classes, smooth 1e-5; 1 - mean Dice. Per sample and
   class, or with ``batch_dice`` over the whole batch per class. Under torchrun the batch-Dice
-  TP/FP/FN sums are all-reduced over ranks (differentiably), so the loss is that of the GLOBAL
-  batch and DDP's gradient equals the single-process gradient. (MONAI's DiceLoss, used
+  TP/FP/FN sums are all-reduced over ranks (:func:`global_sums`), so the loss is that of the
+  GLOBAL batch and DDP's gradient equals the single-process gradient. (MONAI's DiceLoss, used
   before, cannot reduce its terms across ranks.)
 - ``ce``: cross-entropy.
 - ``focal``: focal loss (Lin et al.), gamma 2, on the softmax: mean over voxels of
@@ -28,7 +28,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch import nn
 
 TOPK_FRACTION = 0.10
@@ -36,6 +35,21 @@ TOPK_FRACTION = 0.10
 
 def _onehot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(target[:, 0].long(), n_classes).movedim(-1, 1).to(torch.float32)
+
+
+def global_sums(local: torch.Tensor) -> torch.Tensor:
+    """Sum of ``local`` over all ranks, with a gradient that makes DDP exact.
+
+    Value: the all-reduced sum. Gradient: ``world`` times the local one, because DDP averages
+    the ranks' gradients, and (1/world) * sum_r world * dL/dS * dS_r/dtheta is the gradient of
+    the global-batch loss. The all-reduce happens in the forward pass only; a collective in the
+    backward pass (torch.distributed.nn's all_reduce) interleaves with DDP's own gradient
+    all-reduces in a different order on each rank and deadlocks under gloo.
+    """
+    world = dist.get_world_size()
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return total + world * (local - local.detach())
 
 
 class DiceTerm(nn.Module):
@@ -51,7 +65,7 @@ class DiceTerm(nn.Module):
         fp = (probs * (1 - truth)).sum(dims)
         fn = ((1 - probs) * truth).sum(dims)
         if self.batch_dice and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            tp, fp, fn = differentiable_all_reduce(torch.stack([tp, fp, fn])).unbind(0)
+            tp, fp, fn = global_sums(torch.stack([tp, fp, fn])).unbind(0)
         dice = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth).clamp_min(1e-8)
         return 1 - dice.mean()
 
