@@ -54,3 +54,31 @@ def test_unplannable_patch_is_a_clear_error():
         plan_topology([4, 64, 64], [1, 1, 1])
     with pytest.raises(SeggridError, match="3 entries"):
         plan_topology([64, 64], [1, 1])
+
+
+def test_target_spacing_is_the_median_or_the_anisotropic_10th_percentile():
+    import numpy as np
+
+    from seggrid.fingerprint import target_spacing_rule
+
+    iso = np.array([[1.0, 0.8, 0.8], [1.5, 0.7, 0.7], [1.2, 0.9, 0.9]])
+    shapes = np.array([[200, 512, 512]] * 3)
+    assert target_spacing_rule(iso, shapes) == pytest.approx([1.2, 0.8, 0.8])
+    # z 5 mm (> 3x the in-plane 0.7 mm) and thin (30 slices << 512 / 3): 10th percentile of z
+    aniso = np.array([[5.0, 0.7, 0.7], [5.0, 0.7, 0.7], [5.0, 0.7, 0.7], [2.5, 0.7, 0.7], [6.0, 0.7, 0.7]])
+    thin = np.array([[30, 512, 512]] * 5)
+    assert target_spacing_rule(aniso, thin) == pytest.approx([float(np.percentile(aniso[:, 0], 10)), 0.7, 0.7])
+    # anisotropic but not thin (many slices): plain median
+    thick = np.array([[400, 512, 512]] * 5)
+    assert target_spacing_rule(aniso, thick) == pytest.approx([5.0, 0.7, 0.7])
+
+
+def test_plan_puts_the_coarsest_axis_first():
+    from seggrid.planner import make_plan
+
+    setting = {"name": "s", "patch": [20, 64, 64], "base_features": 32, "max_features": 320,
+               "max_pools_per_axis": None, "patch_rounding": "up", "gpus": 1, "batch": 2}
+    plan = make_plan(setting, [0.8, 0.8, 4.0], {}, {"0": "background", "1": "a"})     # x is coarsest
+    assert plan["transpose"] == [2, 0, 1]
+    assert plan["topology"]["spacing"] == [4.0, 0.8, 0.8]
+    assert plan["topology"]["kernels"][0] == [1, 3, 3]

@@ -71,13 +71,22 @@ def plan_topology(patch: list[int], spacing: list[float], base_features: int = 3
             "patch_rounding": patch_rounding}
 
 
+def coarsest_first(spacing: list[float]) -> list[int]:
+    """Axis permutation that puts the coarsest axis first and keeps the others' order."""
+    worst = max(range(3), key=lambda a: (spacing[a], -a))
+    return [worst] + [a for a in range(3) if a != worst]
+
+
 def make_plan(setting: dict, target_spacing: list[float], fingerprint: dict, labels: dict) -> dict:
-    """Everything a training job needs: the resolved setting, topology and data facts."""
-    topo = plan_topology(setting["patch"], target_spacing, setting["base_features"], setting["max_features"],
+    """Everything a training job needs: the resolved setting, topology and data facts.
+    ``target_spacing`` is (z, y, x); the topology is planned in the network's axis order
+    (coarsest axis first, as preprocessing stores the arrays), in which ``patch`` is given."""
+    order = coarsest_first(target_spacing)
+    topo = plan_topology(setting["patch"], [target_spacing[a] for a in order], setting["base_features"], setting["max_features"],
                          setting["max_pools_per_axis"], setting["patch_rounding"])
     if setting["gpus"] > 1 and setting["batch"] < setting["gpus"]:
         raise SeggridError(f"setting '{setting['name']}': {setting['gpus']} GPUs but global batch "
                            f"{setting['batch']}; each GPU needs at least one sample")
-    return {"setting": setting, "topology": topo, "target_spacing": list(target_spacing),
+    return {"setting": setting, "topology": topo, "target_spacing": list(target_spacing), "transpose": order,
             "labels": labels, "n_classes": max(int(k) for k in labels) + 1,
             "ct_foreground_intensity": fingerprint.get("ct_foreground_intensity")}

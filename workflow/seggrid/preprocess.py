@@ -1,4 +1,10 @@
-"""Preprocessing: orientation, crop to non-zero, normalisation, resampling to the target spacing.
+"""Preprocessing: orientation, transposition, crop to non-zero, normalisation, resampling.
+
+Axis order: arrays are first RAS-aligned (z, y, x) (``geometry.py``), then transposed so the
+coarsest axis of the target spacing comes first (nnU-Net's rule; identity for axial CT/MR,
+where z is coarsest). Resampling is cubic for images and linear on the one-hot encoding for
+labels; when the original or target spacing is anisotropic (max/min > 3), the in-plane
+axes are resampled that way slice by slice and the out-of-plane axis 0 with nearest neighbour.
 
 Every case becomes ``<case>_img.npy`` (float32, (z, y, x)), ``<case>_seg.npy`` (uint8) and
 ``<case>.json`` (geometry, crop box, class locations), so training memory-maps patches
@@ -19,8 +25,27 @@ from seggrid.errors import SeggridError
 from seggrid.fingerprint import crop, nonzero_bbox
 from seggrid.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
 from seggrid.io import atomic_path, write_json
+from seggrid.planner import coarsest_first
 
 LOCATIONS_PER_CLASS = 500
+ANISO_THRESHOLD = 3.0
+
+
+def separate_z(spacing: list[float], target: list[float]) -> bool:
+    """Resample axis 0 separately (nearest) when it is the coarse axis of an anisotropic grid."""
+    for sp in (spacing, target):
+        if max(sp) / min(sp) > ANISO_THRESHOLD and int(np.argmax(sp)) == 0:
+            return True
+    return False
+
+
+def nearest_along_axis0(t: torch.Tensor, n: int, axis: int = 0) -> torch.Tensor:
+    """Nearest-neighbour resampling of ``axis`` onto ``n`` samples, corner centres aligned."""
+    old = t.shape[axis]
+    if old == n:
+        return t
+    idx = torch.round(torch.arange(n, dtype=torch.float64) * ((old - 1) / max(n - 1, 1))).long()
+    return t.index_select(axis, idx)
 
 
 def normalise(image: np.ndarray, modality: str, ct_stats: dict | None) -> np.ndarray:
@@ -38,31 +63,42 @@ def new_shape(shape, spacing, target) -> list[int]:
     return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target)]
 
 
-def resample_image(image: np.ndarray, shape: list[int]) -> np.ndarray:
-    """Cubic resampling onto ``shape`` (corner voxel centres aligned, as scipy's zoom does)."""
+def resample_image(image: np.ndarray, shape: list[int], anisotropic: bool = False) -> np.ndarray:
+    """Cubic resampling onto ``shape`` (corner voxel centres aligned, as scipy's zoom does);
+    with ``anisotropic``, cubic in-plane and nearest along axis 0."""
     if list(image.shape) == list(shape):
         return image.astype(np.float32)
     zoom = [n / o for n, o in zip(shape, image.shape)]
-    out = ndimage.zoom(image, zoom, order=3, mode="nearest", grid_mode=False)
+    if anisotropic:
+        out = ndimage.zoom(image, [1.0, zoom[1], zoom[2]], order=3, mode="nearest", grid_mode=False)
+        out = nearest_along_axis0(torch.from_numpy(np.ascontiguousarray(out)), shape[0]).numpy()
+    else:
+        out = ndimage.zoom(image, zoom, order=3, mode="nearest", grid_mode=False)
     if list(out.shape) != list(shape):
         raise AssertionError(f"zoom gave {out.shape}, wanted {shape}")
     return out.astype(np.float32)
 
 
-def resample_probabilities(probs: np.ndarray | torch.Tensor, shape: list[int]) -> torch.Tensor:
-    """Linear resampling of (C, z, y, x) class scores onto ``shape`` (same grid as resample_image)."""
+def resample_probabilities(probs: np.ndarray | torch.Tensor, shape: list[int],
+                           anisotropic: bool = False) -> torch.Tensor:
+    """Linear resampling of (C, z, y, x) class scores onto ``shape`` (same grid as
+    resample_image); with ``anisotropic``, bilinear in-plane and nearest along z."""
     t = torch.as_tensor(probs, dtype=torch.float32)
     if list(t.shape[1:]) == list(shape):
         return t
+    if anisotropic:
+        inplane = F.interpolate(t.movedim(1, 0), size=tuple(shape[1:]), mode="bilinear", align_corners=True)
+        return nearest_along_axis0(inplane.movedim(0, 1), shape[0], axis=1)
     return F.interpolate(t[None], size=tuple(shape), mode="trilinear", align_corners=True)[0]
 
 
-def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int) -> np.ndarray:
+def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int, anisotropic: bool = False) -> np.ndarray:
     """Labels resampled via their one-hot encoding (linear), then argmax."""
     if list(labels.shape) == list(shape):
         return labels.astype(np.uint8)
     onehot = F.one_hot(torch.as_tensor(labels, dtype=torch.long), n_classes).permute(3, 0, 1, 2)
-    return resample_probabilities(onehot.float().numpy(), shape).argmax(0).numpy().astype(np.uint8)
+    probs = resample_probabilities(onehot.float().numpy(), shape, anisotropic)
+    return probs.argmax(0).numpy().astype(np.uint8)
 
 
 def class_locations(seg: np.ndarray, rng: np.random.Generator) -> dict[str, list[list[int]]]:
@@ -78,19 +114,25 @@ def class_locations(seg: np.ndarray, rng: np.random.Generator) -> dict[str, list
 
 def preprocess_case(case: Case, target: list[float], ct_stats: dict | None, n_classes: int,
                     out_dir: Path, seed: int) -> dict:
+    """``target`` is the (z, y, x) spacing; arrays are stored in ``coarsest_first(target)`` order."""
+    order = coarsest_first(target)
     img = load_nifti(case.image)
     image, spacing, geom = file_to_internal(img, read_array(img, case.image))
+    image = image.transpose(order)
+    spacing, target = [spacing[a] for a in order], [target[a] for a in order]
     box = nonzero_bbox(image)
     image = normalise(crop(image, box), case.modality, ct_stats)
     shape = new_shape(image.shape, spacing, target)
-    props = {"case_id": case.case_id, "modality": case.modality, "geometry": geom.to_dict(),
+    aniso = separate_z(spacing, target)
+    props = {"case_id": case.case_id, "modality": case.modality, "geometry": geom.to_dict(), "transpose": order,
              "spacing_original": list(spacing), "crop_box": box, "shape_cropped": list(image.shape),
-             "shape_preprocessed": shape, "spacing": list(target), "has_label": case.label is not None}
-    np.save(out_dir / f"{case.case_id}_img.npy", resample_image(image, shape))
+             "shape_preprocessed": shape, "spacing": list(target), "separate_z": aniso,
+             "has_label": case.label is not None}
+    np.save(out_dir / f"{case.case_id}_img.npy", resample_image(image, shape, aniso))
     if case.label is not None:
         lab_img = load_nifti(case.label)
         seg, _, _ = file_to_internal(lab_img, read_array(lab_img, case.label, dtype=np.uint8))
-        seg = resample_labels(crop(seg, box), shape, n_classes)
+        seg = resample_labels(crop(seg.transpose(order), box), shape, n_classes, aniso)
         np.save(out_dir / f"{case.case_id}_seg.npy", seg)
         props["class_locations"] = class_locations(seg, np.random.default_rng(seed))
     return props
@@ -105,7 +147,8 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
     n_classes = max(ds.labels) + 1
     torch.set_num_threads(threads)
     cases = ds.training + ds.validation
-    manifest = {"target_spacing": target, "n_classes": n_classes,
+    manifest = {"target_spacing": target, "transpose": coarsest_first(target),
+                "spacing_network_order": [target[a] for a in coarsest_first(target)], "n_classes": n_classes,
                 "labels": {str(k): v for k, v in ds.labels.items()},
                 "training": [c.case_id for c in ds.training], "validation": [c.case_id for c in ds.validation],
                 "cases": {}}
@@ -123,13 +166,17 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
 
 
 def to_original_geometry(probs: np.ndarray | torch.Tensor, props: dict) -> np.ndarray:
-    """Map (C, z, y, x) class scores at the target spacing to a label array in the file's grid:
-    resample to the cropped shape, argmax, paste into the crop box, undo the orientation."""
-    cropped = resample_probabilities(probs, props["shape_cropped"]).argmax(0).numpy().astype(np.uint8)
+    """Map (C, ...) class scores at the target spacing (network axis order) to a label array in
+    the file's grid: resample to the cropped shape, argmax, paste into the crop box, undo the
+    transposition, undo the orientation."""
+    scores = resample_probabilities(probs, props["shape_cropped"], props.get("separate_z", False))
+    cropped = scores.argmax(0).numpy().astype(np.uint8)
     geom = Geometry.from_dict(props["geometry"])
-    labels = np.zeros(internal_shape(geom), dtype=np.uint8)
+    order = props.get("transpose", [0, 1, 2])
+    transposed_shape = [internal_shape(geom)[a] for a in order]
+    labels = np.zeros(transposed_shape, dtype=np.uint8)
     labels[tuple(slice(a, b) for a, b in props["crop_box"])] = cropped
-    return internal_to_file(labels, geom)
+    return internal_to_file(labels.transpose(np.argsort(order)), geom)
 
 
 def internal_shape(geom: Geometry) -> tuple[int, int, int]:
