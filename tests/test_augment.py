@@ -95,7 +95,8 @@ def test_intensity_transforms_change_the_image_but_never_the_label():
     img, lab = _blocks()
     img = img + torch.rand(img.shape, generator=_gen(1))
     cfg = replace(AugmentConfig(), rotation_p=0, scale_p=0, mirror_p=0, noise_p=1, blur_p=1, brightness_p=1,
-                  contrast_p=1, lowres_p=1, gamma_inverted_p=1, gamma_p=1)
+                  contrast_p=1, lowres_p=1, gamma_inverted_p=1, gamma_p=1, blur_p_per_channel=1,
+                  lowres_p_per_channel=1)
     aug = Augmenter(cfg)
     params = aug.draw(np.random.default_rng(2))
     out_img, out_lab = aug(img, lab, [params], list(img.shape[2:]), _gen())
@@ -130,11 +131,11 @@ def test_probabilities_match_the_nnunet_preset():
     rates = {
         "spatial": np.mean([d.matrix is not None for d in draws]),        # 1 - 0.8 * 0.8 = 0.36
         "noise": np.mean([d.noise_std > 0 for d in draws]),
-        "lowres": np.mean([d.lowres is not None for d in draws]),
+        "lowres": np.mean([d.lowres is not None for d in draws]),          # 0.25 x 0.5 per channel
         "gamma": np.mean([d.gamma is not None for d in draws]),
         "mirror_axis0": np.mean([0 in d.mirror for d in draws]),
     }
-    expected = {"spatial": 0.36, "noise": 0.1, "lowres": 0.25, "gamma": 0.3, "mirror_axis0": 0.5}
+    expected = {"spatial": 0.36, "noise": 0.1, "lowres": 0.125, "gamma": 0.3, "mirror_axis0": 0.5}
     for k, v in expected.items():
         assert abs(rates[k] - v) < 0.03, (k, rates[k])
 

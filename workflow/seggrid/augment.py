@@ -10,21 +10,25 @@ Order and probabilities of the ``nnunet`` preset (STUDY.md §2), per sample:
 =================  =====  ==========================================================
 transform          p      parameters
 =================  =====  ==========================================================
-rotation           0.2    each axis U(-30, 30) deg; only about axis 0 in "dummy 2D"
-scaling            0.2    one factor, U(0.7, 1) or U(1, 1.4) with equal chance;
-                          > 1 samples a larger region (zoom out)
+rotation           0.2    each axis U(-30, 30) deg; in "dummy 2D" only about axis 0,
+                          U(-180, 180) deg
+scaling            0.2    one factor U(0.7, 1.4); > 1 samples a larger region (zoom out)
 gaussian noise     0.1    variance U(0, 0.1)
-gaussian blur      0.2    sigma U(0.5, 1) per axis
-brightness         0.15   multiply by U(0.75, 1.25)
-contrast           0.15   (x - mean) * U(0.75, 1.25) + mean, clipped to the old range
-low resolution     0.25   nearest downsampling by U(0.5, 1) per axis, linear upsampling
-gamma, inverted    0.1    gamma U(0.7, 1) or U(1, 1.5); mean and std kept
+gaussian blur      0.2    x 0.5 per channel; sigma U(0.5, 1) per axis
+brightness         0.15   multiply by m
+contrast           0.15   (x - mean) * m + mean, clipped to the old range
+low resolution     0.25   x 0.5 per channel; nearest downsampling by one U(0.5, 1) for
+                          all axes, linear upsampling
+gamma, inverted    0.1    gamma g; mean and std kept
 gamma              0.3    same, image not inverted
 mirroring          0.5    per axis
 =================  =====  ==========================================================
 
+m is U(0.75, 1) or U(1, 1.25) with equal chance, g likewise from (0.7, 1) or (1, 1.5).
+The probabilities are STUDY.md's; the per-channel factors 0.5, the uniform scale and the
+180-degree dummy-2D rotation are what nnU-Net 2.8.1's trainer does beyond them.
 "Dummy 2D" (max(patch) / patch[0] > 3): rotation and scaling act in the (y, x) plane only and
-low resolution leaves axis 0 alone. Spatial transforms resample the image linearly and the
+low resolution and blur leave axis 0 alone. Spatial transforms resample the image linearly and the
 label with nearest neighbour, around the patch centre, from a source crop just large enough
 for that sample's rotation and scale (nnU-Net cuts from a fixed larger "initial patch");
 samples without a spatial transform are cut directly, so they are exact copies of the data.
@@ -47,18 +51,21 @@ ANISO_THRESHOLD = 3.0
 class AugmentConfig:
     rotation_p: float = 0.2
     rotation_deg: float = 30.0
+    rotation_deg_dummy_2d: float = 180.0
     scale_p: float = 0.2
     scale_range: tuple[float, float] = (0.7, 1.4)
     noise_p: float = 0.1
     noise_variance: tuple[float, float] = (0.0, 0.1)
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.5, 1.0)
+    blur_p_per_channel: float = 0.5
     brightness_p: float = 0.15
     brightness_range: tuple[float, float] = (0.75, 1.25)
     contrast_p: float = 0.15
     contrast_range: tuple[float, float] = (0.75, 1.25)
     lowres_p: float = 0.25
     lowres_range: tuple[float, float] = (0.5, 1.0)
+    lowres_p_per_channel: float = 0.5
     gamma_inverted_p: float = 0.1
     gamma_p: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
@@ -126,26 +133,26 @@ class Augmenter:
         rotate, scale = rng.random() < c.rotation_p, rng.random() < c.scale_p
         if rotate or scale:
             angles = np.zeros(3)
-            if rotate:
+            if rotate and c.dummy_2d:
+                lim = math.radians(c.rotation_deg_dummy_2d)
+                angles[0] = rng.uniform(-lim, lim)
+            elif rotate:
                 lim = math.radians(c.rotation_deg)
-                if c.dummy_2d:
-                    angles[0] = rng.uniform(-lim, lim)
-                else:
-                    angles = rng.uniform(-lim, lim, size=3)
-            s = _split_at_one(rng, *c.scale_range) if scale else 1.0
+                angles = rng.uniform(-lim, lim, size=3)
+            s = float(rng.uniform(*c.scale_range)) if scale else 1.0
             p.matrix = rotation_matrix(angles) @ np.diag([1.0 if c.dummy_2d else s, s, s])
         if rng.random() < c.noise_p:
             p.noise_std = math.sqrt(rng.uniform(*c.noise_variance))
-        if rng.random() < c.blur_p:
+        if rng.random() < c.blur_p and rng.random() < c.blur_p_per_channel:
             p.blur_sigma = rng.uniform(*c.blur_sigma, size=3)
             if c.dummy_2d:
                 p.blur_sigma[0] = 0.0
         if rng.random() < c.brightness_p:
-            p.brightness = float(rng.uniform(*c.brightness_range))
+            p.brightness = _split_at_one(rng, *c.brightness_range)
         if rng.random() < c.contrast_p:
-            p.contrast = float(rng.uniform(*c.contrast_range))
-        if rng.random() < c.lowres_p:
-            p.lowres = rng.uniform(*c.lowres_range, size=3)
+            p.contrast = _split_at_one(rng, *c.contrast_range)
+        if rng.random() < c.lowres_p and rng.random() < c.lowres_p_per_channel:
+            p.lowres = np.full(3, rng.uniform(*c.lowres_range))
             if c.dummy_2d:
                 p.lowres[0] = 1.0
         if rng.random() < c.gamma_inverted_p:
@@ -166,15 +173,25 @@ class Augmenter:
 
     def spatial(self, images: torch.Tensor, labels: torch.Tensor, matrices: list[np.ndarray],
                 patch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resample (B, 1, S...) source crops onto (B, 1, patch) with each sample's matrix."""
-        device, src = images.device, images.shape[2:]
-        axes = [torch.arange(p, device=device, dtype=torch.float32) - (p - 1) / 2 for p in patch]
-        offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)             # (z, y, x, 3)
-        mats = torch.as_tensor(np.stack(matrices), dtype=torch.float32, device=device)  # (B, 3, 3)
-        coords = torch.einsum("bij,zyxj->bzyxi", mats, offsets)
-        centre = torch.tensor([(s - 1) / 2 for s in src], device=device)
-        size = torch.tensor([max(s - 1, 1) for s in src], dtype=torch.float32, device=device)
-        grid = (2 * (coords + centre) / size - 1).flip(-1)             # grid_sample wants (x, y, z)
+        """Resample (B, 1, S...) source crops onto (B, 1, patch) with each sample's matrix.
+
+        With output offsets d (voxels from the patch centre) and source index c + M d, the
+        normalised source coordinate (align_corners=True) is diag(1/(S-1)) M diag(P-1) u, u
+        the normalised output coordinate: one linear map per sample, which affine_grid builds.
+        """
+        src = images.shape[2:]
+        theta = np.stack([np.diag(1 / np.maximum(np.asarray(src) - 1, 1)) @ m @ np.diag(np.asarray(patch) - 1.0)
+                          for m in matrices])
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=images.device)      # (B, 3, 3)
+        # the grid is separable in u: sum over output axes j of theta[:, :, j] * u_j (broadcast),
+        # much cheaper than affine_grid's per-voxel matrix product on a CPU
+        grid = torch.zeros((len(matrices), *patch, 3), device=images.device)
+        for j, n in enumerate(patch):
+            u = torch.linspace(-1, 1, n, device=images.device) if n > 1 else torch.zeros(1, device=images.device)
+            shape = [1, 1, 1]
+            shape[j] = n
+            grid = grid + theta[:, None, None, None, :, j] * u.view(1, *shape, 1)
+        grid = grid.flip(-1)                                          # (z, y, x) -> grid's (x, y, z)
         img = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         lab = F.grid_sample(labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
         return img, lab.to(labels.dtype)
@@ -202,18 +219,22 @@ class Augmenter:
                 x[b] = gamma_keep_stats(x[b], p.gamma)
         return x
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, params: list[SampleParams],
+    def __call__(self, images: list[torch.Tensor], labels: list[torch.Tensor], params: list[SampleParams],
                  patch: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 1, S...) float, labels (B, 1, S...) int, source crops of equal size S
-        centred on each sample's patch -> augmented (B, 1, patch) image and label."""
-        src = list(images.shape[2:])
-        lo = [(s - p) // 2 for s, p in zip(src, patch)]
-        centre = tuple(slice(a, a + p) for a, p in zip(lo, patch))
-        out_img = images[(slice(None), slice(None)) + centre].clone()
-        out_lab = labels[(slice(None), slice(None)) + centre].clone()
+        """Per sample b, ``images[b]`` (1, S...) float and ``labels[b]`` (1, S...) integer, cut
+        centred on its patch: S == patch for samples without a spatial transform, one common
+        S >= :meth:`source_size` for those with one -> augmented (B, 1, patch) image and label."""
+        out_img = torch.empty((len(params), 1, *patch), dtype=images[0].dtype, device=images[0].device)
+        out_lab = torch.empty((len(params), 1, *patch), dtype=labels[0].dtype, device=labels[0].device)
         moved = [b for b, p in enumerate(params) if p.matrix is not None]
+        for b, p in enumerate(params):
+            if p.matrix is None:
+                src = list(images[b].shape[1:])
+                box = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(src, patch))
+                out_img[b], out_lab[b] = images[b][(slice(None),) + box], labels[b][(slice(None),) + box]
         if moved:
-            img, lab = self.spatial(images[moved], labels[moved], [params[b].matrix for b in moved], patch)
+            img, lab = self.spatial(torch.stack([images[b] for b in moved]), torch.stack([labels[b] for b in moved]),
+                                    [params[b].matrix for b in moved], patch)
             out_img[moved], out_lab[moved] = img, lab
         out_img = self.intensity(out_img, params, generator)
         for b, p in enumerate(params):

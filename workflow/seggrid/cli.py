@@ -138,6 +138,16 @@ def cmd_figures(a):
     figure1(logs, a.out)
 
 
+def cmd_bench(a):
+    import json
+
+    from seggrid.bench import bench_augment
+
+    if min(a.patch) < 1 or a.batch < 1 or a.batches < 1:
+        raise SeggridError("bench: --patch, --batch and --batches must be positive")
+    print(json.dumps(bench_augment(a.patch, a.batch, a.batches, a.threads, a.device, a.volume), indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seggrid", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -237,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("figures", cmd_figures, "Figure 1: training curves")
     sp.add_argument("--log", action="append", required=True, help="NAME=path/to/log.csv (repeat)")
     sp.add_argument("--out", required=True)
+
+    sp = add("bench", cmd_bench, "benchmarks; print JSON")
+    sp.add_argument("what", choices=["augment"])
+    sp.add_argument("--patch", type=int, nargs=3, default=[64, 160, 160], metavar=("Z", "Y", "X"))
+    sp.add_argument("--batch", type=int, default=2)
+    sp.add_argument("--batches", type=int, default=10, help="timed batches per variant")
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    sp.add_argument("--volume", type=int, nargs=3, default=None, help="synthetic case shape (default 2.5 x patch)")
     return p
 
 

@@ -172,20 +172,18 @@ class PatchSampler:
             corner = self._corner(np.asarray(image.shape), b >= self.batch - n_forced, self.locations[i])
             params = self.augmenter.draw(self.rng) if self.augmenter else None
             picks.append((i, corner, params))
-        size = self.patch.copy()
-        if self.augmenter:
-            for _, _, params in picks:
-                size = np.maximum(size, Augmenter.source_size(params, self.patch.tolist()))
-        margin = (size - self.patch) // 2
+        spatial = [Augmenter.source_size(p, self.patch.tolist()) for _, _, p in picks if p and p.matrix is not None]
+        common = np.max(spatial, axis=0) if spatial else self.patch
         images, labels = [], []
-        for i, corner, _ in picks:
+        for i, corner, params in picks:
+            size = common if params is not None and params.matrix is not None else self.patch
+            margin = (size - self.patch) // 2
             image, label = self._arrays(i)
-            images.append(self.crop(image, corner - margin, size))
-            labels.append(self.crop(label, corner - margin, size))
-        img = torch.from_numpy(np.stack(images)[:, None].astype(np.float32)).to(self.device)
-        lab = torch.from_numpy(np.stack(labels)[:, None].astype(np.int64)).to(self.device)
+            images.append(torch.from_numpy(self.crop(image, corner - margin, size)[None]).to(self.device))
+            labels.append(torch.from_numpy(self.crop(label, corner - margin, size)[None]).to(self.device))
         if self.augmenter is None:
-            return img, lab
+            return torch.stack(images).float(), torch.stack(labels).long()
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(self.rng.integers(2**63)))
-        return self.augmenter(img, lab, [p for _, _, p in picks], self.patch.tolist(), generator)
+        img, lab = self.augmenter(images, labels, [p for _, _, p in picks], self.patch.tolist(), generator)
+        return img.float(), lab.long()
