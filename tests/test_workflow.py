@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -34,7 +35,7 @@ def minimal_config(tmp: Path) -> Path:
                     "demo_mr_train": 1, "demo_ct_val": 1, "demo_mr_val": 1, "mr_case_id_min": 500},
         "preprocessing": {"target_spacing": [6.0, 6.0, 6.0], "threads": 1},
         "recipe": recipe,
-        "settings": {"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3}},
+        "settings": {"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3, "gpus": 2}},
         "inference": {"tta_flips": 2, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10},
         "tables": {
             "table1": {"title": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
@@ -67,6 +68,11 @@ def test_minimal_grid_end_to_end(tmp_path):
     assert "DSC Score" in (tables / "table1.md").read_text()
     png = tmp_path / "results" / "figures" / "fig1_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # setting c asks for 2 GPUs: two torchrun ranks (gloo on this CPU machine) trained it
+    c_summary = json.loads((tmp_path / "results" / "train" / "c" / "fold_0" / "summary.json").read_text())
+    assert c_summary["world_size"] == 2
+    c_log = (tmp_path / "results" / "logs" / "train" / "c" / "fold_0.log").read_text()
+    assert "distributed: 2 ranks, backend gloo" in c_log
     # the shared setting 'a' fold 0 was trained once (one log, one benchmark)
     assert len(list((tmp_path / "results" / "logs" / "train" / "a").glob("*.log"))) == 2
     # a second run has nothing to do

@@ -19,7 +19,8 @@ from monai.inferers import sliding_window_inference
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, write_json
 from seggrid.network import build_network
-from seggrid.train import autocast, peak_memory_mb
+from seggrid.recipe import autocast, effective_precision
+from seggrid.train import peak_memory_mb
 
 SPATIAL_AXES = (2, 3, 4)
 
@@ -78,7 +79,8 @@ def predict(model_path: str | Path, preprocessed: str | Path, case_ids: list[str
         for i, cid in enumerate(case_ids, 1):
             t0 = time.time()
             image = np.load(preprocessed / f"{cid}_img.npy")
-            probs = predict_probabilities(model, image, patch, step, flips, device, plan["setting"]["precision"])
+            probs = predict_probabilities(model, image, patch, step, flips, device,
+                                          effective_precision(plan["setting"]["precision"], device))
             np.savez_compressed(tmp / f"{cid}.npz", probs=probs.numpy().astype(np.float16))
             timings[cid] = {"seconds": time.time() - t0, "peak_mem_mb": peak_memory_mb(device)}
             print(f"[predict] {i}/{len(case_ids)} {cid} {timings[cid]['seconds']:.1f}s", flush=True)
