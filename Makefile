@@ -15,6 +15,7 @@ $(BIN)/seggrid: requirements.lock pyproject.toml
 
 demo: $(BIN)/seggrid
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	$(BIN)/snakemake --report results/report.html
 
 test: $(BIN)/seggrid
 	$(BIN)/python -m pytest tests

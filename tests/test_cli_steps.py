@@ -9,6 +9,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from conftest import ROOT, TINY_SETTING, run_cli
@@ -178,18 +179,33 @@ def test_tables_and_figure_cli(pipeline, tmp_path):
     (out / "plans").mkdir()
     (out / "train" / "tiny").mkdir(parents=True)
     shutil.copy(pipeline["summary"], out / "metrics" / "tiny__f0.json")
+    shutil.copy(pipeline["csv"], out / "metrics" / "tiny__f0.csv")
     shutil.copy(pipeline["plan"], out / "plans" / "tiny.json")
     shutil.copytree(pipeline["train"], out / "train" / "tiny" / "fold_0")
     cfg = {"folds": 2, "seed": 3, "settings": {"tiny": {}}, "recipe": TINY_SETTING,
-           "tables": {"table1": {"title": "T1", "rows": [{"label": "tiny row", "setting": "tiny"}]}}}
+           "tables": {"table1": {"title": "T1", "rows": [{"label": "tiny row", "setting": "tiny",
+                                                          "paper": {"dsc": 0.9, "nsd": 0.8}}]}}}
     assert run_cli("tables", "--config-json", json.dumps(cfg), "--outdir", out, "--tables-dir", out / "tables") == 0
     t1 = pd.read_csv(out / "tables" / "table1.csv")
     summary = json.loads(pipeline["summary"].read_text())
-    assert t1.loc[0, "row"] == "tiny row" and t1.loc[0, "dsc"] == round(summary["dsc"], 4)
+    assert t1.loc[0, "row"] == "tiny row" and t1.loc[0, "dsc"] == pytest.approx(summary["dsc"], rel=1e-5)
     assert t1.loc[0, "patch_effective"] == "(8, 16, 16)" and t1.loc[0, "batch"] == 2
     md = (out / "tables" / "table1.md").read_text()
-    assert md.startswith("**T1**") and "| tiny row |" in md
-    prov = json.loads((out / "tables" / "provenance.json").read_text())
+    assert md.startswith("**T1**") and "| tiny row |" in md and "Paper DSC" in md and "| 0.9000 |" in md
+    assert t1.loc[0, "dsc_ci_low"] <= t1.loc[0, "dsc"] <= t1.loc[0, "dsc_ci_high"]
+    assert np.isnan(t1.loc[0, "p_dsc"])                              # the baseline row has no test
+    tex = (out / "tables" / "table1.tex").read_text()
+    assert tex.startswith("\\begin{table}") and "tiny row" in tex and "DSC Score" in tex
+    assert run_cli("per-organ", "--metrics-csv", pipeline["csv"], "--title", "tiny", "--out-csv", out / "po.csv",
+                   "--out-md", out / "po.md") == 0
+    po = pd.read_csv(out / "po.csv")
+    cases = pd.read_csv(pipeline["csv"])
+    assert set(po["organ"]) == set(cases["organ"])
+    liver = cases[cases["organ"] == "liver"]
+    assert po.set_index("organ").loc["liver", "dsc"] == pytest.approx(liver["dsc"].mean())
+    assert run_cli("tables", "--config-json", json.dumps(cfg), "--outdir", out, "--tables-dir", out / "t",
+                   "--table", "nope") == 2
+    prov = json.loads((out / "tables" / "table1.provenance.json").read_text())
     assert prov["seed"] == 3 and prov["config"]["tables"] == cfg["tables"] and prov["versions"]["torch"]
     png = out / "fig1.png"
     assert run_cli("figures", "--log", f"tiny (batch 2)={pipeline['train'] / 'log.csv'}", "--out", png) == 0

@@ -66,3 +66,19 @@ def test_case_scores_use_per_organ_tolerance_and_summary_ignores_nan():
     df = pd.DataFrame([{"case_id": "a", **r} for r in rows])
     s = summarise(df)
     assert s["dsc"] == 1.0 and s["nsd"] == 1.0 and s["n_cases"] == 1
+
+
+def test_hd95_and_dice_global_by_hand():
+    from seggrid.metrics import dice_global, organ_metrics
+
+    a, b = cube(lo=(2, 2, 2)), cube(lo=(3, 2, 2))
+    m = organ_metrics(a, b, (1.0, 1.0, 1.0), 1.0)
+    assert m["hd95"] == pytest.approx(1.0)                      # every surface point is <= 1 mm away
+    assert organ_metrics(a, a, (1.0, 1.0, 1.0), 1.0)["hd95"] == 0.0
+    assert math.isnan(organ_metrics(a, np.zeros_like(a), (1, 1, 1), 1.0)["hd95"])
+    # Dice global pools voxels: case 1 (64 vs 64, overlap 48) + case 2 (64 vs 0)
+    df = pd.DataFrame([
+        {"case_id": "1", "organ": "liver", "intersection_voxels": 48, "reference_voxels": 64, "predicted_voxels": 64},
+        {"case_id": "2", "organ": "liver", "intersection_voxels": 0, "reference_voxels": 64, "predicted_voxels": 0},
+    ])
+    assert dice_global(df)["liver"] == pytest.approx(2 * 48 / (128 + 64))   # 0.5, while the case mean is 0.375

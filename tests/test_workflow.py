@@ -38,8 +38,8 @@ def minimal_config(tmp: Path) -> Path:
         "settings": {"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3, "gpus": 2}},
         "inference": {"tta_flips": 2, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10},
         "tables": {
-            "table1": {"title": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
-            "table2": {"title": "batch", "rows": [{"label": "2", "setting": "a"}, {"label": "3", "setting": "c"}]},
+            "table1": {"title": "patch", "varied": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
+            "table2": {"title": "batch", "varied": "batch", "rows": [{"label": "2", "setting": "a"}, {"label": "3", "setting": "c"}]},
             "table4": {"title": "final", "rows": [{"label": "A", "setting": "a", "folds": "all"},
                                                   {"label": "A&B", "models": ["a", "b"], "folds": "all"}]},
         },
@@ -75,6 +75,23 @@ def test_minimal_grid_end_to_end(tmp_path):
     assert "distributed: 2 ranks, backend gloo" in c_log
     # the shared setting 'a' fold 0 was trained once (one log, one benchmark)
     assert len(list((tmp_path / "results" / "logs" / "train" / "a").glob("*.log"))) == 2
+    # Figures 2-3, trend plots, LaTeX and per-organ tables, the postprocessing decisions
+    figures = tmp_path / "results" / "figures"
+    for name in ("fig2_slices.png", "fig3_slices.png", "trend_table1.png", "trend_table2.png"):
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (figures / name).stat().st_size > 10_000
+    assert "\\begin{tabular}" in (tables / "table4.tex").read_text()
+    assert {p.name for p in (tables / "per_organ").glob("*.csv")} == {"a__f0.csv", "b__f0.csv", "c__f0.csv",
+                                                                       "a__f0-1.csv", "a+b__f0-1.csv"}
+    decision = json.loads((tmp_path / "results" / "postprocessing" / "a.json").read_text())
+    assert {"foreground_as_one", "per_class", "dice_before", "dice_after"} <= set(decision)
+    members = json.loads((tmp_path / "results" / "predictions" / "a+b__f0-1" / "members.json").read_text())
+    assert set(members["postprocessing"]) == {"a", "b"} and set(members["models"]) == {"a", "b"}
+    assert (t1["dsc_ci_low"] <= t1["dsc"] + 1e-9).all() and t1["p_dsc"].isna().tolist() == [True, False]
+    # the self-contained report with every table and figure
+    report = tmp_path / "report.html"
+    proc = snakemake("--configfile", cfg, "--report", report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report.stat().st_size > 100_000
     # a second run has nothing to do
     again = snakemake("--cores", 2, "--configfile", cfg, "-n")
     assert again.returncode == 0

@@ -14,8 +14,11 @@ sys.path.insert(0, str(PACKAGE_DIR))
 
 from seggrid.config import (  # noqa: E402
     parse_prediction_set_id,
+    prediction_set_id,
     prediction_sets,
     resolve_setting,
+    row_folds,
+    row_models,
     training_jobs,
     validate_config,
 )
@@ -44,6 +47,7 @@ wildcard_constraints:
     setting=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     fold=r"\d+",
     pset=r"[A-Za-z0-9_+-]+",
+    table=r"[A-Za-z0-9_-]+",
 
 
 def dataset_args():
@@ -79,13 +83,18 @@ def launcher(wildcards):
     return "python -m seggrid"
 
 
-def ensemble_members(wildcards):
+def ensemble_inputs(wildcards):
+    """Members of a prediction set; for a model that uses every fold (a 5-fold model), also
+    its postprocessing decision when `inference.postprocessing` is on."""
     models, folds = parse_prediction_set_id(wildcards.pset)
-    return [f"{OUT}/predict/{m}/fold_{f}" for m in models for f in folds]
+    inputs = {"members": [f"{OUT}/predict/{m}/fold_{f}" for m in models for f in folds]}
+    if config["inference"]["postprocessing"] and sorted(folds) == list(range(config["folds"])):
+        inputs["postprocessing"] = [f"{OUT}/postprocessing/{m}.json" for m in models]
+    return inputs
 
 
 def table_inputs(wildcards):
-    files = [f"{OUT}/metrics/{p}.json" for p in prediction_sets(config)]
+    files = [f"{OUT}/metrics/{p}.{ext}" for p in prediction_sets(config) for ext in ("json", "csv")]
     files += [f"{OUT}/plans/{s}.json" for s in config["settings"]]
     files += [f"{OUT}/train/{s}/fold_{f}/summary.json" for s, f in training_jobs(config)]
     return files
@@ -105,9 +114,24 @@ def tables_json():
     return shlex.quote(json.dumps(keep, sort_keys=True))
 
 
+def slices_pset():
+    """The prediction set Figures 2-3 show: the last row of `figures.slices_table` (default:
+    the last table), e.g. Table 4's A & B ensemble."""
+    name = config["figures"].get("slices_table") or list(config["tables"])[-1]
+    row = config["tables"][name]["rows"][-1]
+    return prediction_set_id(row_models(row), row_folds(config, row))
+
+
+def trend_tables():
+    return [t for t, spec in config["tables"].items() if spec.get("varied") in ("patch", "batch")]
+
+
 def all_outputs():
-    outs = [f"{OUT}/tables/{t}.{ext}" for t in config["tables"] for ext in ("csv", "md")]
-    outs.append(f"{OUT}/tables/provenance.json")
+    outs = [f"{OUT}/tables/{t}.{ext}" for t in config["tables"] for ext in ("csv", "md", "tex")]
+    outs += [f"{OUT}/tables/per_organ/{p}.{ext}" for p in prediction_sets(config) for ext in ("csv", "md")]
+    outs += [f"{OUT}/figures/trend_{t}.png" for t in trend_tables()]
+    if config["figures"]["slices"]:
+        outs += [f"{OUT}/figures/fig2_slices.png", f"{OUT}/figures/fig3_slices.png"]
     if config["figures"]["fig1_settings"]:
         outs.append(f"{OUT}/figures/fig1_curves.png")
     return outs

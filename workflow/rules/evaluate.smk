@@ -2,15 +2,39 @@
 # scoring it: DSC and NSD per organ per case.
 
 
+rule postprocess_decision:
+    input:
+        cv=lambda w: [f"{OUT}/predict_cv/{w.setting}/fold_{f}" for f in range(config["folds"])],
+        preprocessed=f"{OUT}/preprocessed",
+    output:
+        f"{OUT}/postprocessing/{{setting}}.json",
+    params:
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/postprocessing/{{setting}}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m seggrid postprocess-decide --cv-predictions {input.cv} --preprocessed {input.preprocessed} "
+        "--seed {params.seed} --out {output} > {log} 2>&1"
+
+
 rule ensemble:
     input:
-        members=ensemble_members,
+        unpack(ensemble_inputs),
         preprocessed=f"{OUT}/preprocessed",
     output:
         directory(f"{OUT}/predictions/{{pset}}"),
     params:
         dataset=dataset_args(),
         seed=config["seed"],
+        postprocessing=lambda w, input: " ".join(
+            f"--postprocessing {shlex.quote(f'{Path(p).stem}={p}')}"
+            for p in input.get("postprocessing", [])
+        ),
     log:
         f"{OUT}/logs/ensemble/{{pset}}.log",
     conda:
@@ -19,8 +43,8 @@ rule ensemble:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m seggrid ensemble --members {input.members} --preprocessed {input.preprocessed} "
-        "{params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m seggrid ensemble --members {input.members} {params.postprocessing} "
+        "--preprocessed {input.preprocessed} {params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -34,6 +58,7 @@ rule evaluate:
         dataset=dataset_args(),
         seed=config["seed"],
         metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
+    threads: config["metrics"]["threads"]
     log:
         f"{OUT}/logs/evaluate/{{pset}}.log",
     conda:
@@ -44,4 +69,4 @@ rule evaluate:
     shell:
         "python -m seggrid evaluate --predictions {input.predictions} {params.dataset} "
         "--splits {input.splits} --metrics-json {params.metrics} --out-csv {output.csv} "
-        "--out-json {output.summary} --seed {params.seed} > {log} 2>&1"
+        "--out-json {output.summary} --seed {params.seed} --threads {threads} > {log} 2>&1"

@@ -1,35 +1,74 @@
-# Tables 1-4 and Figure 1.
+# The paper's outputs: tables (CSV/MD/TeX with CIs and p-values), per-organ tables,
+# Figure 1 (training curves), Figures 2-3 (slices), trend plots. Each is captioned in
+# `snakemake --report results/report.html` (captions in workflow/report/).
 
 
-rule tables:
+rule table:
     input:
         table_inputs,
     output:
-        expand(f"{OUT}/tables/{{table}}.{{ext}}", table=list(config["tables"]), ext=["csv", "md"]),
-        f"{OUT}/tables/provenance.json",
+        csv=report(
+            f"{OUT}/tables/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "CSV"},
+        ),
+        md=f"{OUT}/tables/{{table}}.md",
+        tex=f"{OUT}/tables/{{table}}.tex",
+        provenance=f"{OUT}/tables/{{table}}.provenance.json",
     params:
         config=tables_json(),
-        outdir=lambda w, output: os.path.dirname(os.path.dirname(output[-1])),
+        outdir=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
     log:
-        f"{OUT}/logs/tables.log",
+        f"{OUT}/logs/tables/{{table}}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m seggrid tables --config-json {params.config} --outdir {params.outdir} "
+        "--tables-dir {params.outdir}/tables --table {wildcards.table} > {log} 2>&1"
+
+
+rule per_organ_table:
+    input:
+        f"{OUT}/metrics/{{pset}}.csv",
+    output:
+        csv=report(
+            f"{OUT}/tables/per_organ/{{pset}}.csv",
+            caption="../report/per_organ.rst",
+            category="Per-organ tables",
+            labels={"prediction set": "{pset}"},
+        ),
+        md=f"{OUT}/tables/per_organ/{{pset}}.md",
+    params:
+        title=lambda w: shlex.quote(f"Per-organ scores of {w.pset}"),
+    log:
+        f"{OUT}/logs/tables/per_organ_{{pset}}.log",
     conda:
         ENV
     resources:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m seggrid tables --config-json {params.config} --outdir {params.outdir} "
-        "--tables-dir {params.outdir}/tables > {log} 2>&1"
+        "python -m seggrid per-organ --metrics-csv {input} --title {params.title} "
+        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
 rule figure1:
     input:
         unpack(fig1_logs),
     output:
-        f"{OUT}/figures/fig1_curves.png",
+        report(
+            f"{OUT}/figures/fig1_curves.png",
+            caption="../report/fig1.rst",
+            category="Figures",
+            labels={"figure": "1: training curves"},
+        ),
     params:
         logs=lambda w, input: " ".join(
-            f"--log {shlex.quote(fig1_label(k) + '=' + v)}" for k, v in input.items()
+            f"--log {shlex.quote(f'{fig1_label(k)}={v}')}" for k, v in input.items()
         ),
     log:
         f"{OUT}/logs/figure1.log",
@@ -40,3 +79,61 @@ rule figure1:
         runtime=5,
     shell:
         "python -m seggrid figures {params.logs} --out {output} > {log} 2>&1"
+
+
+rule slice_figures:
+    input:
+        predictions=lambda w: f"{OUT}/predictions/{slices_pset()}",
+        splits=f"{OUT}/dataset/splits.json",
+        dataset=dataset_input,
+    output:
+        first=report(
+            f"{OUT}/figures/fig2_slices.png",
+            caption="../report/slices.rst",
+            category="Figures",
+            labels={"figure": "2: slices, CT case"},
+        ),
+        second=report(
+            f"{OUT}/figures/fig3_slices.png",
+            caption="../report/slices.rst",
+            category="Figures",
+            labels={"figure": "3: slices, MR (or second CT) case"},
+        ),
+    params:
+        dataset=dataset_args(),
+        name=lambda w: shlex.quote(slices_pset()),
+    log:
+        f"{OUT}/logs/slice_figures.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m seggrid slices --predictions {input.predictions} --splits {input.splits} --name {params.name} "
+        "{params.dataset} --out-first {output.first} --out-second {output.second} > {log} 2>&1"
+
+
+rule trend_plot:
+    input:
+        f"{OUT}/tables/{{table}}.csv",
+    output:
+        report(
+            f"{OUT}/figures/trend_{{table}}.png",
+            caption="../report/trend.rst",
+            category="Figures",
+            labels={"figure": "trend: {table}"},
+        ),
+    params:
+        varied=lambda w: shlex.quote(config["tables"][w.table].get("varied", w.table)),
+        title=lambda w: shlex.quote(config["tables"][w.table].get("title", w.table)),
+    log:
+        f"{OUT}/logs/trend_{{table}}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m seggrid trends --table {input} --varied {params.varied} --title {params.title} "
+        "--out {output} > {log} 2>&1"

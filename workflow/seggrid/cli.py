@@ -103,39 +103,89 @@ def cmd_train(a):
 def cmd_predict(a):
     from seggrid.predict import predict
 
-    predict(a.model, a.preprocessed, _read(a.splits)["evaluation"], a.out, a.step, a.tta_flips, a.threads, a.gpus)
+    splits = _read(a.splits)
+    if a.cases == "evaluation":
+        cases = splits["evaluation"]
+    else:
+        if a.fold is None or not 0 <= a.fold < len(splits["folds"]):
+            raise SeggridError(f"{a.splits}: --cases cv needs --fold in 0..{len(splits['folds']) - 1}")
+        cases = splits["folds"][a.fold]["val"]
+    predict(a.model, a.preprocessed, cases, a.out, a.step, a.tta_flips, a.threads, a.gpus)
 
 
 def cmd_ensemble(a):
     from seggrid.ensemble import ensemble
 
-    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities, a.seed)
+    pp = dict(_name_value(v, "--postprocessing") for v in a.postprocessing or [])
+    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities, a.seed, pp)
+
+
+def cmd_postprocess_decide(a):
+    from seggrid.ensemble import decide_postprocessing
+
+    decide_postprocessing(a.cv_predictions, a.preprocessed, a.out, a.seed)
+
+
+def _name_value(text: str, option: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise SeggridError(f"{option}: expected NAME=PATH, got {text!r}")
+    name, value = text.split("=", 1)
+    return name, value
 
 
 def cmd_evaluate(a):
     from seggrid.evaluate import evaluate
 
     s = evaluate(a.predictions, a.dataset, _read(a.splits)["evaluation"], _json_arg(a.metrics_json), a.out_csv,
-                 a.out_json, a.mr_case_id_min, a.modalities, a.seed)
+                 a.out_json, a.mr_case_id_min, a.modalities, a.seed, a.threads)
     print(f"[evaluate] mean DSC {s['dsc']:.4f}, NSD {s['nsd']:.4f} over {s['n_cases']} cases")
 
 
 def cmd_tables(a):
-    from seggrid.report import write_tables
+    from seggrid.report import write_table
 
-    write_tables(_json_arg(a.config_json), a.outdir, a.tables_dir)
+    config = _json_arg(a.config_json)
+    for name in a.table or list(config["tables"]):
+        if name not in config["tables"]:
+            raise SeggridError(f"--table: unknown table '{name}'; the config has {sorted(config['tables'])}")
+        write_table(config, name, a.outdir, a.tables_dir)
+
+
+def cmd_per_organ(a):
+    from seggrid.report import write_per_organ
+
+    write_per_organ(a.metrics_csv, a.out_csv, a.out_md, a.title)
 
 
 def cmd_figures(a):
-    from seggrid.report import figure1
+    from seggrid.figures import figure1
 
-    logs = {}
-    for item in a.log:
-        name, _, path = item.partition("=")
-        if not path:
-            raise SeggridError(f"--log expects NAME=PATH, got {item!r}")
-        logs[name] = path
-    figure1(logs, a.out)
+    figure1(dict(_name_value(item, "--log") for item in a.log), a.out)
+
+
+def cmd_slices(a):
+    from seggrid.dataset import load_dataset
+    from seggrid.figures import slice_figure
+
+    ds = load_dataset(a.dataset, a.mr_case_id_min, a.modalities)
+    predicted = {p.name[:-7] for p in Path(a.predictions).glob("*.nii.gz")}
+    cases = [ds.case(c) for c in _read(a.splits)["evaluation"] if c in predicted]
+    if not cases:
+        raise SeggridError(f"{a.predictions}: no predicted evaluation case to show")
+    ct = [c for c in cases if c.modality == "CT"]
+    other = [c for c in cases if c.modality != "CT"] or ct[1:] or cases
+    for case, out, fig in ((ct[0] if ct else cases[0], a.out_first, 2), (other[0], a.out_second, 3)):
+        zs = slice_figure(case.image, Path(a.predictions) / f"{case.case_id}.nii.gz", case.label, ds.labels,
+                          case.modality, f"Figure {fig}: {case.case_id} ({case.modality}), {a.name}", out)
+        print(f"[slices] Figure {fig}: {case.case_id} ({case.modality}), {len(zs)} slices -> {out}")
+
+
+def cmd_trends(a):
+    import pandas as pd
+
+    from seggrid.figures import trend_plot
+
+    trend_plot(pd.read_csv(a.table), a.varied, a.title, a.out)
 
 
 def cmd_bench(a):
@@ -213,10 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-every", type=int, default=5)
     sp.add_argument("--out", required=True)
 
-    sp = add("predict", cmd_predict, "sliding-window probabilities for the evaluation cases")
+    sp = add("predict", cmd_predict, "sliding-window probabilities for the evaluation or CV cases")
     sp.add_argument("--model", required=True)
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--splits", required=True)
+    sp.add_argument("--cases", choices=("evaluation", "cv"), default="evaluation",
+                    help="the evaluation cases, or (cv) the validation cases of --fold")
+    sp.add_argument("--fold", type=int, default=None)
     sp.add_argument("--step", type=float, default=0.5)
     sp.add_argument("--tta-flips", type=int, choices=(1, 2, 8), default=8)
     sp.add_argument("--threads", type=int, default=1)
@@ -224,10 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
 
     sp = add("ensemble", cmd_ensemble, "average probabilities; write NIfTI labels in input geometry")
-    sp.add_argument("--members", nargs="+", required=True)
+    sp.add_argument("--members", nargs="+", required=True, help="predict dirs .../<setting>/fold_<k>")
+    sp.add_argument("--postprocessing", action="append", metavar="SETTING=JSON",
+                    help="apply this model's postprocessing decision before averaging models (repeat)")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
     dataset_args(sp)
+    sp.add_argument("--out", required=True)
+
+    sp = add("postprocess-decide", cmd_postprocess_decide,
+             "keep-largest-component decision from a model's cross-validation predictions")
+    sp.add_argument("--cv-predictions", nargs="+", required=True, help="one predict --cases cv dir per fold")
+    sp.add_argument("--preprocessed", required=True)
+    sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--out", required=True)
 
     sp = add("evaluate", cmd_evaluate, "DSC and NSD per organ per case")
@@ -236,16 +298,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--splits", required=True)
     sp.add_argument("--metrics-json", required=True)
     sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
+    sp.add_argument("--threads", type=int, default=1, help="cases scored in parallel")
     sp.add_argument("--out-csv", required=True)
     sp.add_argument("--out-json", required=True)
 
-    sp = add("tables", cmd_tables, "Tables 1-4 as CSV and Markdown")
+    sp = add("tables", cmd_tables, "the paper's tables as CSV, Markdown and LaTeX, with CIs and p-values")
     sp.add_argument("--config-json", required=True)
     sp.add_argument("--outdir", required=True)
     sp.add_argument("--tables-dir", required=True)
+    sp.add_argument("--table", action="append", help="only this table (repeat); default all")
+
+    sp = add("per-organ", cmd_per_organ, "per-organ table of one prediction set")
+    sp.add_argument("--metrics-csv", required=True)
+    sp.add_argument("--title", required=True)
+    sp.add_argument("--out-csv", required=True)
+    sp.add_argument("--out-md", required=True)
 
     sp = add("figures", cmd_figures, "Figure 1: training curves")
     sp.add_argument("--log", action="append", required=True, help="NAME=path/to/log.csv (repeat)")
+    sp.add_argument("--out", required=True)
+
+    sp = add("slices", cmd_slices, "Figures 2-3: axial slices of a CT and an MR (or second CT) case")
+    sp.add_argument("--predictions", required=True)
+    sp.add_argument("--splits", required=True)
+    sp.add_argument("--name", required=True, help="what predicted (shown in the title)")
+    dataset_args(sp)
+    sp.add_argument("--out-first", required=True)
+    sp.add_argument("--out-second", required=True)
+
+    sp = add("trends", cmd_trends, "DSC/NSD with CIs against a table's varied factor")
+    sp.add_argument("--table", required=True, help="a table CSV")
+    sp.add_argument("--varied", required=True)
+    sp.add_argument("--title", required=True)
     sp.add_argument("--out", required=True)
 
     sp = add("bench", cmd_bench, "benchmarks; print JSON")

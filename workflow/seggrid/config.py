@@ -79,6 +79,9 @@ def _check_references(config: dict, source: str) -> None:
             folds = row.get("folds", [0])
             if folds != "all" and any(f >= config["folds"] for f in folds):
                 problems.append(f"key '{where}.folds': fold out of range 0..{config['folds'] - 1}")
+    slices_table = config["figures"].get("slices_table")
+    if slices_table is not None and slices_table not in config["tables"]:
+        problems.append(f"key 'figures.slices_table': unknown table '{slices_table}'")
     for name in config["figures"]["fig1_settings"]:
         if name not in settings:
             problems.append(f"key 'figures.fig1_settings': unknown setting '{name}'")
