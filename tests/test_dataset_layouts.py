@@ -125,3 +125,27 @@ def test_duplicate_case_ids(copy_of, tmp_path, capsys):
     (copy_of / "dataset.json").write_text(json.dumps(meta))
     assert run_cli("validate", "--dataset", copy_of, "--out", tmp_path / "c.json") == 2
     assert "case id 'amos_0001' listed 2 times" in capsys.readouterr().err
+
+
+def test_non_nifti_affine_mismatch_and_bad_spacing_are_all_reported(copy_of, tmp_path, capsys):
+    (copy_of / "imagesTr/amos_0001.nii.gz").write_text("this is not an image\n")          # not NIfTI
+    lab = nib.load(copy_of / "labelsTr/amos_0002.nii.gz")
+    shifted = lab.affine.copy()
+    shifted[0, 3] += 25.0
+    _save(copy_of / "labelsTr/amos_0002.nii.gz", np.asarray(lab.dataobj), shifted)       # affine mismatch
+    import gzip
+    import struct
+
+    for kind in ("images", "labels"):                    # zero spacing: the sform's x column set to 0
+        f = copy_of / f"{kind}Tr/amos_0003.nii.gz"       # (srow_x/y/z[0] at bytes 280/296/312)
+        raw = bytearray(gzip.decompress(f.read_bytes()))
+        for offset in (280, 296, 312):
+            struct.pack_into("<f", raw, offset, 0.0)
+        f.write_bytes(gzip.compress(bytes(raw)))
+    out = tmp_path / "c.json"
+    assert run_cli("validate", "--dataset", copy_of, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "amos_0001.nii.gz" in err and "not a readable NIfTI" in err
+    assert "amos_0002.nii.gz: affine differs from image" in err
+    assert "amos_0003.nii.gz: zero, negative or non-finite spacing" in err
+    assert "3 problem(s)" in err and not out.exists()

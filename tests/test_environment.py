@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -27,12 +28,16 @@ def test_every_dependency_is_pinned_and_torch_is_2_13():
         assert pkg in pins
 
 
-def test_conda_env_matches_lock():
-    env = yaml.safe_load((ROOT / "envs" / "seggrid.yaml").read_text())
+@pytest.mark.parametrize("name, index", [("seggrid.yaml", "https://download.pytorch.org/whl/cpu"),
+                                         ("seggrid-cuda.yaml", None)])
+def test_conda_envs_match_lock(name, index):
+    env = yaml.safe_load((ROOT / "envs" / name).read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    conda_pins = {p.split("==")[0].lower(): p.split("==")[1] for p in pip}
-    assert conda_pins == lock_pins()
+    options = [p for p in pip if p.startswith("--")]
+    conda_pins = {p.split("==")[0].lower(): p.split("==")[1] for p in pip if not p.startswith("--")}
+    assert conda_pins == lock_pins(), f"envs/{name} drifted from requirements.lock"
     assert "python=3.11" in env["dependencies"]
+    assert options == ([f"--extra-index-url {index}"] if index else [])
 
 
 def test_installed_versions_match_lock():

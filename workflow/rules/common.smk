@@ -23,6 +23,7 @@ from seggrid.config import (  # noqa: E402
     validate_config,
 )
 from seggrid.errors import SeggridError  # noqa: E402
+from seggrid.launch import cluster_resources, launch_command  # noqa: E402
 
 try:
     validate_config(config, source="config (--configfile / --config)")
@@ -32,6 +33,7 @@ except SeggridError as exc:
 OUT = config["outdir"]
 DATA = config["dataset"]
 ENV = "../../envs/seggrid.yaml"
+CUDA_ENV = "../../envs/seggrid-cuda.yaml"
 # The rules call the package from this checkout. Without --sdm conda, `python` in a job is
 # the interpreter running Snakemake (e.g. .venv/bin/python); with it, the rule's conda env.
 try:
@@ -76,11 +78,18 @@ def setting_json(wildcards):
 
 
 def launcher(wildcards):
-    """One process per job, or one torchrun rank per GPU for multi-GPU settings."""
-    gpus = setting(wildcards)["gpus"]
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m seggrid"
-    return "python -m seggrid"
+    """One process, one torchrun per node, or srun + torchrun across nodes (launch.py)."""
+    return launch_command(setting(wildcards)["gpus"], config["cluster"]["gpus_per_node"])
+
+
+def train_resource(name):
+    """A cluster resource of a training job (gpu, nodes, gres; launch.py)."""
+    return lambda w: cluster_resources(setting(w)["gpus"], config["cluster"]["gpus_per_node"])[name]
+
+
+def env_for(gpus):
+    """The conda env of a job: the CUDA build of torch for GPU jobs (with --sdm conda)."""
+    return CUDA_ENV if gpus > 0 else ENV
 
 
 def ensemble_inputs(wildcards):

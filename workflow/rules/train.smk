@@ -18,7 +18,9 @@ rule train:
         seed=config["seed"],
     threads: lambda w: setting(w)["threads"]
     resources:
-        gpu=lambda w: setting(w)["gpus"],
+        gpu=train_resource("gpu"),
+        nodes=train_resource("nodes"),
+        gres=train_resource("gres"),
         mem_mb=lambda w: setting(w)["mem_mb"],
         runtime=lambda w: setting(w)["runtime_min"],
     log:
@@ -26,7 +28,7 @@ rule train:
     benchmark:
         f"{OUT}/benchmarks/train/{{setting}}/fold_{{fold}}.tsv"
     conda:
-        ENV
+        lambda w: env_for(setting(w)["gpus"])
     shell:
         "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --out {params.outdir} > {log} 2>&1"
@@ -53,7 +55,7 @@ rule predict:
     benchmark:
         f"{OUT}/benchmarks/predict/{{setting}}/fold_{{fold}}.tsv"
     conda:
-        ENV
+        env_for(config["inference"]["gpus"])
     shell:
         "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--step {params.step} --tta-flips {params.flips} --threads {threads} --gpus {params.gpus} "
@@ -83,7 +85,7 @@ rule predict_cv:
     benchmark:
         f"{OUT}/benchmarks/predict_cv/{{setting}}/fold_{{fold}}.tsv"
     conda:
-        ENV
+        env_for(config["inference"]["gpus"])
     shell:
         "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--cases cv --fold {wildcards.fold} --step {params.step} --tta-flips {params.flips} --threads {threads} "

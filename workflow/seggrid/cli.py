@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold", type=int, required=True)
     sp.add_argument("--seed", type=int, default=12345)
     sp.add_argument("--threads", type=int, default=1)
-    sp.add_argument("--checkpoint-every", type=int, default=5)
+    sp.add_argument("--checkpoint-every", type=int, default=None, help="default: the setting's checkpoint_every")
     sp.add_argument("--out", required=True)
 
     sp = add("predict", cmd_predict, "sliding-window probabilities for the evaluation or CV cases")

@@ -64,6 +64,9 @@ def _check_references(config: dict, source: str) -> None:
         s = resolve_setting(config, name)
         if s["max_features"] < s["base_features"]:
             problems.append(f"key 'settings.{name}.max_features': smaller than base_features")
+        if s["gpus"] > config["cluster"]["gpus_per_node"] and s["gpus"] % config["cluster"]["gpus_per_node"]:
+            problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs do not split into whole nodes of "
+                            f"cluster.gpus_per_node = {config['cluster']['gpus_per_node']}")
         if s["gpus"] > 1 and s["batch"] < s["gpus"]:
             problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs but global batch {s['batch']}; "
                             "each GPU needs at least one sample")

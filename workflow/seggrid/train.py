@@ -106,10 +106,15 @@ def gather(obj, world: int) -> list:
 
 
 def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: str | Path,
-          seed: int, threads: int = 1, checkpoint_every: int = 5) -> dict:
+          seed: int, threads: int = 1, checkpoint_every: int | None = None) -> dict:
     s = plan["setting"]
+    checkpoint_every = checkpoint_every or s.get("checkpoint_every", 5)
     out_dir = Path(out_dir)
     rank, world, device = distributed_context(s["gpus"])
+    if rank == 0:
+        print(f"[train] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
+              f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} usable CUDA device(s), "
+              f"{world} rank(s), device {device}", flush=True)
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(seed + fold)
     if s["batch"] < world:

@@ -21,7 +21,9 @@ def check_case(case: Case, allowed_labels: set[int]) -> tuple[list[str], dict]:
         image = read_array(img, case.image)
     except SeggridError as exc:
         return [str(exc)], summary
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    # spacing as the pipeline uses it: the lengths of the affine's columns (nibabel silently
+    # replaces a zero pixdim by 1, so the header's zooms cannot be trusted for this check)
+    zooms = np.linalg.norm(np.asarray(img.affine, dtype=float)[:3, :3], axis=0)
     if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0):
         problems.append(f"{case.image}: zero, negative or non-finite spacing {zooms.tolist()}")
     if not np.all(np.isfinite(image)):

@@ -1,0 +1,139 @@
+"""A one-node SLURM cluster (slurmctld + slurmd + munged) with two fake GPUs.
+
+State, spool and logs live in a temp dir; the config goes to /etc/slurm/slurm.conf (any
+existing one is kept aside and restored by ``down``), because snakemake's SLURM executor
+removes SLURM_* variables, SLURM_CONF included, from the jobs it submits, so a config
+outside the default path is not found by ``srun`` inside a job.
+
+Used by tests/test_slurm.py; also runnable by hand:
+    python tests/helpers/slurm_cluster.py up /tmp/slurm     # state/logs in /tmp/slurm
+    python tests/helpers/slurm_cluster.py down /tmp/slurm
+Needs root and Debian's slurm-wlm + munge (``ensure_installed`` apt-installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GPUS = 2
+
+
+def ensure_installed() -> str | None:
+    """None when slurmctld/slurmd/munged are usable (installing them if root and apt can),
+    else the reason they are not."""
+    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "SLURM is not installed and this is not a root Debian machine with apt-get"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"],
+                ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode == 0 and cmd[1] == "install":
+            return None
+    return f"apt-get install slurm-wlm munge failed: {proc.stderr[-500:]}"
+
+
+def write_config(root: Path, cpus: int, memory_mb: int) -> Path:
+    host = socket.gethostname().split(".")[0]
+    for d in ("state", "spool", "log"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    etc = Path("/etc/slurm")
+    etc.mkdir(parents=True, exist_ok=True)
+    conf = etc / "slurm.conf"
+    for name in ("slurm.conf", "gres.conf"):
+        if (etc / name).exists() and "seggridtest" not in (etc / name).read_text():
+            shutil.copy2(etc / name, root / f"{name}.orig")
+    conf.write_text(f"""# seggridtest: written by tests/helpers/slurm_cluster.py
+ClusterName=seggridtest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+SlurmctldPort=6817
+SlurmdPort=6818
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+GresTypes=gpu
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobRequeue=1
+ReturnToService=2
+SchedulerType=sched/backfill
+MinJobAge=600
+NodeName={host} CPUs={cpus} RealMemory={memory_mb} Gres=gpu:{GPUS} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+    (etc / "gres.conf").write_text(f"# seggridtest\nNodeName={host} Name=gpu File=/dev/nvidia[0-{GPUS - 1}]\n")
+    return conf
+
+
+def up(root: str | Path, cpus: int | None = None, memory_mb: int = 8000, timeout: float = 60) -> dict:
+    """Start the cluster; returns the environment to run SLURM commands in."""
+    root = Path(root)
+    for i in range(GPUS):
+        dev = Path(f"/dev/nvidia{i}")
+        if not dev.exists():
+            subprocess.run(["mknod", str(dev), "c", "195", str(i)], check=True)
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    shutil.chown("/run/munge", "munge", "munge")
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        subprocess.run(["runuser", "-u", "munge", "--", "munged", "--force"], check=True)
+    conf = write_config(root, cpus or os.cpu_count() or 2, memory_mb)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    subprocess.run(["slurmctld", "-c"], check=True, env=env)
+    subprocess.run(["slurmd", "-c"], check=True, env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip()
+        if out in ("idle", "mixed", "allocated"):
+            return env
+        time.sleep(0.5)
+    down(root)
+    raise RuntimeError(f"SLURM node did not become idle (state {out!r}); see {root}/log")
+
+
+def down(root: str | Path) -> None:
+    root = Path(root)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
+    for pidfile in ("slurmd.pid", "slurmctld.pid"):
+        p = root / pidfile
+        if p.exists():
+            try:
+                os.kill(int(p.read_text().strip()), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+    time.sleep(1)
+    for name in ("slurm.conf", "gres.conf"):
+        orig, etc = root / f"{name}.orig", Path("/etc/slurm") / name
+        if orig.exists():
+            shutil.copy2(orig, etc)
+        elif etc.exists() and "seggridtest" in etc.read_text():
+            etc.unlink()
+
+
+if __name__ == "__main__":
+    action, where = sys.argv[1], sys.argv[2]
+    if action == "up":
+        reason = ensure_installed()
+        if reason:
+            raise SystemExit(reason)
+        up(where)
+        print("SLURM is up (config in /etc/slurm)")
+    else:
+        down(where)
