@@ -64,6 +64,11 @@ class SmartCache:
         new = self.rng.choice(outside, size=self.n_replace, replace=False).tolist()
         old = self.rng.choice(self.members, size=self.n_replace, replace=False).tolist()
         self._plan = list(zip(old, new))
+        self._load_in_background()
+
+    def _load_in_background(self) -> None:
+        """Start loading the incoming cases of the planned swap."""
+        new = [n for _, n in self._plan]
         self._incoming = {}
         self._thread = threading.Thread(target=lambda: self._incoming.update({i: self.load(i) for i in new}),
                                         daemon=True)
@@ -82,11 +87,7 @@ class SmartCache:
         self.rng.bit_generator.state = state["rng"]
         self._plan, self._thread = [tuple(p) for p in state["plan"]], None
         if state["pending"]:
-            new = [n for _, n in self._plan]
-            self._incoming = {}
-            self._thread = threading.Thread(target=lambda: self._incoming.update({i: self.load(i) for i in new}),
-                                            daemon=True)
-            self._thread.start()
+            self._load_in_background()
 
     def start_epoch(self) -> None:
         if self._thread is not None:
