@@ -50,6 +50,7 @@ wildcard_constraints:
     fold=r"\d+",
     pset=r"[A-Za-z0-9_+-]+",
     table=r"[A-Za-z0-9_-]+",
+    predict=r"predict|predict_cv",
 
 
 def dataset_args():

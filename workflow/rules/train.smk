@@ -35,13 +35,17 @@ rule train:
 
 
 rule predict:
+    # predict/: the evaluation cases (every prediction set is built from these);
+    # predict_cv/: each fold's model on its own validation cases (out-of-fold), on which the
+    # postprocessing decision of a 5-fold model is made.
     input:
         model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
         preprocessed=f"{OUT}/preprocessed",
         splits=f"{OUT}/dataset/splits.json",
     output:
-        directory(f"{OUT}/predict/{{setting}}/fold_{{fold}}"),
+        directory(f"{OUT}/{{predict}}/{{setting}}/fold_{{fold}}"),
     params:
+        cases=lambda w: f"--cases cv --fold {w.fold}" if w.predict == "predict_cv" else "--cases evaluation",
         step=config["inference"]["step"],
         flips=config["inference"]["tta_flips"],
         gpus=config["inference"]["gpus"],
@@ -51,42 +55,12 @@ rule predict:
         mem_mb=config["inference"]["mem_mb"],
         runtime=config["inference"]["runtime_min"],
     log:
-        f"{OUT}/logs/predict/{{setting}}/fold_{{fold}}.log",
+        f"{OUT}/logs/{{predict}}/{{setting}}/fold_{{fold}}.log",
     benchmark:
-        f"{OUT}/benchmarks/predict/{{setting}}/fold_{{fold}}.tsv"
+        f"{OUT}/benchmarks/{{predict}}/{{setting}}/fold_{{fold}}.tsv"
     conda:
         env_for(config["inference"]["gpus"])
     shell:
         "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
-        "--step {params.step} --tta-flips {params.flips} --threads {threads} --gpus {params.gpus} "
+        "{params.cases} --step {params.step} --tta-flips {params.flips} --threads {threads} --gpus {params.gpus} "
         "--out {output} > {log} 2>&1"
-
-
-rule predict_cv:
-    # Out-of-fold predictions (each fold's model on its own validation cases): the data the
-    # postprocessing decision of a 5-fold model is made on.
-    input:
-        model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
-        preprocessed=f"{OUT}/preprocessed",
-        splits=f"{OUT}/dataset/splits.json",
-    output:
-        directory(f"{OUT}/predict_cv/{{setting}}/fold_{{fold}}"),
-    params:
-        step=config["inference"]["step"],
-        flips=config["inference"]["tta_flips"],
-        gpus=config["inference"]["gpus"],
-    threads: config["inference"]["threads"]
-    resources:
-        gpu=config["inference"]["gpus"],
-        mem_mb=config["inference"]["mem_mb"],
-        runtime=config["inference"]["runtime_min"],
-    log:
-        f"{OUT}/logs/predict_cv/{{setting}}/fold_{{fold}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/predict_cv/{{setting}}/fold_{{fold}}.tsv"
-    conda:
-        env_for(config["inference"]["gpus"])
-    shell:
-        "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
-        "--cases cv --fold {wildcards.fold} --step {params.step} --tta-flips {params.flips} --threads {threads} "
-        "--gpus {params.gpus} --out {output} > {log} 2>&1"
