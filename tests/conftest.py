@@ -22,6 +22,30 @@ TINY_SETTING = {
 }
 
 
+def tiny_grid_config(tmp: Path, settings: dict, tables: dict, figures: dict, recipe: dict | None = None,
+                     inference: dict | None = None, **top) -> Path:
+    """A Snakemake config of a tiny grid on a 6-case demo dataset, written to tmp/grid.yaml;
+    ``recipe`` / ``inference`` update the tiny defaults, ``top`` adds top-level keys."""
+    import yaml
+
+    cfg = {
+        "outdir": str(tmp / "results"), "seed": 5, "folds": 2,
+        "dataset": {"root": str(tmp / "results" / "demo_data"), "demo": True, "demo_ct_train": 3,
+                    "demo_mr_train": 1, "demo_ct_val": 1, "demo_mr_val": 1, "mr_case_id_min": 500},
+        "preprocessing": {"target_spacing": [6.0, 6.0, 6.0], "threads": 1},
+        "recipe": {"patch": [8, 16, 16], "batch": 2, "optimizer": "adam", "epochs": 2, "iterations_per_epoch": 2,
+                   "val_iterations": 1, "precision": "fp32", "base_features": 4, "max_features": 16,
+                   "max_pools_per_axis": 3, "patch_rounding": "down", "gpus": 0, "threads": 1, "mem_mb": 1000,
+                   "runtime_min": 10, **(recipe or {})},
+        "settings": settings,
+        "inference": {"tta_flips": 2, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10, **(inference or {})},
+        "tables": tables, "figures": figures, **top,
+    }
+    path = tmp / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 

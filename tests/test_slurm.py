@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, tiny_grid_config
 
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 import slurm_cluster  # noqa: E402
@@ -49,29 +48,18 @@ def cluster(tmp_path_factory):
 
 
 def grid_config(tmp: Path) -> Path:
-    recipe = {"patch": [8, 16, 16], "batch": 2, "optimizer": "adam", "epochs": 2, "iterations_per_epoch": 2,
-              "val_iterations": 1, "precision": "fp32", "base_features": 4, "max_features": 16,
-              "max_pools_per_axis": 3, "patch_rounding": "down", "augmentation": "mirror", "gpus": 0,
-              "threads": 1, "mem_mb": 1000, "runtime_min": 10}
-    cfg = {
-        "outdir": str(tmp / "results"), "seed": 5, "folds": 2,
-        "dataset": {"root": str(tmp / "results" / "demo_data"), "demo": True, "demo_ct_train": 3,
-                    "demo_mr_train": 1, "demo_ct_val": 1, "demo_mr_val": 1, "mr_case_id_min": 500},
-        "preprocessing": {"target_spacing": [6.0, 6.0, 6.0], "threads": 1},
-        "recipe": recipe,
-        "settings": {"cpu": {}, "one_gpu": {"gpus": 1},
-                     # long enough to be requeued mid-run; a checkpoint every epoch
-                     "two_gpus": {"gpus": 2, "batch": 4, "epochs": 8, "iterations_per_epoch": 25,
-                                  "checkpoint_every": 1}},
-        "inference": {"tta_flips": 1, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10,
-                      "postprocessing": False},
-        "metrics": {"threads": 1},
-        "tables": {"t": {"title": "gpus", "rows": [{"label": n, "setting": n} for n in ("cpu", "one_gpu", "two_gpus")]}},
-        "figures": {"fig1_settings": [], "slices": False},
-    }
-    path = tmp / "grid.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_grid_config(
+        tmp,
+        settings={"cpu": {}, "one_gpu": {"gpus": 1},
+                  # long enough to be requeued mid-run; a checkpoint every epoch
+                  "two_gpus": {"gpus": 2, "batch": 4, "epochs": 8, "iterations_per_epoch": 25,
+                               "checkpoint_every": 1}},
+        tables={"t": {"title": "gpus", "rows": [{"label": n, "setting": n} for n in ("cpu", "one_gpu", "two_gpus")]}},
+        figures={"fig1_settings": [], "slices": False},
+        recipe={"augmentation": "mirror"},
+        inference={"tta_flips": 1, "postprocessing": False},
+        metrics={"threads": 1},
+    )
 
 
 def jobs(env) -> list[dict]:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, tiny_grid_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -25,29 +25,17 @@ def snakemake(*args, cwd=ROOT, timeout=900):
 
 
 def minimal_config(tmp: Path) -> Path:
-    recipe = {"patch": [8, 16, 16], "batch": 2, "optimizer": "adam", "epochs": 2, "iterations_per_epoch": 2,
-              "val_iterations": 1, "precision": "fp32", "base_features": 4, "max_features": 16,
-              "max_pools_per_axis": 3, "patch_rounding": "down", "gpus": 0, "threads": 1, "mem_mb": 1000,
-              "runtime_min": 10}
-    cfg = {
-        "outdir": str(tmp / "results"), "seed": 5, "folds": 2,
-        "dataset": {"root": str(tmp / "results" / "demo_data"), "demo": True, "demo_ct_train": 3,
-                    "demo_mr_train": 1, "demo_ct_val": 1, "demo_mr_val": 1, "mr_case_id_min": 500},
-        "preprocessing": {"target_spacing": [6.0, 6.0, 6.0], "threads": 1},
-        "recipe": recipe,
-        "settings": {"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3, "gpus": 2}},
-        "inference": {"tta_flips": 2, "gpus": 0, "threads": 1, "mem_mb": 1000, "runtime_min": 10},
-        "tables": {
+    return tiny_grid_config(
+        tmp,
+        settings={"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3, "gpus": 2}},
+        tables={
             "table1": {"title": "patch", "varied": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
             "table2": {"title": "batch", "varied": "batch", "rows": [{"label": "2", "setting": "a"}, {"label": "3", "setting": "c"}]},
             "table4": {"title": "final", "rows": [{"label": "A", "setting": "a", "folds": "all"},
                                                   {"label": "A&B", "models": ["a", "b"], "folds": "all"}]},
         },
-        "figures": {"fig1_settings": ["a", "c"]},
-    }
-    path = tmp / "minimal.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        figures={"fig1_settings": ["a", "c"]},
+    )
 
 
 @pytest.mark.slow
