@@ -12,7 +12,7 @@ import torch
 
 from seggrid.augment import (PRESETS, AugmentConfig, Augmenter, SampleParams, build_augmenter_config,
                              gamma_keep_stats, gaussian_blur, rotation_matrix, simulate_low_resolution)
-from seggrid.sampling import PatchSampler, SmartCache, adaptive_foreground_fraction
+from seggrid.sampling import PatchSampler, Prefetcher, SmartCache, adaptive_foreground_fraction
 
 OFF = PRESETS["none"]
 
@@ -181,6 +181,41 @@ def test_augmented_batches_are_reproducible_from_the_seed(pipeline):
         (ia, la), (ib, lb) = a.next_batch(), b.next_batch()
         assert torch.equal(ia, ib) and torch.equal(la, lb)
         assert ia.shape == (4, 1, 8, 16, 16)
+
+
+def test_prefetched_batches_equal_direct_ones_and_leave_the_same_generator_state(pipeline):
+    """The background thread draws exactly the batches the loop would have drawn itself, and
+    stops after `count`, so the generator a checkpoint saves is the same either way."""
+    aug = Augmenter(AugmentConfig())
+    direct = _sampler(pipeline, 3, 0.33, seed=4, augmenter=aug)
+    threaded = _sampler(pipeline, 3, 0.33, seed=4, augmenter=aug)
+    batches = Prefetcher(threaded, 6)
+    for _ in range(6):
+        (ia, la), (ib, lb) = direct.next_batch(), batches.next_batch()
+        assert torch.equal(ia, ib) and torch.equal(la, lb)
+    assert direct.rng.bit_generator.state == threaded.rng.bit_generator.state
+    with pytest.raises(RuntimeError, match="all 6 batches were served"):
+        batches.next_batch()
+
+
+def test_an_error_while_prefetching_reaches_the_training_loop(pipeline, monkeypatch):
+    sampler = _sampler(pipeline, 2, 0.33)
+    calls = {"n": 0}
+    real = PatchSampler.draw_batch
+
+    def failing(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("case file vanished")
+        return real(self)
+
+    monkeypatch.setattr(PatchSampler, "draw_batch", failing)
+    batches = Prefetcher(sampler, 5)
+    batches.next_batch()
+    batches.next_batch()
+    with pytest.raises(OSError, match="case file vanished"):
+        batches.next_batch()
+    assert not batches._thread.is_alive()
 
 
 def test_adaptive_ratio_follows_equations_5_and_6():

@@ -103,6 +103,21 @@ def test_train_outputs(pipeline):
     assert not (t / "checkpoint_latest.pt").exists()
     ckpt = torch.load(t / "model.pt", weights_only=False)
     assert ckpt["plan"]["setting"]["name"] == "tiny"
+    assert summary["deterministic"] == {"mode": "auto", "deterministic_kernels": True, "cudnn_benchmark": False}
+    assert 0 <= summary["data_wait_fraction"] <= 1 and (log["data_wait_fraction"].between(0, 1)).all()
+
+
+def test_model_of_an_older_format_is_refused_with_a_clear_message(pipeline, tmp_path, capsys):
+    ckpt = torch.load(pipeline["train"] / "model.pt", weights_only=False)
+    del ckpt["format"]                                     # as written before the nnU-Net network
+    old = tmp_path / "old" / "model.pt"
+    old.parent.mkdir()
+    torch.save(ckpt, old)
+    rc = run_cli("predict", "--model", old, "--preprocessed", pipeline["preprocessed"], "--splits",
+                 pipeline["splits"], "--out", tmp_path / "pred")
+    err = capsys.readouterr().err
+    assert rc == 2 and "old/model.pt: a model of format unknown" in err and "train it again" in err
+    assert not (tmp_path / "pred").exists()
 
 
 def test_predict_probabilities(pipeline):

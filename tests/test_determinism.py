@@ -42,24 +42,24 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(pipeline, tmp_path, m
     splits = json.loads(pipeline["splits"].read_text())
     per_epoch = plan["setting"]["iterations_per_epoch"] + plan["setting"]["val_iterations"]
     calls = {"n": 0}
-    real_next = PatchSampler.next_batch
+    real_next = PatchSampler.draw_batch
 
     class Killed(Exception):
         pass
 
-    def dying_next(self):
-        calls["n"] += 1
+    def dying_next(self):                                    # runs in the prefetch thread; the
+        calls["n"] += 1                                      # training loop re-raises its error
         if calls["n"] == per_epoch + 2:                      # second batch of epoch 2
             raise Killed
         return real_next(self)
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(PatchSampler, "next_batch", dying_next)
+    monkeypatch.setattr(PatchSampler, "draw_batch", dying_next)
     try:
         tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3, checkpoint_every=1)
     except Killed:
         pass
-    monkeypatch.setattr(PatchSampler, "next_batch", real_next)
+    monkeypatch.setattr(PatchSampler, "draw_batch", real_next)
     assert (out / "checkpoint_latest.pt").exists() and not (out / "model.pt").exists()
     summary = tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3, checkpoint_every=1)
     assert summary["epochs"] == 2 and not (out / "checkpoint_latest.pt").exists()

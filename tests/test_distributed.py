@@ -38,7 +38,12 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path, loss, dice):
                           env=_env(), timeout=180, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = torch.load(single), torch.load(ddp)
-    worst = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
+    # a conv bias in front of an instance norm has a gradient of 0 up to rounding (the norm
+    # removes any constant): both sides must show ~0 there; every other gradient must agree
+    scale = max(float(g.abs().max()) for g in a.values())
+    before_norm = [k for k in a if k.startswith(("encoder.", "decoder.")) and k.endswith(".0.bias")]
+    assert before_norm and all(float(a[k].abs().max()) < 1e-5 * scale > float(b[k].abs().max()) for k in before_norm)
+    worst = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a if k not in before_norm)
     tolerance = 1e-4 if loss == "dice_ce" else 0.5
     assert worst < tolerance, worst
     if loss == "dice_ce":

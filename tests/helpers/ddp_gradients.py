@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from seggrid.losses import DeepSupervisionLoss, build_loss
-from seggrid.network import build_network, deep_supervision_heads, deep_supervision_weights
+from seggrid.network import build_network, deep_supervision_outputs, deep_supervision_weights, head_scales
 from seggrid.planner import plan_topology
 
 GLOBAL_BATCH = 4
@@ -31,8 +31,9 @@ def main(out: str) -> None:
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+    n_outputs = deep_supervision_outputs(plan)
     loss_fn = DeepSupervisionLoss(build_loss(sys.argv[2], batch_dice=sys.argv[3] == "batch"),
-                                  deep_supervision_weights(deep_supervision_heads(plan)))
+                                  deep_supervision_weights(n_outputs), head_scales(plan, n_outputs))
     loss = loss_fn(model(images[mine]), labels[mine])
     loss.backward()
     if rank == 0:

@@ -1,5 +1,12 @@
 """Benchmarks that print JSON (speed targets live here, never in unit tests).
 
+``seggrid bench step``: one training step of the real engine (:func:`seggrid.train.train_step`
+on batches from the real sampler and :class:`~seggrid.sampling.Prefetcher`) at any patch,
+batch, network width, class count, precision and device: median seconds per step, peak
+memory (CUDA max allocated on a GPU, peak RSS on a CPU) and the fraction of the step spent
+waiting for data. ``benchmarks/step_vs_nnunet.sh`` runs nnU-Net's network and loss on the
+same shapes beside it.
+
 ``seggrid bench augment``: samples/s of the training data pipeline (patch sampling from a
 memory-mapped case + augmentation) at a given patch, for the ``nnunet`` preset and, measured
 side by side in the same run, the ``none`` preset (cropping only), so the ratio tells what
@@ -23,20 +30,22 @@ from seggrid.io import package_versions
 from seggrid.sampling import PatchSampler
 
 
-def synthetic_case(root: Path, shape: tuple[int, int, int], seed: int = 0) -> str:
-    """One preprocessed case (smooth image, three ellipsoid organs) in ``root``; returns its id."""
+def synthetic_case(root: Path, shape: tuple[int, int, int], seed: int = 0, n_classes: int = 4) -> str:
+    """One preprocessed case (smooth image, ``n_classes - 1`` ellipsoid organs) in ``root``;
+    returns its id."""
     rng = np.random.default_rng(seed)
     image = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 2)
     image = (image - image.mean()) / image.std()
     seg = np.zeros(shape, dtype=np.uint8)
     grid = np.ogrid[tuple(slice(0, s) for s in shape)]
-    for c in (1, 2, 3):
+    organs = range(1, n_classes)
+    for c in organs:
         centre = [rng.uniform(0.25, 0.75) * s for s in shape]
         radius = [rng.uniform(0.08, 0.2) * s for s in shape]
         seg[sum(((g - m) / r) ** 2 for g, m, r in zip(grid, centre, radius)) <= 1] = c
     np.save(root / "bench_img.npy", image)
     np.save(root / "bench_seg.npy", seg)
-    locations = {str(c): np.argwhere(seg == c)[::997][:500].tolist() for c in (1, 2, 3)}
+    locations = {str(c): np.argwhere(seg == c)[::997][:500].tolist() for c in organs if (seg == c).any()}
     (root / "bench.json").write_text(json.dumps({"class_locations": locations}))
     return "bench"
 
@@ -74,3 +83,82 @@ def bench_augment(patch: list[int], batch: int, batches: int, threads: int, devi
         "augmentation_cost_ratio": round(rates["none"] / rates["nnunet"], 3),
         "versions": package_versions(),
     }
+
+
+def bench_step(patch: list[int], batch: int, spacing: list[float], base_features: int = 32,
+               max_features: int = 320, classes: int = 16, precision: str = "fp32", device: str = "cpu",
+               steps: int = 3, warmup: int = 1, threads: int = 2, loss: str = "dice_ce", batch_dice: bool = True,
+               augmentation: str = "none", deterministic: str | bool = "auto", compile_: bool = False,
+               channels_last: bool = False, max_pools_per_axis: int | None = 5, seed: int = 0) -> dict:
+    """Time ``steps`` training steps after ``warmup`` ones; see the module docstring."""
+    from seggrid.losses import DeepSupervisionLoss, build_loss
+    from seggrid.network import (build_network, deep_supervision_outputs, deep_supervision_weights,
+                                 head_scales)
+    from seggrid.planner import plan_topology
+    from seggrid.recipe import build_optimizer, effective_precision, grad_scaler
+    from seggrid.sampling import Prefetcher
+    from seggrid.train import configure_determinism, peak_memory_mb, train_step
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    determinism = configure_determinism(deterministic, dev)
+    precision = effective_precision(precision, dev)
+    torch.manual_seed(seed)
+    topo = plan_topology(patch, spacing, base_features, max_features, max_pools_per_axis, "down")
+    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
+               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5}
+    plan = {"setting": setting, "topology": topo, "n_classes": classes}
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model = build_network(plan).to(dev).to(memory_format=fmt)
+    forward = torch.compile(model) if compile_ else model
+    optimizer = build_optimizer(model.parameters(), setting)
+    scaler = grad_scaler(dev, precision)
+    n_out = deep_supervision_outputs(plan)
+    loss_fn = DeepSupervisionLoss(build_loss(loss, batch_dice), deep_supervision_weights(n_out), head_scales(plan, n_out))
+    eff = topo["patch_effective"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        case = synthetic_case(root, tuple(int(p * 1.25) for p in eff), seed, classes)
+        aug = Augmenter(build_augmenter_config(augmentation, eff)) if augmentation != "none" else None
+        sampler = PatchSampler(root, [case], eff, batch, 0.33, np.random.default_rng(seed), aug, dev)
+        batches = Prefetcher(sampler, warmup + steps)
+        baseline = _memory_now(dev)
+        times, waits = [], []
+        for i in range(warmup + steps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            wait0, t0 = batches.wait_seconds, time.perf_counter()
+            images, labels = batches.next_batch()
+            loss_value = train_step(forward, model, loss_fn, optimizer, scaler, images, labels, precision, 12.0, fmt)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+                waits.append(batches.wait_seconds - wait0)
+        batches.close()
+        final_loss = float(loss_value)
+    return {
+        "benchmark": "step", "side": "seggrid", "patch": list(eff), "patch_requested": list(patch), "batch": batch,
+        "spacing": list(spacing), "features": topo["features"], "strides": topo["strides"], "kernels": topo["kernels"],
+        "classes": classes, "loss": loss, "batch_dice": batch_dice, "augmentation": augmentation,
+        "precision": precision, "device": str(dev), "threads": threads, "deterministic": determinism,
+        "compile": compile_, "channels_last": channels_last,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": steps, "warmup": warmup, "seconds_per_step_median": round(float(np.median(times)), 4),
+        "seconds_per_step": [round(t, 4) for t in times],
+        "data_wait_fraction": round(float(np.sum(waits) / np.sum(times)), 4),
+        "peak_memory_mb": round(peak_memory_mb(dev), 1), "memory_before_first_step_mb": round(baseline, 1),
+        "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "peak_rss",
+        "final_loss": round(final_loss, 5), "cpu": platform.processor() or platform.machine(),
+        "versions": package_versions(),
+    }
+
+
+def _memory_now(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

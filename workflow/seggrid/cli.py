@@ -191,11 +191,20 @@ def cmd_trends(a):
 def cmd_bench(a):
     import json
 
-    from seggrid.bench import bench_augment
+    from seggrid.bench import bench_augment, bench_step
 
-    if min(a.patch) < 1 or a.batch < 1 or a.batches < 1:
-        raise SeggridError("bench: --patch, --batch and --batches must be positive")
-    print(json.dumps(bench_augment(a.patch, a.batch, a.batches, a.threads, a.device, a.volume), indent=1))
+    if min(a.patch) < 1 or a.batch < 1 or a.batches < 1 or a.steps < 1 or a.warmup < 0:
+        raise SeggridError("bench: --patch, --batch, --batches and --steps must be positive")
+    if a.device.startswith("cuda") and not __import__("torch").cuda.is_available():
+        raise SeggridError(f"bench: --device {a.device} but no CUDA device is usable here")
+    if a.what == "augment":
+        result = bench_augment(a.patch, a.batch, a.batches, a.threads, a.device, a.volume)
+    else:
+        result = bench_step(a.patch, a.batch, a.spacing, a.base_features, a.max_features, a.classes, a.precision,
+                            a.device, a.steps, a.warmup, a.threads, a.loss, not a.no_batch_dice, a.augmentation,
+                            {"auto": "auto", "true": True, "false": False}[a.deterministic], a.compile,
+                            a.channels_last, a.max_pools_per_axis)
+    print(json.dumps(result, indent=1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,14 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--title", required=True)
     sp.add_argument("--out", required=True)
 
-    sp = add("bench", cmd_bench, "benchmarks; print JSON")
-    sp.add_argument("what", choices=["augment"])
+    sp = add("bench", cmd_bench, "benchmarks; print JSON (augment: data pipeline; step: one training step)")
+    sp.add_argument("what", choices=["augment", "step"])
     sp.add_argument("--patch", type=int, nargs=3, default=[64, 160, 160], metavar=("Z", "Y", "X"))
-    sp.add_argument("--batch", type=int, default=2)
-    sp.add_argument("--batches", type=int, default=10, help="timed batches per variant")
+    sp.add_argument("--batch", type=int, default=2, help="batch per process (per GPU)")
+    sp.add_argument("--batches", type=int, default=10, help="augment: timed batches per variant")
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    sp.add_argument("--volume", type=int, nargs=3, default=None, help="synthetic case shape (default 2.5 x patch)")
+    sp.add_argument("--volume", type=int, nargs=3, default=None, help="augment: synthetic case shape (default 2.5 x patch)")
+    sp.add_argument("--spacing", type=float, nargs=3, default=[2.0, 0.68825001, 0.68825001], metavar=("Z", "Y", "X"),
+                    help="step: spacing the topology is planned for (mm; AMOS Task 1)")
+    sp.add_argument("--base-features", type=int, default=32)
+    sp.add_argument("--max-features", type=int, default=320)
+    sp.add_argument("--max-pools-per-axis", type=int, default=5)
+    sp.add_argument("--classes", type=int, default=16, help="step: output classes incl. background")
+    sp.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    sp.add_argument("--loss", choices=["dice_ce", "dice_focal", "dice_topk", "dice_perimeter", "topk"], default="dice_ce")
+    sp.add_argument("--no-batch-dice", action="store_true", help="step: per-sample Dice (default: batch Dice, as AMOS)")
+    sp.add_argument("--augmentation", choices=["nnunet", "mirror", "none"], default="none")
+    sp.add_argument("--deterministic", choices=["auto", "true", "false"], default="auto")
+    sp.add_argument("--compile", action="store_true", help="step: torch.compile the network")
+    sp.add_argument("--channels-last", action="store_true", help="step: channels-last-3d memory format")
+    sp.add_argument("--steps", type=int, default=3, help="step: timed steps")
+    sp.add_argument("--warmup", type=int, default=1, help="step: untimed steps first")
     return p
 
 

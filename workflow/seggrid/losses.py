@@ -3,12 +3,21 @@
 Every loss takes logits (B, C, z, y, x) and an integer target (B, 1, z, y, x) and returns a
 scalar. Compound losses add their terms with weight 1 (as nnU-Net's Dice + CE).
 
+Memory. The Dice, CE, focal and TopK terms are autograd functions with hand-written
+backward passes that keep only the logits (in their own dtype: float16 under AMP) and the
+integer target for the backward pass; the softmax is recomputed there, and no one-hot
+target is built (per-class sums are scatter-adds of the true-class probabilities). Autograd versions
+of the same formulas keep a float32 softmax, a log-softmax and a float32 one-hot (nnU-Net's
+memory-efficient Dice + CE keeps all three). tests/test_losses.py checks values and
+gradients against plain autograd formulas and finite differences.
+
 Terms
-- ``dice``: soft Dice over the foreground classes, smooth 1e-5; 1 - mean Dice. Per sample and
-  class, or with ``batch_dice`` over the whole batch per class. Under torchrun the batch-Dice
-  TP/FP/FN sums are all-reduced over ranks (:func:`global_sums`), so the loss is that of the
-  GLOBAL batch and DDP's gradient equals the single-process gradient. (MONAI's DiceLoss, used
-  before, cannot reduce its terms across ranks.)
+- ``dice``: soft Dice over the foreground classes, smooth s = 1e-5: 1 - mean_c (2 TP_c + s) /
+  (sum p_c + sum g_c + s). Per sample and class, or with ``batch_dice`` over the whole batch
+  per class. Under torchrun the batch-Dice sums are all-reduced over ranks in the forward
+  pass, so the loss is that of the GLOBAL batch; the backward pass scales the local gradient
+  by the world size, so DDP's average equals the single-process gradient. (A collective in
+  the backward pass interleaves with DDP's own all-reduces and deadlocked under gloo.)
 - ``ce``: cross-entropy.
 - ``focal``: focal loss (Lin et al.), gamma 2, on the softmax: mean over voxels of
   -(1 - p_t)**2 * log(p_t), p_t the probability of the true class.
@@ -26,30 +35,140 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
+from seggrid.network import downsample_target
+
 TOPK_FRACTION = 0.10
+FOCAL_GAMMA = 2.0
 
 
-def _onehot(target: torch.Tensor, n_classes: int) -> torch.Tensor:
-    return F.one_hot(target[:, 0].long(), n_classes).movedim(-1, 1).to(torch.float32)
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision logits, else their own dtype (float64 stays float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
-def global_sums(local: torch.Tensor) -> torch.Tensor:
-    """Sum of ``local`` over all ranks, with a gradient that makes DDP exact.
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.to(_compute_dtype(logits)), 1)
 
-    Value: the all-reduced sum. Gradient: ``world`` times the local one, because DDP averages
-    the ranks' gradients, and (1/world) * sum_r world * dL/dS * dS_r/dtheta is the gradient of
-    the global-batch loss. The all-reduce happens in the forward pass only; a collective in the
-    backward pass (torch.distributed.nn's all_reduce) interleaves with DDP's own gradient
-    all-reduces in a different order on each rank and deadlocks under gloo.
-    """
-    world = dist.get_world_size()
-    total = local.detach().clone()
-    dist.all_reduce(total)
-    return total + world * (local - local.detach())
+
+def _ranks() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def class_sums(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (sample, class): TP = sum of p_c over the voxels of class c, S = sum of p_c and
+    G = voxel count of class c, each (B, C). ``probs`` (B, C, N); ``target`` (B, 1, N) int64.
+    Segmented sums by class (scatter-add, deterministic on CUDA under deterministic mode): no
+    one-hot tensor."""
+    p_true = probs.gather(1, target)[:, 0]
+    labels = target[:, 0]
+    zeros = probs.new_zeros(probs.shape[:2])
+    tp = zeros.scatter_add(1, labels, p_true)
+    g = zeros.scatter_add(1, labels, torch.ones_like(p_true))
+    return tp, probs.sum(2), g
+
+
+def _softmax_and_log_true(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax (B, C, N) and log p at the true class (B, 1, N), from one exp pass; the log is
+    taken from the logits (z_t - logsumexp z), so it never underflows to -inf."""
+    z = logits.to(_compute_dtype(logits)).flatten(2)
+    top = z.amax(1, keepdim=True)
+    probs = (z - top).exp_()
+    total = probs.sum(1, keepdim=True)
+    probs /= total
+    return probs, z.gather(1, target) - top - total.log()
+
+
+def _focal(log_q: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-voxel focal term -(1 - q)**gamma * log q and its derivative by log q."""
+    q = log_q.exp()
+    one_minus = (1 - q).clamp_min(0)
+    value = -one_minus ** gamma * log_q
+    slope = gamma * one_minus ** (gamma - 1) * q * log_q - one_minus ** gamma
+    return value, slope
+
+
+class _SoftmaxLoss(torch.autograd.Function):
+    """Soft Dice (optional) + a voxel term on softmax(logits), forward and backward by hand.
+
+    Voxel terms are means over voxels of phi(l), l = log p_t: ``ce`` phi = -l; ``focal``
+    phi = -(1 - e^l)^gamma l; ``topk`` -l over the ``TOPK_FRACTION`` of voxels with the largest
+    CE. With d l / dz_j = [j = t] - p_j, the voxel gradient is phi'(l) ([j = t] - p_j) / n.
+    Dice: dL/dp_c(v) = beta_c + alpha_c [t(v) = c] for foreground c (0 for background),
+    pulled through the softmax: dL/dz_c = p_c (dL/dp_c - sum_k p_k dL/dp_k). Saved for the
+    backward pass: the logits and the target only."""
+
+    @staticmethod
+    def forward(ctx, logits, target, dice: bool, batch_dice: bool, smooth: float, voxel: str | None):
+        target = target.flatten(2).long()
+        probs, log_q = _softmax_and_log_true(logits, target)
+        total = probs.new_zeros(())
+        ctx.dice = None
+        if dice:
+            tp, s, g = class_sums(probs, target)
+            world = 1
+            if batch_dice:
+                tp, s, g = tp.sum(0, keepdim=True), s.sum(0, keepdim=True), g.sum(0, keepdim=True)
+                world = _ranks()
+                if world > 1:
+                    sums = torch.stack([tp, s, g])
+                    dist.all_reduce(sums)
+                    tp, s, g = sums.unbind(0)
+            tp, denom = tp[:, 1:], (s[:, 1:] + g[:, 1:] + smooth).clamp_min(1e-8)
+            ctx.dice = (tp, denom, smooth, world)
+            total = total + 1 - ((2 * tp + smooth) / denom).mean()
+        del probs
+        selected = torch.empty(0)
+        if voxel is not None:
+            value = _focal(log_q, FOCAL_GAMMA)[0] if voxel == "focal" else -log_q
+            if voxel == "topk":
+                value, selected = value.flatten().topk(max(1, int(value.numel() * TOPK_FRACTION)), sorted=False)
+            ctx.count = value.numel()
+            total = total + value.mean()
+        ctx.voxel = voxel
+        ctx.save_for_backward(logits, target, selected)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, target, selected = ctx.saved_tensors
+        probs, log_q = _softmax_and_log_true(logits, target)
+        batch = probs.shape[0]
+        p_true = probs.gather(1, target)
+        # per voxel: r = sum_k p_k dL/dp_k (Dice) + phi'(l) / n (voxel term); at the true
+        # class the gradient gains p_t alpha_t (Dice) + phi'(l) / n (voxel term)
+        r = torch.zeros_like(p_true)
+        at_true = torch.zeros_like(p_true)
+        if ctx.voxel is not None:
+            if ctx.voxel == "focal":
+                slope = _focal(log_q, FOCAL_GAMMA)[1]
+            else:
+                slope = torch.full_like(p_true, -1.0)
+                if ctx.voxel == "topk":
+                    mask = torch.zeros(slope.numel(), dtype=slope.dtype, device=slope.device)
+                    mask[selected] = 1
+                    slope *= mask.view_as(slope)
+            weight = slope * (grad_out / ctx.count)
+            r += weight
+            at_true += weight
+        if ctx.dice is None:
+            grad = probs.mul_(-r)
+        else:
+            tp, denom, smooth, world = ctx.dice
+            # `world` undoes DDP's averaging of the ranks' gradients (the sums are global)
+            scale = grad_out * world / tp.numel()
+            beta = F.pad((2 * tp + smooth) / denom ** 2 * scale, (1, 0)).expand(batch, -1)
+            alpha_true = F.pad(-2 / denom * scale, (1, 0)).expand(batch, -1).gather(1, target[:, 0]).unsqueeze(1)
+            at_true += p_true * alpha_true
+            grad = probs * beta.unsqueeze(2)
+            r += grad.sum(1, keepdim=True) + p_true * alpha_true
+            grad.addcmul_(probs, r, value=-1)
+            del probs
+        grad.scatter_(1, target, grad.gather(1, target) + at_true)
+        return grad.view(logits.shape).to(logits.dtype), None, None, None, None, None
 
 
 class DiceTerm(nn.Module):
@@ -58,44 +177,29 @@ class DiceTerm(nn.Module):
         self.batch_dice, self.smooth = batch_dice, smooth
 
     def forward(self, logits, target):
-        probs = torch.softmax(logits, dim=1)[:, 1:]
-        truth = _onehot(target, logits.shape[1])[:, 1:]
-        dims = (0, 2, 3, 4) if self.batch_dice else (2, 3, 4)
-        tp = (probs * truth).sum(dims)
-        fp = (probs * (1 - truth)).sum(dims)
-        fn = ((1 - probs) * truth).sum(dims)
-        if self.batch_dice and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            tp, fp, fn = global_sums(torch.stack([tp, fp, fn])).unbind(0)
-        dice = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth).clamp_min(1e-8)
-        return 1 - dice.mean()
+        return _SoftmaxLoss.apply(logits, target, True, self.batch_dice, self.smooth, None)
 
 
-class CETerm(nn.Module):
-    def forward(self, logits, target):
-        return F.cross_entropy(logits, target[:, 0].long())
+class VoxelTerm(nn.Module):
+    """``ce``, ``focal`` (gamma 2) or ``topk`` (mean CE of the worst 10 % of voxels)."""
 
-
-class FocalTerm(nn.Module):
-    """Per-voxel focal cross-entropy -(1 - p_t)**gamma * log(p_t), averaged over voxels."""
-
-    def __init__(self, gamma: float = 2.0):
+    def __init__(self, kind: str):
         super().__init__()
-        self.gamma = gamma
+        self.kind = kind
 
     def forward(self, logits, target):
-        log_p = torch.log_softmax(logits, dim=1).gather(1, target.long())
-        return (-(1 - log_p.exp()) ** self.gamma * log_p).mean()
+        return _SoftmaxLoss.apply(logits, target, False, False, 0.0, self.kind)
 
 
-class TopKTerm(nn.Module):
-    def __init__(self, fraction: float = TOPK_FRACTION):
+class DiceAndVoxelTerm(nn.Module):
+    """Dice + a voxel term in one function: one softmax and one gradient tensor for both."""
+
+    def __init__(self, kind: str, batch_dice: bool = False, smooth: float = 1e-5):
         super().__init__()
-        self.fraction = fraction
+        self.kind, self.batch_dice, self.smooth = kind, batch_dice, smooth
 
     def forward(self, logits, target):
-        ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none").flatten()
-        k = max(1, int(ce.numel() * self.fraction))
-        return ce.topk(k, sorted=False).values.mean()
+        return _SoftmaxLoss.apply(logits, target, True, self.batch_dice, self.smooth, self.kind)
 
 
 def soft_surface(p: torch.Tensor) -> torch.Tensor:
@@ -106,14 +210,17 @@ def soft_surface(p: torch.Tensor) -> torch.Tensor:
 
 class PerimeterTerm(nn.Module):
     def forward(self, logits, target):
-        probs = torch.softmax(logits, dim=1)[:, 1:]
-        truth = _onehot(target, logits.shape[1]).to(probs.dtype)[:, 1:]
+        probs = _softmax(logits)[:, 1:]
+        truth = F.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
         s_pred, s_true = soft_surface(probs), soft_surface(truth)
         return (((s_pred - s_true) / (s_pred + s_true + 1.0)) ** 2).mean()
 
 
+VOXEL_TERMS = ("ce", "focal", "topk")
+
 TERMS: dict[str, Callable[[], nn.Module]] = {
-    "dice": DiceTerm, "ce": CETerm, "focal": FocalTerm, "topk": TopKTerm, "perimeter": PerimeterTerm,
+    "dice": DiceTerm, "ce": lambda: VoxelTerm("ce"), "focal": lambda: VoxelTerm("focal"),
+    "topk": lambda: VoxelTerm("topk"), "perimeter": PerimeterTerm,
 }
 
 LOSSES: dict[str, tuple[str, ...]] = {
@@ -126,14 +233,20 @@ LOSSES: dict[str, tuple[str, ...]] = {
 
 
 class CompoundLoss(nn.Module):
+    """Sum of the named terms with weight 1; Dice and a voxel term run as one function."""
+
     def __init__(self, terms: tuple[str, ...], batch_dice: bool = False):
         super().__init__()
         self.names = terms
-        self.terms = nn.ModuleList(DiceTerm(batch_dice) if t == "dice" else TERMS[t]() for t in terms)
+        modules, rest = [], list(terms)
+        voxel = [t for t in rest if t in VOXEL_TERMS]
+        if "dice" in rest and voxel:
+            modules.append(DiceAndVoxelTerm(voxel[0], batch_dice))
+            rest = [t for t in rest if t not in ("dice", voxel[0])]
+        modules += [DiceTerm(batch_dice) if t == "dice" else TERMS[t]() for t in rest]
+        self.terms = nn.ModuleList(modules)
 
     def forward(self, logits, target):
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
         return sum(term(logits, target) for term in self.terms)
 
 
@@ -144,14 +257,17 @@ def build_loss(name: str, batch_dice: bool = False) -> CompoundLoss:
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Weighted sum of a loss over stacked deep-supervision outputs (B, heads, C, ...)."""
+    """Weighted sum of a loss over the network's outputs, full resolution first; output i is
+    compared with the target downsampled by ``scales[i]`` (nearest, a strided view)."""
 
-    def __init__(self, loss: nn.Module, weights: torch.Tensor):
+    def __init__(self, loss: nn.Module, weights: torch.Tensor, scales: list[list[int]]):
         super().__init__()
-        self.loss = loss
-        self.register_buffer("weights", weights)
+        if len(weights) != len(scales):
+            raise ValueError(f"{len(weights)} deep-supervision weights for {len(scales)} scales")
+        self.loss, self.weights, self.scales = loss, [float(w) for w in weights], scales
 
     def forward(self, outputs, target):
-        if outputs.ndim == target.ndim:          # no deep supervision
+        if isinstance(outputs, torch.Tensor):               # no deep supervision
             return self.loss(outputs, target)
-        return sum(w * self.loss(outputs[:, i], target) for i, w in enumerate(self.weights) if w > 0)
+        return sum(w * self.loss(out, downsample_target(target, f))
+                   for out, w, f in zip(outputs, self.weights, self.scales) if w > 0)

@@ -18,7 +18,7 @@ from monai.inferers import sliding_window_inference
 
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, write_json
-from seggrid.network import build_network
+from seggrid.network import MODEL_FORMAT, build_network
 from seggrid.recipe import autocast, effective_precision
 from seggrid.train import peak_memory_mb
 
@@ -40,10 +40,15 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
     """(network in eval mode, its plan, the training seed) from a ``model.pt``."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+        if fmt != MODEL_FORMAT:
+            raise SeggridError(f"{path}: a model of format {fmt or 'unknown (MONAI DynUNet, before nnU-Net network)'}"
+                               f", but this seggrid reads {MODEL_FORMAT}; train it again (delete the file, "
+                               f"snakemake reruns the training)")
         model = build_network(ckpt["plan"]).to(device)
+        model.load_state_dict(ckpt["state_dict"])
     except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
         raise SeggridError(f"{path}: not a readable seggrid model ({type(exc).__name__}: {exc})") from exc
-    model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt["plan"], ckpt.get("seed")
 

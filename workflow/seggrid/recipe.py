@@ -17,14 +17,13 @@ import math
 from typing import Callable
 
 import torch
-from monai.optimizers import Novograd
 
 OPTIMIZERS: dict[str, Callable] = {
     "sgd_nesterov": lambda params, s: torch.optim.SGD(params, lr=s["lr"], momentum=s["momentum"], nesterov=True,
                                                       weight_decay=s["weight_decay"]),
     "adam": lambda params, s: torch.optim.Adam(params, lr=s["lr"], weight_decay=s["weight_decay"]),
     "radam": lambda params, s: torch.optim.RAdam(params, lr=s["lr"], weight_decay=s["weight_decay"]),
-    "novograd": lambda params, s: Novograd(params, lr=s["lr"], weight_decay=s["weight_decay"]),
+    "novograd": lambda params, s: _novograd()(params, lr=s["lr"], weight_decay=s["weight_decay"]),
 }
 
 LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
@@ -34,6 +33,12 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
 }
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _novograd():
+    """MONAI's NovoGrad, imported only when a setting asks for it (MONAI is a heavy import)."""
+    from monai.optimizers import Novograd
+    return Novograd
 
 
 def build_optimizer(params, setting: dict) -> torch.optim.Optimizer:

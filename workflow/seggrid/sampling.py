@@ -13,12 +13,19 @@ Two options from Ma et al. 2020 ("training 20x faster"):
 - :class:`SmartCache`: keep ``size`` cases in RAM and replace ``replace_fraction`` of them per
   epoch, loading the replacements in a background thread while the epoch trains.
   Without it, cases are memory-mapped and the OS page cache decides.
+
+:class:`Prefetcher` draws the next batches (cases, crop positions, augmentation parameters,
+the crops themselves, pinned on a GPU) in a background thread while the current step runs;
+the step's thread copies them to the device without blocking and augments them there.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +170,10 @@ class PatchSampler:
         out[tuple(dst)] = array[tuple(src)]
         return out
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image (B, 1, z, y, x) float32, label (B, 1, z, y, x) int64) on the sampler's device."""
+    def draw_batch(self) -> RawBatch:
+        """Everything random about the next batch, and its crops, on the CPU (see :class:`RawBatch`).
+        Only this method draws from ``rng``: calling it ``n`` times in order, in any thread,
+        gives the same batches."""
         n_forced = self.n_forced
         picks = []
         for b in range(self.batch):
@@ -175,16 +184,87 @@ class PatchSampler:
             picks.append((i, corner, params))
         spatial = [Augmenter.source_size(p, self.patch.tolist()) for _, _, p in picks if p and p.matrix is not None]
         common = np.max(spatial, axis=0) if spatial else self.patch
+        pin = self.device.type == "cuda"
         images, labels = [], []
         for i, corner, params in picks:
             size = common if params is not None and params.matrix is not None else self.patch
             margin = (size - self.patch) // 2
             image, label = self._arrays(i)
-            images.append(torch.from_numpy(self.crop(image, corner - margin, size)[None]).to(self.device))
-            labels.append(torch.from_numpy(self.crop(label, corner - margin, size)[None]).to(self.device))
+            img = torch.from_numpy(self.crop(image, corner - margin, size)[None])
+            lab = torch.from_numpy(self.crop(label, corner - margin, size)[None])
+            images.append(img.pin_memory() if pin else img)
+            labels.append(lab.pin_memory() if pin else lab)
+        seed = int(self.rng.integers(2**63)) if self.augmenter is not None else None
+        return RawBatch(images, labels, [p for _, _, p in picks], seed)
+
+    def finish_batch(self, raw: RawBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy a drawn batch to the device (non-blocking from pinned memory) and augment it there."""
+        images = [x.to(self.device, non_blocking=True) for x in raw.images]
+        labels = [x.to(self.device, non_blocking=True) for x in raw.labels]
         if self.augmenter is None:
             return torch.stack(images).float(), torch.stack(labels).long()
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(self.rng.integers(2**63)))
-        img, lab = self.augmenter(images, labels, [p for _, _, p in picks], self.patch.tolist(), generator)
+        generator.manual_seed(raw.seed)
+        img, lab = self.augmenter(images, labels, raw.params, self.patch.tolist(), generator)
         return img.float(), lab.long()
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (B, 1, z, y, x) float32, label (B, 1, z, y, x) int64) on the sampler's device."""
+        return self.finish_batch(self.draw_batch())
+
+
+@dataclass
+class RawBatch:
+    """A batch as drawn on the CPU: per-sample crops (1, z, y, x), pinned when the sampler's
+    device is a GPU, augmentation parameters, and the seed of the augmentation's generator."""
+    images: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    params: list
+    seed: int | None
+
+
+class Prefetcher:
+    """Draws ``count`` batches of ``sampler`` in a background thread, ``depth`` batches ahead
+    of the training step, so cropping (and pinning) overlaps with the step. The thread is the
+    only user of the sampler's generator while it runs, and it stops after exactly ``count``
+    draws, so the generator state after the epoch, which a checkpoint saves, is the same
+    with or without prefetching. ``wait_seconds`` is the time the consumer spent blocked."""
+
+    def __init__(self, sampler: PatchSampler, count: int, depth: int = 2):
+        self.sampler, self.count, self.served, self.wait_seconds = sampler, count, 0, 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for _ in range(self.count):
+                if self._stop.is_set():
+                    return
+                self._queue.put(("ok", self.sampler.draw_batch()))
+        except BaseException as exc:          # handed to the consumer, raised there
+            self._queue.put(("error", exc))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.served >= self.count:
+            raise RuntimeError(f"Prefetcher: all {self.count} batches were served")
+        t0 = time.perf_counter()
+        kind, item = self._queue.get()
+        self.wait_seconds += time.perf_counter() - t0
+        if kind == "error":
+            self.close()
+            raise item
+        self.served += 1
+        if self.served == self.count:
+            self._thread.join()
+        return self.sampler.finish_batch(item)
+
+    def close(self) -> None:
+        """Stop early (an error in the consumer): the thread ends after its current draw."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass

@@ -5,6 +5,13 @@ stepped per epoch, loss with deep supervision, foreground oversampling, nnU-Net 
 (``augment.py``, batched torch on the training device), grad-norm clip, precision, validation
 pseudo-Dice (global TP/FP/FN over validation patches) with an EMA of 0.9/0.1.
 
+Runtime (``recipe.deterministic``, ``compile``, ``channels_last``): ``auto`` keeps CPU runs
+bitwise reproducible and, on a GPU, runs like nnU-Net (cudnn.benchmark, no deterministic
+kernels). The step never waits on the host: losses stay on the device and are read once
+per epoch; a non-finite loss is looked for every ``finite_check_every`` steps (one sync) and
+at the end of the epoch, before any checkpoint is written. The next batches are cropped in
+a background thread (:class:`seggrid.sampling.Prefetcher`) while the step runs.
+
 Multi-GPU: started by ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of the
 GLOBAL batch with DistributedDataParallel (NCCL on GPUs, gloo on CPU), oversamples foreground
 in its own share, and validates its share of the validation patches; batch-Dice terms and
@@ -34,19 +41,41 @@ from seggrid.augment import Augmenter, build_augmenter_config
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash, provenance, write_json
 from seggrid.losses import DeepSupervisionLoss, build_loss
-from seggrid.network import build_network, deep_supervision_heads, deep_supervision_weights
+from seggrid.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
+                             head_scales)
 from seggrid.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
-from seggrid.sampling import PatchSampler, adaptive_foreground_fraction
+from seggrid.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
-              "seconds", "peak_mem_mb"]
+              "seconds", "data_wait_fraction", "peak_mem_mb"]
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def configure_determinism(mode: str | bool, device: torch.device) -> dict:
+    """Apply ``recipe.deterministic`` and return what ran (recorded in summary.json).
+
+    ``auto``: deterministic kernels on a CPU (bitwise-reproducible runs), none on a GPU, where
+    cudnn.benchmark picks the fastest convolution algorithms as nnU-Net does. ``true`` /
+    ``false`` force either everywhere."""
+    if mode not in ("auto", True, False):
+        raise SeggridError(f"recipe.deterministic must be auto, true or false, got {mode!r}")
+    deterministic = device.type != "cuda" if mode == "auto" else bool(mode)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's deterministic workspace
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # deterministic mode also fills every new tensor with NaN (measured: a fifth of a CPU step);
+    # our kernels never read memory before writing it, so results stay bitwise the same
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+    return {"mode": mode, "deterministic_kernels": deterministic,
+            "cudnn_benchmark": device.type == "cuda" and not deterministic}
 
 
 def distributed_context(gpus: int) -> tuple[int, int, torch.device]:
@@ -65,6 +94,24 @@ def distributed_context(gpus: int) -> tuple[int, int, torch.device]:
             print(f"[train] distributed: {world} ranks, backend {backend}"
                   + ("" if use_cuda else " (no usable CUDA device: ranks run on CPU)"), flush=True)
     return rank, world, device
+
+
+def train_step(forward, model, loss_fn, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor,
+               precision: str, grad_clip: float, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """One optimisation step (nnU-Net's): forward under autocast, loss in float32, scaled
+    backward, grad-norm clip, step. ``forward`` is the (possibly compiled) ``model``. Returns
+    the detached loss on the device: no host sync."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(images.device, precision):
+        outputs = forward(images.contiguous(memory_format=memory_format))
+    loss = loss_fn(outputs, labels)                       # float32 inside, whatever the logits' dtype
+    del outputs                                           # the loss keeps what its backward needs
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 def local_batch(global_batch: int, rank: int, world: int) -> int:
@@ -117,6 +164,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
               f"{world} rank(s), device {device}", flush=True)
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(seed + fold)
+    determinism = configure_determinism(s.get("deterministic", "auto"), device)
     if s["batch"] < world:
         raise SeggridError(f"setting '{s['name']}': global batch {s['batch']} < {world} ranks; "
                            f"each rank needs at least one sample")
@@ -133,15 +181,20 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
                            s["cache_cases"], s["cache_replace"])
     val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], rank, world),
                                s["oversample_foreground"], np.random.default_rng(0), None, device)
-    model = build_network(plan).to(device)
+    net = build_network(plan).to(device)
+    memory_format = torch.channels_last_3d if s.get("channels_last") else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    model = net
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = model.module if world > 1 else model
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(model) if s.get("compile") else model
     optimizer = build_optimizer(model.parameters(), s)
     scaler = grad_scaler(device, precision)
-    scheme = s["deep_supervision_weights"]
+    n_outputs = deep_supervision_outputs(plan)
     loss_fn = DeepSupervisionLoss(build_loss(s["loss"], s["batch_dice"]),
-                                  deep_supervision_weights(deep_supervision_heads(plan), scheme)).to(device)
+                                  deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
+                                  head_scales(plan, n_outputs))
+    check_every = s.get("finite_check_every", 25)
     n_classes, columns = plan["n_classes"], class_columns(plan)
 
     log: list[dict] = []
@@ -191,27 +244,26 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
             group["lr"] = lr
         sampler.start_epoch()
         model.train()
-        train_losses = []
-        for _ in range(s["iterations_per_epoch"]):
-            images, labels = sampler.next_batch()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                outputs = model(images)
-            loss = loss_fn(outputs.float(), labels)
-            if not torch.isfinite(loss):
-                raise SeggridError(f"setting '{s['name']}' fold {fold}: non-finite loss ({loss.item()}) at epoch "
-                                   f"{epoch}; stopped, the last good checkpoint is kept at {ckpt_path}")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            train_losses.append(loss.item())
+        iterations = s["iterations_per_epoch"]
+        batches = Prefetcher(sampler, iterations)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        try:
+            for step in range(iterations):
+                images, labels = batches.next_batch()
+                loss = train_step(forward, model, loss_fn, optimizer, scaler, images, labels, precision,
+                                  s["grad_clip"], memory_format)
+                finite &= torch.isfinite(loss)
+                loss_sum += loss
+                if ((step + 1) % check_every == 0 or step + 1 == iterations) and not bool(finite):
+                    raise SeggridError(f"setting '{s['name']}' fold {fold}: non-finite loss (seen by step {step + 1}) "
+                                       f"at epoch {epoch}; stopped, the last good checkpoint is kept at {ckpt_path}")
+        finally:
+            batches.close()
 
         val_sampler.rng = np.random.default_rng([seed + epoch, rank, 7])   # same patches on every run
-        val_loss, counts = validate(model, plan, val_sampler, device, loss_fn, n_classes, precision)
-        stats = torch.cat([counts.flatten(), torch.tensor([val_loss, float(np.mean(train_losses))],
-                                                          dtype=torch.float64, device=device)])
+        val_loss, counts, val_wait = validate(forward, plan, val_sampler, loss_fn, n_classes, precision, memory_format)
+        stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / iterations])])
         if world > 1:
             dist.all_reduce(stats)
             stats[-2:] /= world
@@ -223,7 +275,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         ema = pseudo if ema is None or not np.isfinite(ema) else 0.9 * ema + 0.1 * pseudo
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": pseudo,
                "pseudo_dice_ema": ema, "foreground_fraction": sampler.foreground_fraction, "lr": lr,
-               "seconds": time.time() - t0, "peak_mem_mb": peak_memory_mb(device)}
+               "seconds": time.time() - t0, "data_wait_fraction": (batches.wait_seconds + val_wait) / (time.time() - t0),
+               "peak_mem_mb": peak_memory_mb(device)}
         row.update({col: float(d) for col, d in zip(columns, dice)})
         log.append(row)
         if adaptive:
@@ -237,7 +290,9 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     wall = elapsed_before + time.time() - t_start
     summary = {
         "setting": s["name"], "fold": fold, "epochs": s["epochs"], "world_size": world, "device": str(device),
-        "precision": precision, "wall_seconds": wall,
+        "precision": precision, "deterministic": determinism, "compile": bool(s.get("compile")),
+        "channels_last": bool(s.get("channels_last")), "wall_seconds": wall,
+        "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
         "gpu_hours": wall * world / 3600 if device.type == "cuda" else 0.0,
         "samples_per_second": s["epochs"] * s["iterations_per_epoch"] * s["batch"] / max(wall, 1e-9),
         "peak_mem_mb": max(r["peak_mem_mb"] for r in log), "final_pseudo_dice_ema": ema,
@@ -254,19 +309,24 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
 
 
 @torch.no_grad()
-def validate(model, plan, sampler: PatchSampler, device, loss_fn, n_classes, precision):
-    """Validation loss and TP/FP/FN counts over this rank's share of the validation batches."""
-    s = plan["setting"]
+def validate(model, plan, sampler: PatchSampler, loss_fn, n_classes, precision, memory_format):
+    """Validation loss (a device scalar), TP/FP/FN counts over this rank's share of the
+    validation batches, and the seconds spent waiting for data. No host sync."""
+    s, device = plan["setting"], sampler.device
     model.eval()
     counts = torch.zeros(3, n_classes - 1, dtype=torch.float64, device=device)
-    losses = []
-    for _ in range(s["val_iterations"]):
-        images, labels = sampler.next_batch()
-        with autocast(device, precision):
-            logits = model(images).float()
-        losses.append(loss_fn.loss(logits, labels).item())
-        counts += confusion_counts(logits, labels, n_classes)
-    return float(np.mean(losses)), counts
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    batches = Prefetcher(sampler, s["val_iterations"])
+    try:
+        for _ in range(s["val_iterations"]):
+            images, labels = batches.next_batch()
+            with autocast(device, precision):
+                logits = model(images.contiguous(memory_format=memory_format))
+            loss_sum += loss_fn.loss(logits, labels)
+            counts += confusion_counts(logits, labels, n_classes)
+    finally:
+        batches.close()
+    return loss_sum / s["val_iterations"], counts, batches.wait_seconds
 
 
 def write_outputs(out_dir: Path, model, plan: dict, log: list[dict], summary: dict, columns: list[str]) -> None:
@@ -278,4 +338,5 @@ def write_outputs(out_dir: Path, model, plan: dict, log: list[dict], summary: di
             w.writerows(log)
     write_json(out_dir / "summary.json", summary)
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"state_dict": model.state_dict(), "plan": plan, "seed": summary["provenance"]["seed"]}, tmp)
+        torch.save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "plan": plan,
+                    "seed": summary["provenance"]["seed"]}, tmp)
