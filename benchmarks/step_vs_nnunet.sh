@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One training step, side by side in one run: ours (`seggrid bench step`), then nnU-Net v2's
 # network + loss + step on the same topology, patch, batch, classes, precision and device.
+# The two sides alternate for ROUNDS rounds (default 2: ours, nnU-Net, ours, nnU-Net), so a
+# slow spell of a noisy machine hits both; medians are over every timed step of a side.
 # Usage: benchmarks/step_vs_nnunet.sh NNUNET_PYTHON [--patch Z Y X] [--batch N] [...]
 # (any `seggrid bench step` flag; NNUNET_PYTHON: a Python with nnunetv2 installed, e.g. a venv
 # made with `python -m venv /tmp/nnunet && /tmp/nnunet/bin/pip install nnunetv2`).
@@ -9,14 +11,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NNUNET_PYTHON=${1:?give the python of an environment with nnunetv2}
 shift
+ROUNDS=${ROUNDS:-2}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-PYTHONPATH=workflow .venv/bin/python -m seggrid bench step "$@" > "$tmp/ours.json"
-"$NNUNET_PYTHON" benchmarks/nnunet_step.py "$tmp/ours.json" > "$tmp/nnunet.json"
-.venv/bin/python - "$tmp/ours.json" "$tmp/nnunet.json" <<'PY'
-import json, sys
-ours, ref = (json.load(open(p)) for p in sys.argv[1:3])
-print(json.dumps({"seggrid": ours, "nnunet": ref, "ratio": {
+for r in $(seq "$ROUNDS"); do
+  PYTHONPATH=workflow .venv/bin/python -m seggrid bench step "$@" > "$tmp/ours_$r.json"
+  "$NNUNET_PYTHON" benchmarks/nnunet_step.py "$tmp/ours_$r.json" > "$tmp/nnunet_$r.json"
+done
+.venv/bin/python - "$tmp" "$ROUNDS" <<'PY'
+import json, statistics, sys
+tmp, rounds = sys.argv[1], int(sys.argv[2])
+def merged(side):
+    runs = [json.load(open(f"{tmp}/{side}_{r}.json")) for r in range(1, rounds + 1)]
+    out = dict(runs[0])
+    out["seconds_per_step"] = [t for run in runs for t in run["seconds_per_step"]]
+    out["seconds_per_step_median"] = round(statistics.median(out["seconds_per_step"]), 4)
+    for key in ("peak_memory_mb", "memory_before_first_step_mb"):
+        out[key + "_per_round"] = [run[key] for run in runs]
+        out[key] = max(run[key] for run in runs)
+    return out
+ours, ref = merged("ours"), merged("nnunet")
+print(json.dumps({"seggrid": ours, "nnunet": ref, "rounds": rounds, "ratio": {
     "seconds_per_step": round(ours["seconds_per_step_median"] / ref["seconds_per_step_median"], 3),
     "peak_memory": round(ours["peak_memory_mb"] / ref["peak_memory_mb"], 3),
     "peak_memory_above_start": round((ours["peak_memory_mb"] - ours["memory_before_first_step_mb"])

@@ -76,9 +76,9 @@ class ConcatConv3d(nn.Module):
         self.conv = nn.Conv3d(c_a + c_b, c_out, kernel, 1, padding=[(k - 1) // 2 for k in kernel], bias=True)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        w, pad = self.conv.weight, self.conv.padding
-        out = F.conv3d(a, w[:, :self.split], self.conv.bias, 1, pad)
-        return out.add_(F.conv3d(b, w[:, self.split:], None, 1, pad))
+        w, pad = self.conv.weight, self.conv.padding        # contiguous halves: faster kernels
+        out = F.conv3d(a, w[:, :self.split].contiguous(), self.conv.bias, 1, pad)
+        return out.add_(F.conv3d(b, w[:, self.split:].contiguous(), None, 1, pad))
 
 
 class DecoderStage(nn.Module):
