@@ -81,18 +81,3 @@ def test_bench_step_rejects_cuda_without_a_gpu(capsys):
     assert run_cli("bench", "step", "--device", "cuda") == 2
     assert "no CUDA device" in capsys.readouterr().err
 
-
-def test_concat_conv_equals_a_conv_on_the_concatenation():
-    """Same output and same gradients as nnU-Net's cat + conv, without the concatenated map."""
-    from seggrid.network import ConcatConv3d
-
-    torch.manual_seed(0)
-    merge = ConcatConv3d(3, 5, 4, [1, 3, 3]).double()
-    a = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(2, 5, 4, 6, 6, dtype=torch.float64, requires_grad=True)
-    ours = merge(a, b)
-    ref = merge.conv(torch.cat((a, b), 1))
-    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
-    g_ours = torch.autograd.grad(ours.square().sum(), (a, b, merge.conv.weight, merge.conv.bias))
-    g_ref = torch.autograd.grad(ref.square().sum(), (a, b, merge.conv.weight, merge.conv.bias))
-    assert all(torch.allclose(x, y, rtol=1e-10, atol=1e-12) for x, y in zip(g_ours, g_ref))

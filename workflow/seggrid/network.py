@@ -5,9 +5,7 @@ Layout (nnU-Net 2.8.1 defaults, read from its source for facts; our own code):
 - encoder stage i: two (conv k_i -> norm -> leaky ReLU 0.01) blocks; the first conv has the
   stage's stride (stage 0: stride 1), padding (k - 1) / 2, bias on;
 - decoder stage (from the deepest up): transposed conv (kernel = stride = the stride of the
-  stage below), concatenation with the encoder skip, two conv blocks, and a 1x1x1 head; the
-  first conv reads the two inputs without building the concatenation (:class:`ConcatConv3d`,
-  the same function and parameters);
+  stage below), concatenation with the encoder skip, two conv blocks, and a 1x1x1 head;
 - weights: He-normal (negative slope 1e-2) for convs and transposed convs, biases 0.
 
 Input (B, 1, z, y, x). Output: logits (B, C, z, y, x); in training with deep supervision a
@@ -28,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 #: ``norm`` registry: instance (nnU-Net), batch, group (8 groups, as in Carmo et al.; fewer
@@ -63,37 +60,18 @@ def conv_block(c_in: int, c_out: int, kernel: list[int], stride: list[int], norm
     )
 
 
-class ConcatConv3d(nn.Module):
-    """``conv(cat(a, b))`` computed as ``conv_a(a) + conv_b(b)`` with the two halves of one
-    weight (same parameters, same init and state dict as a plain conv on the concatenation).
-    The concatenated tensor, which a plain conv keeps for its backward pass (a full-resolution
-    map of 2 x the stage's features at the top of the decoder), is never built; ``a`` (the
-    upsampled features) and ``b`` (the skip, kept alive by the encoder anyway) are kept."""
-
-    def __init__(self, c_a: int, c_b: int, c_out: int, kernel: list[int]):
-        super().__init__()
-        self.split = c_a
-        self.conv = nn.Conv3d(c_a + c_b, c_out, kernel, 1, padding=[(k - 1) // 2 for k in kernel], bias=True)
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        w, pad = self.conv.weight, self.conv.padding        # contiguous halves: faster kernels
-        out = F.conv3d(a, w[:, :self.split].contiguous(), self.conv.bias, 1, pad)
-        return out.add_(F.conv3d(b, w[:, self.split:].contiguous(), None, 1, pad))
-
-
 class DecoderStage(nn.Module):
-    """Transposed-conv upsampling, then two conv blocks on (upsampled, skip), the first one
-    reading both inputs through :class:`ConcatConv3d`."""
+    """Transposed-conv upsampling, concatenation with the skip, two conv blocks. (Reading the
+    two inputs with split weights instead of building the concatenation saved 9 % of peak
+    memory but cost 14 % step time on this CPU, measured against nnU-Net; not kept.)"""
 
     def __init__(self, c_below: int, c: int, stride: list[int], kernel: list[int], norm: str):
         super().__init__()
         self.upsample = nn.ConvTranspose3d(c_below, c, stride, stride, bias=True)
-        self.merge = ConcatConv3d(c, c, c, kernel)
-        self.merge_act = nn.Sequential(make_norm(norm, c), nn.LeakyReLU(0.01, inplace=True))
-        self.block = conv_block(c, c, kernel, [1, 1, 1], norm)
+        self.blocks = nn.Sequential(conv_block(2 * c, c, kernel, [1, 1, 1], norm), conv_block(c, c, kernel, [1, 1, 1], norm))
 
     def forward(self, below: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.block(self.merge_act(self.merge(self.upsample(below), skip)))
+        return self.blocks(torch.cat((self.upsample(below), skip), 1))
 
 
 class PlainUNet(nn.Module):

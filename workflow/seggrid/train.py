@@ -202,9 +202,10 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     ckpt_path = out_dir / "checkpoint_latest.pt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     if ckpt is not None and (ckpt.get("plan_hash") != config_hash(plan) or ckpt.get("seed") != seed
-                             or len(ckpt.get("ranks", [])) != world):
+                             or len(ckpt.get("ranks", [])) != world or ckpt.get("format") != MODEL_FORMAT):
         if rank == 0:
-            print(f"[train] ignoring {ckpt_path}: it belongs to another plan, seed or number of ranks", flush=True)
+            print(f"[train] ignoring {ckpt_path}: it belongs to another plan, seed, number of ranks or network "
+                  f"format", flush=True)
         ckpt = None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -230,7 +231,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "schedule": {"name": s["lr_schedule"], "epoch": epoch}, "ranks": ranks, "epoch": epoch,
                  "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start,
-                 "plan_hash": config_hash(plan), "seed": seed}
+                 "plan_hash": config_hash(plan), "seed": seed, "format": MODEL_FORMAT}
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
