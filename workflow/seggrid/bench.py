@@ -91,13 +91,11 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
                augmentation: str = "none", deterministic: str | bool = "auto", compile_: bool = False,
                channels_last: bool = False, max_pools_per_axis: int | None = 5, seed: int = 0) -> dict:
     """Time ``steps`` training steps after ``warmup`` ones; see the module docstring."""
-    from seggrid.losses import DeepSupervisionLoss, build_loss
-    from seggrid.network import (build_network, deep_supervision_outputs, deep_supervision_weights,
-                                 head_scales)
+    from seggrid.network import build_network
     from seggrid.planner import plan_topology
     from seggrid.recipe import build_optimizer, effective_precision, grad_scaler
     from seggrid.sampling import Prefetcher
-    from seggrid.train import configure_determinism, peak_memory_mb, train_step
+    from seggrid.train import configure_determinism, peak_memory_mb, train_step, training_loss
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -106,15 +104,15 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
     torch.manual_seed(seed)
     topo = plan_topology(patch, spacing, base_features, max_features, max_pools_per_axis, "down")
     setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
-               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5}
+               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
+               "loss": loss, "batch_dice": batch_dice}
     plan = {"setting": setting, "topology": topo, "n_classes": classes}
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = build_network(plan).to(dev).to(memory_format=fmt)
     forward = torch.compile(model) if compile_ else model
     optimizer = build_optimizer(model.parameters(), setting)
     scaler = grad_scaler(dev, precision)
-    n_out = deep_supervision_outputs(plan)
-    loss_fn = DeepSupervisionLoss(build_loss(loss, batch_dice), deep_supervision_weights(n_out), head_scales(plan, n_out))
+    loss_fn = training_loss(plan)
     eff = topo["patch_effective"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

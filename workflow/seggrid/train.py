@@ -96,6 +96,16 @@ def distributed_context(gpus: int) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def training_loss(plan: dict) -> DeepSupervisionLoss:
+    """The setting's loss over the network's deep-supervision outputs, each against the
+    target downsampled to its resolution."""
+    s = plan["setting"]
+    n_outputs = deep_supervision_outputs(plan)
+    return DeepSupervisionLoss(build_loss(s["loss"], s["batch_dice"]),
+                               deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
+                               head_scales(plan, n_outputs))
+
+
 def train_step(forward, model, loss_fn, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor,
                precision: str, grad_clip: float, memory_format=torch.contiguous_format) -> torch.Tensor:
     """One optimisation step (nnU-Net's): forward under autocast, loss in float32, scaled
@@ -190,10 +200,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     forward = torch.compile(model) if s.get("compile") else model
     optimizer = build_optimizer(model.parameters(), s)
     scaler = grad_scaler(device, precision)
-    n_outputs = deep_supervision_outputs(plan)
-    loss_fn = DeepSupervisionLoss(build_loss(s["loss"], s["batch_dice"]),
-                                  deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
-                                  head_scales(plan, n_outputs))
+    loss_fn = training_loss(plan)
     check_every = s.get("finite_check_every", 25)
     n_classes, columns = plan["n_classes"], class_columns(plan)
 
