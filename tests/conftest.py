@@ -64,7 +64,7 @@ def pipeline(demo_dataset, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("run")
     p = {k: d / v for k, v in {
         "check": "check.json", "fingerprint": "fingerprint.json", "splits": "splits.json",
-        "preprocessed": "preprocessed", "plan": "plan.json", "train": "train", "predict": "predict",
+        "preprocessed": "preprocessed", "plan": "plan.json", "train": "train", "labels": "labels", "probs": "probs",
         "ensemble": "ensemble", "csv": "metrics.csv", "summary": "metrics.json"}.items()}
     mr = ("--mr-case-id-min", 500)
     assert run_cli("validate", "--dataset", demo_dataset, *mr, "--out", p["check"]) == 0
@@ -77,8 +77,9 @@ def pipeline(demo_dataset, tmp_path_factory) -> dict:
     assert run_cli("train", "--plan", p["plan"], "--preprocessed", p["preprocessed"], "--splits", p["splits"],
                    "--fold", 0, "--seed", 3, "--out", p["train"]) == 0
     assert run_cli("predict", "--model", p["train"] / "model.pt", "--preprocessed", p["preprocessed"],
-                   "--splits", p["splits"], "--tta-flips", 2, "--out", p["predict"]) == 0
-    assert run_cli("ensemble", "--members", p["predict"], "--preprocessed", p["preprocessed"],
+                   "--splits", p["splits"], "--tta-flips", 2, "--dataset", demo_dataset, *mr,
+                   "--labels-out", p["labels"], "--probabilities-out", p["probs"]) == 0
+    assert run_cli("ensemble", "--members", p["probs"], "--preprocessed", p["preprocessed"],
                    "--dataset", demo_dataset, *mr, "--out", p["ensemble"]) == 0
     assert run_cli("evaluate", "--predictions", p["ensemble"], "--dataset", demo_dataset, *mr, "--splits",
                    p["splits"], "--metrics-json", "{}", "--out-csv", p["csv"], "--out-json", p["summary"], "--seed", 3) == 0

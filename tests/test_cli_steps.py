@@ -85,6 +85,38 @@ def test_preprocess_outputs(pipeline):
             assert np.all(seg[z, y, x] == int(cls))
 
 
+def test_preprocess_pool_gives_the_same_outputs_as_one_worker(pipeline, tmp_path, capsys):
+    """--threads 2 runs cases in two worker processes: every file equals the one-worker run's."""
+    out = tmp_path / "pre2"
+    assert run_cli("preprocess", "--dataset", pipeline["dataset"], "--mr-case-id-min", 500, "--fingerprint",
+                   pipeline["fingerprint"], "--target-spacing", 6, 6, 6, "--threads", 2, "--out", out) == 0
+    log = capsys.readouterr().out
+    assert "ETA" in log and "(2 workers)" in log
+    one = sorted(p.name for p in pipeline["preprocessed"].iterdir())
+    assert sorted(p.name for p in out.iterdir()) == one
+    for name in one:
+        a, b = pipeline["preprocessed"] / name, out / name
+        if name.endswith(".npy"):
+            assert np.array_equal(np.load(a), np.load(b)), name
+        else:
+            assert json.loads(a.read_text()) == json.loads(b.read_text()), name
+
+
+def test_label_resampling_one_class_at_a_time_equals_the_one_hot_argmax():
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from seggrid.preprocess import resample_labels, resample_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = ndimage.zoom(rng.integers(0, 6, (6, 8, 8)), 4, order=0).astype(np.uint8)[:, :30, :29]
+    labels[labels == 3] = 0                                     # a class absent from the case
+    for anisotropic in (False, True):
+        onehot = F.one_hot(torch.as_tensor(labels, dtype=torch.long), 8).permute(3, 0, 1, 2).float()
+        whole = resample_probabilities(onehot, [31, 17, 41], anisotropic).argmax(0).numpy()
+        assert np.array_equal(resample_labels(labels, [31, 17, 41], 8, anisotropic), whole)
+
+
 def test_plan_records_requested_and_effective_patch(pipeline):
     plan = json.loads(pipeline["plan"].read_text())
     assert plan["topology"]["patch_requested"] == [8, 16, 16]
@@ -114,22 +146,60 @@ def test_model_of_an_older_format_is_refused_with_a_clear_message(pipeline, tmp_
     old.parent.mkdir()
     torch.save(ckpt, old)
     rc = run_cli("predict", "--model", old, "--preprocessed", pipeline["preprocessed"], "--splits",
-                 pipeline["splits"], "--out", tmp_path / "pred")
+                 pipeline["splits"], "--probabilities-out", tmp_path / "pred")
     err = capsys.readouterr().err
     assert rc == 2 and "old/model.pt: a model of format unknown" in err and "train it again" in err
     assert not (tmp_path / "pred").exists()
 
 
-def test_predict_probabilities(pipeline):
-    pp, pred = pipeline["preprocessed"], pipeline["predict"]
+def test_predict_writes_labels_and_quantised_probabilities(pipeline):
+    from seggrid.outputs import read_quantised_class
+
+    pp, probs_dir, labels_dir = pipeline["preprocessed"], pipeline["probs"], pipeline["labels"]
     for cid in ("amos_0004", "amos_0503"):
-        probs = np.load(pred / f"{cid}.npz")["probs"]
-        assert probs.dtype == np.float16
-        assert probs.shape[0] == 16
+        probs = np.load(probs_dir / f"{cid}.npy")
+        assert probs.dtype == np.uint8 and probs.shape[0] == 16
         assert list(probs.shape[1:]) == list(np.load(pp / f"{cid}_img.npy", mmap_mode="r").shape)
-        assert np.allclose(probs.astype(np.float32).sum(0), 1, atol=0.02)
-    timing = json.loads((pred / "inference.json").read_text())
+        total = probs.astype(np.int32).sum(0)                  # round(255 p) per class sums to ~255
+        assert np.all(np.abs(total - 255) <= 8)
+        assert np.array_equal(read_quantised_class(probs_dir / f"{cid}.npy", 5), probs[5])
+        # labels written directly equal the ensemble of the one quantised member, up to ties
+        direct = np.asarray(nib.load(labels_dir / f"{cid}.nii.gz").dataobj)
+        via_member = np.asarray(nib.load(pipeline["ensemble"] / f"{cid}.nii.gz").dataobj)
+        assert direct.shape == via_member.shape and (direct != via_member).mean() < 0.01
+    timing = json.loads((probs_dir / "inference.json").read_text())
     assert timing["tta_flips"] == 2 and set(timing["cases"]) == {"amos_0004", "amos_0503"}
+    assert sorted(p.name for p in labels_dir.iterdir()) == ["amos_0004.nii.gz", "amos_0503.nii.gz",
+                                                            "inference.json"]
+
+
+def test_predict_averages_the_folds_of_one_model_in_one_job(pipeline, tmp_path):
+    """Two copies of the fold model as a '2-fold model': the job's average equals one model's
+    map, and the out-of-fold target-spacing labels are its argmax."""
+    from seggrid.outputs import read_target_labels
+
+    model = pipeline["train"] / "model.pt"
+    assert run_cli("predict", "--model", model, model, "--preprocessed", pipeline["preprocessed"], "--splits",
+                   pipeline["splits"], "--tta-flips", 2, "--probabilities-out", tmp_path / "p",
+                   "--target-labels-out", tmp_path / "t") == 0
+    for cid in ("amos_0004", "amos_0503"):
+        two, one = np.load(tmp_path / "p" / f"{cid}.npy"), np.load(pipeline["probs"] / f"{cid}.npy")
+        assert np.abs(two.astype(int) - one.astype(int)).max() <= 1
+        labels = read_target_labels(tmp_path / "t" / f"{cid}.npz")
+        assert labels.dtype == np.uint8 and labels.shape == two.shape[1:]
+        top = np.sort(two.astype(int), axis=0)
+        clear = top[-1] - top[-2] >= 2                 # not a tie after quantisation
+        assert clear.mean() > 0.5 and np.array_equal(labels[clear], two.argmax(0)[clear])
+    info = json.loads((tmp_path / "t" / "inference.json").read_text())
+    assert len(info["models"]) == 2
+
+
+def test_predict_needs_an_output_and_the_dataset_for_labels(pipeline, tmp_path, capsys):
+    args = ("predict", "--model", pipeline["train"] / "model.pt", "--preprocessed", pipeline["preprocessed"],
+            "--splits", pipeline["splits"])
+    assert run_cli(*args) == 2 and "at least one of --labels-out" in capsys.readouterr().err
+    assert run_cli(*args, "--labels-out", tmp_path / "l") == 2
+    assert "--labels-out needs --dataset" in capsys.readouterr().err and not (tmp_path / "l").exists()
 
 
 def test_ensemble_writes_input_geometry(pipeline):
@@ -173,7 +243,7 @@ def test_corrupt_model_and_missing_inputs_are_clear_errors(pipeline, tmp_path, c
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")
     rc = run_cli("predict", "--model", bad, "--preprocessed", pipeline["preprocessed"], "--splits",
-                 pipeline["splits"], "--out", tmp_path / "pred")
+                 pipeline["splits"], "--probabilities-out", tmp_path / "pred")
     err = capsys.readouterr().err
     assert rc == 2 and "model.pt: not a readable seggrid model" in err and not (tmp_path / "pred").exists()
     broken = tmp_path / "splits.json"
@@ -182,7 +252,7 @@ def test_corrupt_model_and_missing_inputs_are_clear_errors(pipeline, tmp_path, c
                  "--splits", broken, "--fold", 0, "--out", tmp_path / "t")
     assert rc == 2 and "splits.json: not valid JSON" in capsys.readouterr().err
     rc = run_cli("predict", "--model", pipeline["train"] / "model.pt", "--preprocessed", tmp_path / "nowhere",
-                 "--splits", pipeline["splits"], "--out", tmp_path / "pred")
+                 "--splits", pipeline["splits"], "--probabilities-out", tmp_path / "pred")
     assert rc == 2 and "nowhere" in capsys.readouterr().err and not (tmp_path / "pred").exists()
 
 

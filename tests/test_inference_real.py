@@ -48,17 +48,19 @@ def real_dataset(pipeline, tmp_path_factory):
 def test_predicted_nifti_has_the_input_geometry(pipeline, real_dataset, tmp_path):
     d = real_dataset
     assert run_cli("predict", "--model", pipeline["train"] / "model.pt", "--preprocessed", d["pre"], "--splits",
-                   d["splits"], "--tta-flips", 2, "--out", tmp_path / "p" / "tiny" / "fold_0") == 0
-    timing = json.loads((tmp_path / "p" / "tiny" / "fold_0" / "inference.json").read_text())
+                   d["splits"], "--tta-flips", 2, "--dataset", d["root"], *d["mr"],
+                   "--labels-out", tmp_path / "direct", "--probabilities-out", tmp_path / "probs") == 0
+    timing = json.loads((tmp_path / "direct" / "inference.json").read_text())
     assert set(timing["cases"]) == {"amos_0001", "amos_0600"}
     assert all(c["seconds"] > 0 and c["peak_mem_mb"] > 0 for c in timing["cases"].values())
-    assert run_cli("ensemble", "--members", tmp_path / "p" / "tiny" / "fold_0", "--preprocessed", d["pre"],
+    assert run_cli("ensemble", "--members", tmp_path / "probs", "--preprocessed", d["pre"],
                    "--dataset", d["root"], *d["mr"], "--out", tmp_path / "labels") == 0
-    for name, cid, codes in (("ct", "amos_0001", ("R", "A", "S")), ("mr", "amos_0600", ("L", "P", "S"))):
-        src, out = nib.load(SAMPLE / f"{name}.nii.gz"), nib.load(tmp_path / "labels" / f"{cid}.nii.gz")
-        assert out.shape == src.shape and np.allclose(out.affine, src.affine)
-        assert nib.aff2axcodes(out.affine) == codes
-        assert set(np.unique(np.asarray(out.dataobj))) <= set(range(16))
+    for folder in ("direct", "labels"):
+        for name, cid, codes in (("ct", "amos_0001", ("R", "A", "S")), ("mr", "amos_0600", ("L", "P", "S"))):
+            src, out = nib.load(SAMPLE / f"{name}.nii.gz"), nib.load(tmp_path / folder / f"{cid}.nii.gz")
+            assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+            assert nib.aff2axcodes(out.affine) == codes
+            assert set(np.unique(np.asarray(out.dataobj))) <= set(range(16))
 
 
 def test_perfect_probabilities_map_back_to_the_ground_truth(real_dataset, tmp_path):
@@ -68,12 +70,11 @@ def test_perfect_probabilities_map_back_to_the_ground_truth(real_dataset, tmp_pa
     pre3 = tmp_path / "pre3"
     assert run_cli("preprocess", "--dataset", d["root"], *d["mr"], "--fingerprint", d["root"] / "fingerprint.json",
                    "--target-spacing", 3, 3, 3, "--out", pre3) == 0
-    member = tmp_path / "perfect" / "oracle" / "fold_0"
+    member = tmp_path / "perfect" / "oracle"
     member.mkdir(parents=True)
     for cid in ("amos_0001", "amos_0600"):
         seg = torch.as_tensor(np.load(pre3 / f"{cid}_seg.npy"), dtype=torch.long)
-        onehot = F.one_hot(seg, 16).permute(3, 0, 1, 2).numpy().astype(np.float16)
-        np.savez_compressed(member / f"{cid}.npz", probs=onehot)
+        np.save(member / f"{cid}.npy", F.one_hot(seg, 16).permute(3, 0, 1, 2).numpy().astype(np.uint8) * 255)
     assert run_cli("ensemble", "--members", member, "--preprocessed", pre3, "--dataset", d["root"], *d["mr"],
                    "--out", tmp_path / "labels") == 0
     for cid in ("amos_0001", "amos_0600"):
@@ -83,11 +84,13 @@ def test_perfect_probabilities_map_back_to_the_ground_truth(real_dataset, tmp_pa
         assert np.array_equal(np.asarray(out.dataobj), np.asarray(truth.dataobj))
 
 
-def test_probability_averaging_and_postprocessing_before_models_are_averaged(real_dataset, tmp_path):
-    """Two 'models' over one case: the ensemble averages their maps; model B's postprocessing
-    removes its class-1 island (its second class-1 component) before the average, so the
-    island, which both models predicted, is background in the ensemble."""
-    from seggrid.ensemble import model_probabilities
+def test_probability_averaging_and_postprocessing_before_models_are_averaged(tmp_path):
+    """Two 'models' over one case: the ensemble averages their quantised maps; model B's
+    postprocessing (applied by its predict job) removes its class-1 island (its second class-1
+    component) before the average, so the island, which both models predicted, is background."""
+    from seggrid.ensemble import mean_class_score
+    from seggrid.outputs import remove_from_probabilities, write_quantised
+    from seggrid.postprocess import apply
 
     shape = (3, 6, 6, 6)
     a = np.zeros(shape, np.float32)
@@ -96,14 +99,20 @@ def test_probability_averaging_and_postprocessing_before_models_are_averaged(rea
     a[:, 5, 5, 5] = [0.1, 0.9, 0.0]                                          # class-1 island
     b = a.copy()
     b[:, 1:3, 1:3, 1:3] = np.array([0.2, 0.4, 0.4])[:, None, None, None] + [[[[0.0]]], [[[0.1]]], [[[-0.1]]]]
-    for name, arr in (("A", a), ("B", b)):
-        (tmp_path / name / "fold_0").mkdir(parents=True)
-        np.savez_compressed(tmp_path / name / "fold_0" / "c.npz", probs=arr.astype(np.float16))
-    pa = model_probabilities([tmp_path / "A" / "fold_0"], "c", None)
-    pb = model_probabilities([tmp_path / "B" / "fold_0"], "c", {"per_class": [1]})
-    mean = (pa + pb) / 2
+
+    def member(name, probs, decision):
+        probs = torch.from_numpy(probs.copy())
+        if decision:
+            labels = probs.argmax(0).numpy().astype(np.uint8)
+            probs = remove_from_probabilities(probs, labels, apply(labels, decision))
+        write_quantised(tmp_path / f"{name}.npy", probs)
+        return tmp_path / f"{name}.npy"
+
+    paths = [member("A", a, None), member("B", b, {"per_class": [1]})]
+    mean = torch.stack([mean_class_score(paths, c) for c in range(3)]).numpy()
     assert mean[:, 1, 1, 1] == pytest.approx([0.2, 0.65, 0.15], abs=2e-3)     # plain average in the cube
-    assert pb[:, 5, 5, 5] == pytest.approx([1, 0, 0])                          # removed by B's postprocessing
+    assert np.load(paths[1])[:, 5, 5, 5].tolist() == [255, 0, 0]              # removed by B's postprocessing
     assert mean[:, 5, 5, 5] == pytest.approx([0.55, 0.45, 0], abs=2e-3) and mean.argmax(0)[5, 5, 5] == 0
-    unprocessed = (pa + model_probabilities([tmp_path / "B" / "fold_0"], "c", None)) / 2
-    assert unprocessed.argmax(0)[5, 5, 5] == 1
+    assert mean_class_score(paths, 2)[5, 5, 5] == 0
+    unprocessed = [paths[0], member("B_raw", b, None)]
+    assert torch.stack([mean_class_score(unprocessed, c) for c in range(3)]).argmax(0)[5, 5, 5] == 1

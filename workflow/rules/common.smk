@@ -93,14 +93,54 @@ def env_for(gpus):
     return CUDA_ENV if gpus > 0 else ENV
 
 
-def ensemble_inputs(wildcards):
-    """Members of a prediction set; for a model that uses every fold (a 5-fold model), also
-    its postprocessing decision when `inference.postprocessing` is on."""
+def uses_all_folds(folds):
+    return sorted(folds) == list(range(config["folds"]))
+
+
+def model_inputs(wildcards):
+    """A single-model prediction set: the model.pt of each of its folds (averaged in one
+    predict job) and, for a model of every fold with `inference.postprocessing` on, its
+    postprocessing decision."""
     models, folds = parse_prediction_set_id(wildcards.pset)
-    inputs = {"members": [f"{OUT}/predict/{m}/fold_{f}" for m in models for f in folds]}
-    if config["inference"]["postprocessing"] and sorted(folds) == list(range(config["folds"])):
-        inputs["postprocessing"] = [f"{OUT}/postprocessing/{m}.json" for m in models]
+    if len(models) != 1:
+        raise WorkflowError(f"{wildcards.pset}: a prediction job predicts one setting's folds")
+    inputs = {"models": [f"{OUT}/train/{models[0]}/fold_{f}/model.pt" for f in folds]}
+    if config["inference"]["postprocessing"] and uses_all_folds(folds):
+        inputs["postprocessing"] = f"{OUT}/postprocessing/{models[0]}.json"
     return inputs
+
+
+def postprocessing_arg(wildcards, input):
+    p = input.get("postprocessing")
+    return f"--postprocessing {shlex.quote(p)}" if p else ""
+
+
+def member_sets():
+    """Single-model prediction sets whose quantised probabilities an ensemble of several
+    models reads (e.g. model A and model B of Table 4's A & B row)."""
+    out = []
+    for pset in prediction_sets(config):
+        models, folds = parse_prediction_set_id(pset)
+        if len(models) > 1:
+            out += [prediction_set_id([m], folds) for m in models]
+    return list(dict.fromkeys(out))
+
+
+def member_regex():
+    """Wildcard constraint matching exactly the member sets (matches nothing when none)."""
+    import re
+
+    return "|".join(re.escape(p) for p in member_sets()) or "(?!)"
+
+
+def ensemble_members(wildcards):
+    models, folds = parse_prediction_set_id(wildcards.pset)
+    return [f"{OUT}/probabilities/{prediction_set_id([m], folds)}" for m in models]
+
+
+def inference_runtime(wildcards):
+    """`inference.runtime_min` is per fold model; a 5-fold model's job runs its 5 folds."""
+    return config["inference"]["runtime_min"] * len(parse_prediction_set_id(wildcards.pset)[1])
 
 
 def table_inputs(wildcards):

@@ -1,5 +1,5 @@
-# Averaging members into a prediction set (one model, a 5-fold ensemble, or A & B) and
-# scoring it: DSC and NSD per organ per case.
+# The postprocessing decision of a 5-fold model, the ensemble of several models (A & B), and
+# scoring a prediction set: DSC and NSD per organ per case. All three stream the cases.
 
 
 rule postprocess_decision:
@@ -23,28 +23,31 @@ rule postprocess_decision:
 
 
 rule ensemble:
+    # Several models (e.g. A & B): their quantised maps, each already fold-averaged and
+    # postprocessed by its predict job, averaged one case and one class at a time.
     input:
-        unpack(ensemble_inputs),
+        members=ensemble_members,
         preprocessed=f"{OUT}/preprocessed",
+        dataset=dataset_input,
     output:
         directory(f"{OUT}/predictions/{{pset}}"),
+    wildcard_constraints:
+        pset=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)+__f[0-9-]+",
     params:
         dataset=dataset_args(),
         seed=config["seed"],
-        postprocessing=lambda w, input: " ".join(
-            f"--postprocessing {shlex.quote(f'{Path(p).stem}={p}')}"
-            for p in input.get("postprocessing", [])
-        ),
     log:
         f"{OUT}/logs/ensemble/{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/ensemble/{{pset}}.tsv"
     conda:
         ENV
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m seggrid ensemble --members {input.members} {params.postprocessing} "
-        "--preprocessed {input.preprocessed} {params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m seggrid ensemble --members {input.members} --preprocessed {input.preprocessed} "
+        "{params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule evaluate:

@@ -34,18 +34,21 @@ rule train:
         "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --out {params.outdir} > {log} 2>&1"
 
 
-rule predict:
-    # predict/: the evaluation cases (every prediction set is built from these);
-    # predict_cv/: each fold's model on its own validation cases (out-of-fold), on which the
-    # postprocessing decision of a 5-fold model is made.
+# Prediction writes only what a later step reads (predict.py): labels in the input geometry
+# for every prediction set; quantised probabilities (temp) only for the models an ensemble of
+# several models averages; target-spacing labels (temp) of each fold's out-of-fold cases for
+# the postprocessing decision. A 5-fold model is ONE job, its folds averaged in memory.
+SINGLE_MODEL_SET = r"[A-Za-z0-9][A-Za-z0-9_-]*__f[0-9-]+"
+
+
+rule predict_cv:
     input:
         model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
         preprocessed=f"{OUT}/preprocessed",
         splits=f"{OUT}/dataset/splits.json",
     output:
-        directory(f"{OUT}/{{predict}}/{{setting}}/fold_{{fold}}"),
+        temp(directory(f"{OUT}/predict_cv/{{setting}}/fold_{{fold}}")),
     params:
-        cases=lambda w: f"--cases cv --fold {w.fold}" if w.predict == "predict_cv" else "--cases evaluation",
         step=config["inference"]["step"],
         flips=config["inference"]["tta_flips"],
         gpus=config["inference"]["gpus"],
@@ -55,12 +58,82 @@ rule predict:
         mem_mb=config["inference"]["mem_mb"],
         runtime=config["inference"]["runtime_min"],
     log:
-        f"{OUT}/logs/{{predict}}/{{setting}}/fold_{{fold}}.log",
+        f"{OUT}/logs/predict_cv/{{setting}}/fold_{{fold}}.log",
     benchmark:
-        f"{OUT}/benchmarks/{{predict}}/{{setting}}/fold_{{fold}}.tsv"
+        f"{OUT}/benchmarks/predict_cv/{{setting}}/fold_{{fold}}.tsv"
     conda:
         env_for(config["inference"]["gpus"])
     shell:
         "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
-        "{params.cases} --step {params.step} --tta-flips {params.flips} --threads {threads} --gpus {params.gpus} "
-        "--out {output} > {log} 2>&1"
+        "--cases cv --fold {wildcards.fold} --step {params.step} --tta-flips {params.flips} --threads {threads} "
+        "--gpus {params.gpus} --target-labels-out {output} > {log} 2>&1"
+
+
+rule predict_member:
+    input:
+        unpack(model_inputs),
+        preprocessed=f"{OUT}/preprocessed",
+        splits=f"{OUT}/dataset/splits.json",
+        dataset=dataset_input,
+    output:
+        labels=directory(f"{OUT}/predictions/{{pset}}"),
+        probabilities=temp(directory(f"{OUT}/probabilities/{{pset}}")),
+    wildcard_constraints:
+        pset=member_regex(),
+    params:
+        dataset=dataset_args(),
+        postprocessing=postprocessing_arg,
+        step=config["inference"]["step"],
+        flips=config["inference"]["tta_flips"],
+        gpus=config["inference"]["gpus"],
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=config["inference"]["mem_mb"],
+        runtime=inference_runtime,
+    log:
+        f"{OUT}/logs/predict/{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict/{{pset}}.tsv"
+    conda:
+        env_for(config["inference"]["gpus"])
+    shell:
+        "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
+        "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
+        "--gpus {params.gpus} --labels-out {output.labels} --probabilities-out {output.probabilities} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        unpack(model_inputs),
+        preprocessed=f"{OUT}/preprocessed",
+        splits=f"{OUT}/dataset/splits.json",
+        dataset=dataset_input,
+    output:
+        directory(f"{OUT}/predictions/{{pset}}"),
+    wildcard_constraints:
+        pset=SINGLE_MODEL_SET,
+    params:
+        dataset=dataset_args(),
+        postprocessing=postprocessing_arg,
+        step=config["inference"]["step"],
+        flips=config["inference"]["tta_flips"],
+        gpus=config["inference"]["gpus"],
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=config["inference"]["mem_mb"],
+        runtime=inference_runtime,
+    log:
+        f"{OUT}/logs/predict/{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict/{{pset}}.tsv"
+    conda:
+        env_for(config["inference"]["gpus"])
+    shell:
+        "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
+        "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
+        "--gpus {params.gpus} --labels-out {output} > {log} 2>&1"
+
+
+ruleorder: predict_member > predict

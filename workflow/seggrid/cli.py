@@ -101,6 +101,7 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
+    from seggrid.dataset import load_dataset
     from seggrid.predict import predict
 
     splits = _read(a.splits)
@@ -110,14 +111,17 @@ def cmd_predict(a):
         if a.fold is None or not 0 <= a.fold < len(splits["folds"]):
             raise SeggridError(f"{a.splits}: --cases cv needs --fold in 0..{len(splits['folds']) - 1}")
         cases = splits["folds"][a.fold]["val"]
-    predict(a.model, a.preprocessed, cases, a.out, a.step, a.tta_flips, a.threads, a.gpus)
+    ds = load_dataset(a.dataset, a.mr_case_id_min, a.modalities) if a.dataset else None
+    predict(a.model, a.preprocessed, cases, labels_out=a.labels_out, probabilities_out=a.probabilities_out,
+            target_labels_out=a.target_labels_out, postprocessing=a.postprocessing, dataset=ds, step=a.step,
+            flips=a.tta_flips, threads=a.threads, gpus=a.gpus)
 
 
 def cmd_ensemble(a):
+    from seggrid.dataset import load_dataset
     from seggrid.ensemble import ensemble
 
-    pp = dict(_name_value(v, "--postprocessing") for v in a.postprocessing or [])
-    ensemble(a.members, a.preprocessed, a.dataset, a.out, a.mr_case_id_min, a.modalities, a.seed, pp)
+    ensemble(a.members, a.preprocessed, load_dataset(a.dataset, a.mr_case_id_min, a.modalities), a.out, a.seed)
 
 
 def cmd_postprocess_decide(a):
@@ -216,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    def dataset_args(sp):
-        sp.add_argument("--dataset", required=True, help="folder holding dataset.json")
+    def dataset_args(sp, required=True):
+        sp.add_argument("--dataset", required=required, help="folder holding dataset.json")
         sp.add_argument("--mr-case-id-min", type=int, default=None, help="case ids numbered >= this are MR")
         sp.add_argument("--modalities", nargs="+", choices=("CT", "MR"), default=None,
                         help="keep only cases of these modalities")
@@ -272,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-every", type=int, default=None, help="default: the setting's checkpoint_every")
     sp.add_argument("--out", required=True)
 
-    sp = add("predict", cmd_predict, "sliding-window probabilities for the evaluation or CV cases")
-    sp.add_argument("--model", required=True)
+    sp = add("predict", cmd_predict, "predict one model (its folds averaged) on the evaluation or CV cases")
+    sp.add_argument("--model", nargs="+", required=True, help="model.pt of each fold of ONE setting")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--cases", choices=("evaluation", "cv"), default="evaluation",
@@ -281,14 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold", type=int, default=None)
     sp.add_argument("--step", type=float, default=0.5)
     sp.add_argument("--tta-flips", type=int, choices=(1, 2, 8), default=8)
+    sp.add_argument("--postprocessing", default=None, help="decision JSON (postprocess-decide) to apply")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--gpus", type=int, default=0)
-    sp.add_argument("--out", required=True)
+    dataset_args(sp, required=False)
+    sp.add_argument("--labels-out", default=None, help="folder: <case>.nii.gz labels in the input's geometry")
+    sp.add_argument("--probabilities-out", default=None,
+                    help="folder: <case>.npy uint8-quantised probabilities at the target spacing (for ensembles)")
+    sp.add_argument("--target-labels-out", default=None,
+                    help="folder: <case>.npz labels at the target spacing (for the postprocessing decision)")
 
-    sp = add("ensemble", cmd_ensemble, "average probabilities; write NIfTI labels in input geometry")
-    sp.add_argument("--members", nargs="+", required=True, help="predict dirs .../<setting>/fold_<k>")
-    sp.add_argument("--postprocessing", action="append", metavar="SETTING=JSON",
-                    help="apply this model's postprocessing decision before averaging models (repeat)")
+    sp = add("ensemble", cmd_ensemble, "average models' quantised probabilities; write NIfTI labels in input geometry")
+    sp.add_argument("--members", nargs="+", required=True, help="predict --probabilities-out folders, one per model")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
     dataset_args(sp)
@@ -296,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("postprocess-decide", cmd_postprocess_decide,
              "keep-largest-component decision from a model's cross-validation predictions")
-    sp.add_argument("--cv-predictions", nargs="+", required=True, help="one predict --cases cv dir per fold")
+    sp.add_argument("--cv-predictions", nargs="+", required=True, help="one predict --cases cv --target-labels-out folder per fold")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--out", required=True)

@@ -1,99 +1,112 @@
-"""Ensembling: average the probability maps of several models/folds (each written by
-``seggrid predict`` at the target spacing) and write ``<case>.nii.gz`` labels in the input
-image's exact geometry (shape and affine).
+"""Ensembling several models, and the postprocessing decision; both stream the cases.
 
-Members are grouped into models by their setting (``.../<setting>/fold_<k>``). Each model's
-folds are averaged first; when a postprocessing decision is given for a model, its
-keep-largest-component steps are applied to that model's output (removed voxels become
-background, ``postprocess.remove_from_probabilities``) before the models are averaged, as
-the paper does for models A and B.
+``seggrid ensemble`` averages the quantised probability maps of several models (one
+``seggrid predict --probabilities-out`` folder each: a model's folds are already averaged and
+its postprocessing already applied there, as the paper does for models A and B) and writes
+``<case>.nii.gz`` labels in the input image's exact geometry. One case and one class are in
+memory at a time: the peak is a few float32 volumes of one case, whatever the number of cases,
+models or classes.
+
+``seggrid postprocess-decide`` reads a model's out-of-fold target-spacing labels one case at a
+time (:func:`seggrid.postprocess.candidate_dice`).
 """
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from seggrid.dataset import load_dataset
 from seggrid.errors import SeggridError
-from seggrid.geometry import Geometry, load_nifti, save_label_nifti
-from seggrid.io import atomic_path, provenance, write_json
-from seggrid.postprocess import apply, remove_from_probabilities
-from seggrid.preprocess import to_original_geometry
+from seggrid.io import atomic_path, provenance, read_json, write_json
+from seggrid.outputs import QUANT_MAX, quantised_shape, read_quantised_class, read_target_labels, write_file_labels
+from seggrid.postprocess import candidate_dice, decide_from_candidates
 
 
-def group_members(member_dirs: list[Path]) -> dict[str, list[Path]]:
-    """{setting: [fold dirs]} from ``.../<setting>/fold_<k>`` paths, in order of appearance."""
-    groups: dict[str, list[Path]] = {}
-    for m in member_dirs:
-        groups.setdefault(m.parent.name, []).append(m)
-    return groups
+def member_cases(member_dirs: list[Path]) -> list[str]:
+    """The cases every member predicted; a member missing one of the first's cases is an error."""
+    cases = sorted(p.stem for p in member_dirs[0].glob("*.npy"))
+    if not cases:
+        raise SeggridError(f"{member_dirs[0]}: no probability maps (<case>.npy) in this folder")
+    for d in member_dirs[1:]:
+        missing = [c for c in cases if not (d / f"{c}.npy").exists()]
+        if missing:
+            raise SeggridError(f"{d}: no probability map for {len(missing)} case(s) of {member_dirs[0]}, "
+                               f"e.g. {missing[:3]}")
+    return cases
 
 
-def model_probabilities(fold_dirs: list[Path], cid: str, decision: dict | None) -> np.ndarray:
-    """Fold-averaged (C, ...) probabilities of one model, postprocessed if ``decision``."""
+def mean_class_score(paths: list[Path], c: int) -> torch.Tensor | None:
+    """The members' mean probability of class ``c`` (float32 (z, y, x)); None when 0 everywhere."""
     total = None
-    for m in fold_dirs:
-        probs = np.load(m / f"{cid}.npz")["probs"].astype(np.float32)
-        total = probs if total is None else total + probs
-    probs = total / len(fold_dirs)
-    if decision:
-        labels = probs.argmax(0)
-        probs = remove_from_probabilities(probs, labels, apply(labels, decision))
-    return probs
+    for p in paths:
+        q = torch.from_numpy(read_quantised_class(p, c))
+        if not bool(q.any()):
+            continue
+        total = q.float() if total is None else total.add_(q)
+    return None if total is None else total.div_(QUANT_MAX * len(paths))
 
 
-def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset_root: str | Path,
-             out: str | Path, mr_case_id_min: int | None = None, modalities: list[str] | None = None,
-             seed: int | None = None, postprocessing: dict[str, str | Path] | None = None) -> list[str]:
-    """Average member probabilities per case; write labels in each input image's geometry.
-    ``postprocessing`` maps a setting to its decision JSON (``seggrid postprocess-decide``)."""
+def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset, out: str | Path,
+             seed: int | None = None) -> list[str]:
+    """Average the members' quantised maps per case and write labels in each input's geometry.
+    ``dataset`` is a :class:`seggrid.dataset.Dataset` (the labels copy the input's header)."""
+    members = [Path(m) for m in member_dirs]
+    for m in members:
+        if not m.is_dir():
+            raise SeggridError(f"{m}: member folder not found")
+    cases = member_cases(members)
     preprocessed = Path(preprocessed)
-    groups = group_members([Path(m) for m in member_dirs])
-    decisions = {}
-    for name, path in (postprocessing or {}).items():
-        if name not in groups:
-            raise SeggridError(f"{path}: postprocessing given for '{name}', which is not among the members")
-        decisions[name] = json.loads(Path(path).read_text())
-    first = next(iter(groups.values()))[0]
-    cases = sorted(p.stem for p in first.glob("*.npz"))
-    ds = load_dataset(dataset_root, mr_case_id_min, modalities)
+    t_start = time.perf_counter()
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for i, cid in enumerate(cases, 1):
-            probs = sum(model_probabilities(dirs, cid, decisions.get(name)) for name, dirs in groups.items())
-            props = json.loads((preprocessed / f"{cid}.json").read_text())
-            labels = to_original_geometry(probs / len(groups), props)
-            ref = load_nifti(ds.case(cid).image)
-            save_label_nifti(labels, Geometry.from_dict(props["geometry"]), tmp / f"{cid}.nii.gz", ref)
-            print(f"[ensemble] {i}/{len(cases)} {cid} ({len(groups)} models, {len(member_dirs)} members)", flush=True)
-        record = {"models": {k: [str(d) for d in v] for k, v in groups.items()},
-                  "postprocessing": {k: decisions[k] for k in decisions}, "cases": cases}
-        write_json(tmp / "members.json", {**record, "provenance": provenance(seed, record)})
+            paths = [m / f"{cid}.npy" for m in members]
+            shapes = {quantised_shape(p) for p in paths}
+            if len(shapes) > 1:
+                raise SeggridError(f"{cid}: the members' maps differ in shape {sorted(shapes)} ({members})")
+            props = read_json(preprocessed / f"{cid}.json")
+            n_classes = next(iter(shapes))[0]
+            write_file_labels(tmp / f"{cid}.nii.gz", lambda c: mean_class_score(paths, c), n_classes, props,
+                              dataset.case(cid).image)
+            elapsed = time.perf_counter() - t_start
+            print(f"[ensemble] {i}/{len(cases)} {cid} ({len(members)} models); "
+                  f"ETA {elapsed / i * (len(cases) - i):.0f}s", flush=True)
+        record = {"members": [str(m) for m in members], "cases": cases,
+                  "member_inference": [read_json(m / "inference.json") if (m / "inference.json").exists() else None
+                                       for m in members]}
+        write_json(tmp / "members.json", {**record, "provenance": provenance(seed, {"members": record["members"]})})
     return cases
 
 
 def decide_postprocessing(cv_dirs: list[str | Path], preprocessed: str | Path, out: str | Path,
                           seed: int | None = None) -> dict:
-    """Postprocessing decision of one model from its out-of-fold predictions (one dir per
-    fold, each holding that fold's validation cases), against the preprocessed references.
-    The decision is made on the target-spacing grid, where it is also applied."""
-    from seggrid.postprocess import decide
-
+    """Postprocessing decision of one model from its out-of-fold target-spacing labels (one
+    folder per fold, each holding that fold's validation cases), against the preprocessed
+    references, one case at a time. The decision is made on the target-spacing grid, where
+    ``seggrid predict`` also applies it."""
     preprocessed = Path(preprocessed)
-    manifest = json.loads((preprocessed / "manifest.json").read_text())
+    manifest = read_json(preprocessed / "manifest.json")
     classes = list(range(1, manifest["n_classes"]))
-    refs, preds, cases = [], [], []
-    for d in map(Path, cv_dirs):
-        for f in sorted(d.glob("*.npz")):
-            preds.append(np.load(f)["probs"].astype(np.float32).argmax(0).astype(np.uint8))
-            refs.append(np.load(preprocessed / f"{f.stem}_seg.npy"))
-            cases.append(f.stem)
-    if not cases:
-        raise SeggridError(f"postprocess-decide: no predictions in {[str(d) for d in cv_dirs]}")
-    decision = decide(refs, preds, classes)
+    tables, cases = [], []
+    files = [f for d in map(Path, cv_dirs) for f in sorted(d.glob("*.npz"))]
+    if not files:
+        raise SeggridError(f"postprocess-decide: no predictions (<case>.npz) in {[str(d) for d in cv_dirs]}")
+    for i, f in enumerate(files, 1):
+        pred = read_target_labels(f)
+        ref_path = preprocessed / f"{f.stem}_seg.npy"
+        if not ref_path.exists():
+            raise SeggridError(f"{ref_path}: no reference for the out-of-fold prediction {f}")
+        ref = np.load(ref_path)
+        if ref.shape != pred.shape:
+            raise SeggridError(f"{f}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}")
+        tables.append(candidate_dice(ref, pred, classes))
+        cases.append(f.stem)
+        if i % 10 == 0 or i == len(files):
+            print(f"[postprocess] {i}/{len(files)} out-of-fold cases scored", flush=True)
+    decision = decide_from_candidates(np.array(tables), classes)
     decision["cases"] = cases
     decision["provenance"] = provenance(seed, {"cv_predictions": [str(d) for d in cv_dirs]})
     write_json(out, decision)

@@ -12,7 +12,10 @@ decision is a small JSON (:func:`decide`) that :func:`apply` replays on test pre
 
 Applied before ensembling (as the paper does for models A and B): a model's probability map
 gets background probability 1 wherever its postprocessing removed a voxel
-(:func:`remove_from_probabilities`), and the models' maps are then averaged.
+(:func:`seggrid.outputs.remove_from_probabilities`), and the models' maps are then averaged.
+
+The decision needs one pass over the cases, one case in memory at a time
+(:func:`candidate_dice`), so its peak does not grow with the number of cases.
 """
 
 from __future__ import annotations
@@ -24,14 +27,32 @@ STRUCTURE = ndimage.generate_binary_structure(3, 3)      # 26-connectivity
 NO_POSTPROCESSING = {"foreground_as_one": False, "per_class": []}
 
 
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel of ``mask`` (None when empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Boolean mask of the largest 26-connected component of ``mask`` (empty stays empty)."""
-    components, n = ndimage.label(mask, structure=STRUCTURE)
+    """Boolean mask of the largest 26-connected component of ``mask`` (empty stays empty).
+    Labelled inside the mask's bounding box only: an organ, not the whole volume."""
+    box = _bbox(mask)
+    if box is None:
+        return np.zeros(mask.shape, bool)
+    components, n = ndimage.label(mask[box], structure=STRUCTURE)
+    out = np.zeros(mask.shape, bool)
     if n <= 1:
-        return mask.astype(bool)
+        out[box] = components > 0
+        return out
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    return components == int(np.argmax(sizes))
+    out[box] = components == int(np.argmax(sizes))
+    return out
 
 
 def apply(labels: np.ndarray, decision: dict) -> np.ndarray:
@@ -45,28 +66,40 @@ def apply(labels: np.ndarray, decision: dict) -> np.ndarray:
     return out
 
 
-def remove_from_probabilities(probs: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """(C, ...) probabilities with background probability 1 where ``after`` removed a voxel
-    that ``before`` labelled as foreground."""
-    removed = (before > 0) & (after == 0)
-    if removed.any():
-        probs = probs.copy()
-        probs[:, removed] = 0
-        probs[0, removed] = 1
-    return probs
+def _dice(ref: np.ndarray, pred: np.ndarray) -> float:
+    denom = int(ref.sum()) + int(pred.sum())
+    return 2 * int((ref & pred).sum()) / denom if denom else np.nan
+
+
+def candidate_dice(reference: np.ndarray, prediction: np.ndarray, classes: list[int]) -> np.ndarray:
+    """One case's Dice per class under the four candidate states, (4, n_classes):
+    row 0 as predicted, 1 with the class's own largest component kept, 2 after the
+    all-foreground step, 3 after the all-foreground step and the class's own step.
+
+    A class's own step removes only voxels of that class, so a class's Dice depends only on
+    (all-foreground step on/off, its own step on/off): these four rows give the Dice of every
+    decision :func:`decide_from_candidates` can try, from one pass over the cases."""
+    fg = apply(prediction, {"foreground_as_one": True})
+    out = np.full((4, len(classes)), np.nan)
+    for j, c in enumerate(classes):
+        ref = reference == c
+        for row, pred in ((0, prediction), (2, fg)):
+            mask = pred == c
+            out[row, j] = _dice(ref, mask)
+            out[row + 1, j] = _dice(ref, largest_component(mask)) if mask.any() else out[row, j]
+    return out
+
+
+def _mean_over_cases(per_case: np.ndarray) -> np.ndarray:
+    """(cases, classes) -> per class mean over cases, NaN where a class is NaN in every case."""
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmean(col) if np.isfinite(col).any() else np.nan for col in per_case.T])
 
 
 def class_dice(references: list[np.ndarray], predictions: list[np.ndarray], classes: list[int]) -> np.ndarray:
     """Per class, Dice averaged over cases (NaN where a class is absent from both masks)."""
-    out = np.full((len(references), len(classes)), np.nan)
-    for i, (ref, pred) in enumerate(zip(references, predictions)):
-        for j, c in enumerate(classes):
-            r, p = ref == c, pred == c
-            denom = r.sum() + p.sum()
-            if denom:
-                out[i, j] = 2 * (r & p).sum() / denom
-    with np.errstate(all="ignore"):
-        return np.array([np.nanmean(col) if np.isfinite(col).any() else np.nan for col in out.T])
+    return _mean_over_cases(np.array([[_dice(r == c, p == c) for c in classes]
+                                      for r, p in zip(references, predictions)]).reshape(-1, len(classes)))
 
 
 def _better(new: np.ndarray, old: np.ndarray) -> bool:
@@ -78,22 +111,35 @@ def _better(new: np.ndarray, old: np.ndarray) -> bool:
     return no_worse and float(np.mean(new[both])) > float(np.mean(old[both])) + 1e-12
 
 
-def decide(references: list[np.ndarray], predictions: list[np.ndarray], classes: list[int]) -> dict:
-    """The postprocessing decision from cross-validation predictions and their references."""
-    base = class_dice(references, predictions, classes)
+def decide_from_candidates(tables: np.ndarray, classes: list[int]) -> dict:
+    """The decision from every case's :func:`candidate_dice` table, (cases, 4, n_classes).
+
+    Greedy, as nnU-Net: first the all-foreground step, then each class's own step in class
+    order; a step is kept when it raises the mean Dice over classes and lowers none."""
+    def state_dice(fg: bool, own: set[int]) -> np.ndarray:
+        rows = [2 * fg + (j in own) for j in range(len(classes))]
+        return _mean_over_cases(tables[:, rows, np.arange(len(classes))])
+
+    fg, own = False, set()
+    base = dice_now = state_dice(False, set())
     decision = {"foreground_as_one": False, "per_class": [], "classes": list(classes),
-                "dice_before": base.tolist(), "n_cases": len(references)}
-    current, dice_now = predictions, base
-    trial = [apply(p, {"foreground_as_one": True}) for p in current]
-    trial_dice = class_dice(references, trial, classes)
-    if _better(trial_dice, dice_now):
-        decision["foreground_as_one"] = True
-        current, dice_now = trial, trial_dice
-    for c in classes:
-        trial = [apply(p, {"per_class": [c]}) for p in current]
-        trial_dice = class_dice(references, trial, classes)
-        if _better(trial_dice, dice_now):
+                "dice_before": base.tolist(), "n_cases": int(len(tables))}
+    trial = state_dice(True, own)
+    if _better(trial, dice_now):
+        fg, dice_now = True, trial
+    for j, c in enumerate(classes):
+        trial = state_dice(fg, own | {j})
+        if _better(trial, dice_now):
+            own.add(j)
             decision["per_class"].append(int(c))
-            current, dice_now = trial, trial_dice
+            dice_now = trial
+    decision["foreground_as_one"] = fg
     decision["dice_after"] = dice_now.tolist()
     return decision
+
+
+def decide(references: list[np.ndarray], predictions: list[np.ndarray], classes: list[int]) -> dict:
+    """The postprocessing decision from cross-validation predictions and their references
+    (lists in memory; ``seggrid postprocess-decide`` streams the cases instead)."""
+    tables = np.array([candidate_dice(r, p, classes) for r, p in zip(references, predictions)])
+    return decide_from_candidates(tables.reshape(-1, 4, len(classes)), classes)

@@ -13,6 +13,8 @@ without loading whole volumes. :func:`to_original_geometry` undoes all of it for
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ def nearest_along_axis0(t: torch.Tensor, n: int, axis: int = 0) -> torch.Tensor:
     old = t.shape[axis]
     if old == n:
         return t
-    idx = torch.round(torch.arange(n, dtype=torch.float64) * ((old - 1) / max(n - 1, 1))).long()
+    idx = torch.round(torch.arange(n, dtype=torch.float64) * ((old - 1) / max(n - 1, 1))).long().to(t.device)
     return t.index_select(axis, idx)
 
 
@@ -93,12 +95,25 @@ def resample_probabilities(probs: np.ndarray | torch.Tensor, shape: list[int],
 
 
 def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int, anisotropic: bool = False) -> np.ndarray:
-    """Labels resampled via their one-hot encoding (linear), then argmax."""
+    """Labels resampled as the argmax of their linearly resampled one-hot encoding, built one
+    class at a time: the peak is a few float32 volumes, not ``n_classes`` of them (16 classes at
+    AMOS size: 12 GB for the whole one-hot). Classes absent from ``labels`` are skipped (their
+    score is 0 everywhere); ties keep the lowest class, as ``argmax`` does."""
     if list(labels.shape) == list(shape):
         return labels.astype(np.uint8)
-    onehot = F.one_hot(torch.as_tensor(labels, dtype=torch.long), n_classes).permute(3, 0, 1, 2)
-    probs = resample_probabilities(onehot.float().numpy(), shape, anisotropic)
-    return probs.argmax(0).numpy().astype(np.uint8)
+    present = [int(c) for c in np.unique(labels) if c < n_classes]
+    out = np.zeros(shape, dtype=np.uint8)
+    best = None
+    for c in present:
+        score = resample_probabilities((labels == c)[None].astype(np.float32), shape, anisotropic)[0]
+        if best is None:
+            best, out[...] = score, c
+            continue
+        better = score > best
+        out[better.numpy()] = c
+        torch.maximum(best, score, out=best)
+        del score, better
+    return out
 
 
 def class_locations(seg: np.ndarray, rng: np.random.Generator) -> dict[str, list[list[int]]]:
@@ -138,39 +153,103 @@ def preprocess_case(case: Case, target: list[float], ct_stats: dict | None, n_cl
     return props
 
 
+def _preprocess_one(job: tuple) -> tuple[str, dict, float]:
+    """Worker body: one case, written to the (temporary) output folder; returns its props."""
+    case, target, ct_stats, n_classes, out_dir, seed = job
+    t0 = time.perf_counter()
+    props = preprocess_case(case, target, ct_stats, n_classes, Path(out_dir), seed)
+    write_json(Path(out_dir) / f"{case.case_id}.json", props)
+    return case.case_id, props, time.perf_counter() - t0
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
 def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list[float] | None,
                        out: str | Path, mr_case_id_min: int | None = None, seed: int = 0,
                        threads: int = 1, modalities: list[str] | None = None) -> dict:
-    """Preprocess every training and validation case into ``out`` (a folder, written atomically)."""
+    """Preprocess every training and validation case into ``out`` (a folder, written atomically).
+
+    Cases run in a pool of ``threads`` worker processes, one thread each (scipy's cubic zoom is
+    single-threaded, so one process per core is what scales). Case ``i`` (1-based, in dataset
+    order) draws its class locations from ``seed + i`` whatever the number of workers, so the
+    output does not depend on ``threads``."""
     ds = load_dataset(root, mr_case_id_min, modalities)
     target = list(target_spacing) if target_spacing else fingerprint["target_spacing_rule"]
     n_classes = max(ds.labels) + 1
-    torch.set_num_threads(threads)
     cases = ds.training + ds.validation
     manifest = {"target_spacing": target, "transpose": coarsest_first(target),
                 "spacing_network_order": [target[a] for a in coarsest_first(target)], "n_classes": n_classes,
                 "labels": {str(k): v for k, v in ds.labels.items()},
                 "training": [c.case_id for c in ds.training], "validation": [c.case_id for c in ds.validation],
                 "cases": {}}
+    ct_stats = fingerprint.get("ct_foreground_intensity")
+    workers = max(1, min(threads, len(cases)))
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        for i, case in enumerate(cases, 1):
-            props = preprocess_case(case, target, fingerprint.get("ct_foreground_intensity"), n_classes, tmp,
-                                    seed + i)
-            write_json(tmp / f"{case.case_id}.json", props)
-            manifest["cases"][case.case_id] = {"modality": case.modality, "shape": props["shape_preprocessed"]}
-            print(f"[preprocess] {i}/{len(cases)} {case.case_id} {props['shape_cropped']} -> "
-                  f"{props['shape_preprocessed']}", flush=True)
+        jobs = [(case, target, ct_stats, n_classes, str(tmp), seed + i) for i, case in enumerate(cases, 1)]
+        t_start, done = time.perf_counter(), {}
+        if workers == 1:
+            torch.set_num_threads(1)
+            results = map(_preprocess_one, jobs)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+            results = pool.imap_unordered(_preprocess_one, jobs)
+        try:
+            for cid, props, seconds in results:
+                done[cid] = {"modality": props["modality"], "shape": props["shape_preprocessed"]}
+                elapsed = time.perf_counter() - t_start
+                eta = elapsed / len(done) * (len(cases) - len(done))
+                print(f"[preprocess] {len(done)}/{len(cases)} {cid} {props['shape_cropped']} -> "
+                      f"{props['shape_preprocessed']} in {seconds:.1f}s; elapsed {elapsed:.0f}s, "
+                      f"ETA {eta:.0f}s ({workers} workers)", flush=True)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        manifest["cases"] = {c.case_id: done[c.case_id] for c in cases}
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
 
 def to_original_geometry(probs: np.ndarray | torch.Tensor, props: dict) -> np.ndarray:
     """Map (C, ...) class scores at the target spacing (network axis order) to a label array in
-    the file's grid: resample to the cropped shape, argmax, paste into the crop box, undo the
-    transposition, undo the orientation."""
-    scores = resample_probabilities(probs, props["shape_cropped"], props.get("separate_z", False))
-    cropped = scores.argmax(0).numpy().astype(np.uint8)
+    the file's grid (see :func:`scores_to_file_labels`)."""
+    return scores_to_file_labels(lambda c: torch.as_tensor(probs[c]), len(probs), props)
+
+
+def scores_to_file_labels(score_of, n_classes: int, props: dict) -> np.ndarray:
+    """Labels in the file's grid from per-class scores at the target spacing.
+
+    ``score_of(c)`` gives class ``c``'s (z, y, x) scores (any device), or None when the class
+    scores 0 everywhere. Each class is resampled to the cropped shape on its own and the argmax
+    is kept as it goes (ties keep the lower class), so the peak is about three float32 volumes
+    of the cropped shape whatever the number of classes. The result is pasted into the crop
+    box, then the transposition and the orientation are undone."""
+    shape, aniso = props["shape_cropped"], props.get("separate_z", False)
+    cropped, best = None, None
+    for c in range(n_classes):
+        score = score_of(c)
+        if score is None:
+            continue
+        r = resample_probabilities(score[None], shape, aniso)[0]
+        if best is None:
+            best = r.clone()            # r may share memory with the caller's scores
+            cropped = torch.full(r.shape, c, dtype=torch.uint8, device=r.device)
+            continue
+        cropped[r > best] = c
+        torch.maximum(best, r, out=best)
+        del r
+    cropped = np.zeros(shape, np.uint8) if cropped is None else cropped.cpu().numpy()
+    del best
+    return cropped_to_file_grid(cropped, props)
+
+
+def cropped_to_file_grid(cropped: np.ndarray, props: dict) -> np.ndarray:
+    """Paste a label array of the cropped shape into the crop box, undo the transposition and
+    the orientation: the file's voxel grid."""
     geom = Geometry.from_dict(props["geometry"])
     order = props.get("transpose", [0, 1, 2])
     transposed_shape = [internal_shape(geom)[a] for a in order]
