@@ -92,8 +92,10 @@ def test_preprocess_pool_gives_the_same_outputs_as_one_worker(pipeline, tmp_path
                    pipeline["fingerprint"], "--target-spacing", 6, 6, 6, "--threads", 2, "--out", out) == 0
     log = capsys.readouterr().out
     assert "ETA" in log and "(2 workers)" in log
-    one = sorted(p.name for p in pipeline["preprocessed"].iterdir())
-    assert sorted(p.name for p in out.iterdir()) == one
+    one = sorted(p.name for p in pipeline["preprocessed"].iterdir() if p.name != "timings.json")
+    assert sorted(p.name for p in out.iterdir() if p.name != "timings.json") == one
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["workers"] == 2 and all(t["worker_peak_rss_mb"] > 50 for t in timings["cases"].values())
     for name in one:
         a, b = pipeline["preprocessed"] / name, out / name
         if name.endswith(".npy"):

@@ -72,8 +72,16 @@ def test_minimal_grid_end_to_end(tmp_path):
                                                                        "a__f0-1.csv", "a+b__f0-1.csv"}
     decision = json.loads((tmp_path / "results" / "postprocessing" / "a.json").read_text())
     assert {"foreground_as_one", "per_class", "dice_before", "dice_after"} <= set(decision)
-    members = json.loads((tmp_path / "results" / "predictions" / "a+b__f0-1" / "members.json").read_text())
-    assert set(members["postprocessing"]) == {"a", "b"} and set(members["models"]) == {"a", "b"}
+    res = tmp_path / "results"
+    members = json.loads((res / "predictions" / "a+b__f0-1" / "members.json").read_text())
+    assert [Path(m).name for m in members["members"]] == ["a__f0-1", "b__f0-1"]
+    # each member's folds were averaged and its own postprocessing applied in ONE predict job
+    assert all(info["postprocessing"]["classes"] and len(info["models"]) == 2 for info in members["member_inference"])
+    assert "(2 folds x" in (res / "logs" / "predict_member" / "a__f0-1.log").read_text()
+    assert json.loads((res / "predictions" / "a__f0-1" / "inference.json").read_text())["postprocessing"]
+    # intermediates are temp(): the quantised maps and out-of-fold labels are gone after use
+    assert not list(res.glob("probabilities/*/*.npy")) and not list(res.glob("predict_cv/*/*/*.npz"))
+    assert not list(res.glob("predictions/*/*.npy")) and not list(res.glob("predictions/*/*.npz"))
     assert (t1["dsc_ci_low"] <= t1["dsc"] + 1e-9).all() and t1["p_dsc"].isna().tolist() == [True, False]
     # the self-contained report with every table and figure
     report = tmp_path / "report.html"

@@ -11,6 +11,8 @@ rule make_demo_data:
         f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}",
     log:
         f"{OUT}/logs/make_demo_data.log",
+    benchmark:
+        f"{OUT}/benchmarks/make_demo_data.tsv",
     conda:
         ENV
     resources:
@@ -29,6 +31,8 @@ rule validate_dataset:
         dataset=dataset_args(),
     log:
         f"{OUT}/logs/validate_dataset.log",
+    benchmark:
+        f"{OUT}/benchmarks/validate_dataset.tsv",
     conda:
         ENV
     resources:
@@ -48,6 +52,8 @@ rule fingerprint:
         seed=config["seed"],
     log:
         f"{OUT}/logs/fingerprint.log",
+    benchmark:
+        f"{OUT}/benchmarks/fingerprint.tsv",
     conda:
         ENV
     resources:
@@ -68,6 +74,8 @@ rule split:
         holdout=DATA["holdout_fraction"],
     log:
         f"{OUT}/logs/split.log",
+    benchmark:
+        f"{OUT}/benchmarks/split.tsv",
     conda:
         ENV
     resources:
@@ -113,6 +121,8 @@ rule plan:
         spacing=target_spacing_arg(),
     log:
         f"{OUT}/logs/plan/{{setting}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/plan/{{setting}}.tsv",
     conda:
         ENV
     resources:

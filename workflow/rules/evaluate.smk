@@ -12,6 +12,8 @@ rule postprocess_decision:
         seed=config["seed"],
     log:
         f"{OUT}/logs/postprocessing/{{setting}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/postprocessing/{{setting}}.tsv",
     conda:
         ENV
     resources:
@@ -64,6 +66,8 @@ rule evaluate:
     threads: config["metrics"]["threads"]
     log:
         f"{OUT}/logs/evaluate/{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{pset}}.tsv",
     conda:
         ENV
     resources:

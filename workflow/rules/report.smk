@@ -21,6 +21,8 @@ rule table:
         outdir=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
     log:
         f"{OUT}/logs/tables/{{table}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/tables/{{table}}.tsv",
     conda:
         ENV
     resources:
@@ -46,6 +48,8 @@ rule per_organ_table:
         title=lambda w: shlex.quote(f"Per-organ scores of {w.pset}"),
     log:
         f"{OUT}/logs/tables/per_organ_{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/tables/per_organ_{{pset}}.tsv",
     conda:
         ENV
     resources:
@@ -72,6 +76,8 @@ rule figure1:
         ),
     log:
         f"{OUT}/logs/figure1.log",
+    benchmark:
+        f"{OUT}/benchmarks/figure1.tsv",
     conda:
         ENV
     resources:
@@ -104,6 +110,8 @@ rule slice_figures:
         name=lambda w: shlex.quote(slices_pset()),
     log:
         f"{OUT}/logs/slice_figures.log",
+    benchmark:
+        f"{OUT}/benchmarks/slice_figures.tsv",
     conda:
         ENV
     resources:
@@ -129,6 +137,8 @@ rule trend_plot:
         title=lambda w: shlex.quote(config["tables"][w.table].get("title", w.table)),
     log:
         f"{OUT}/logs/trend_{{table}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/trend_{{table}}.tsv",
     conda:
         ENV
     resources:

@@ -92,9 +92,9 @@ rule predict_member:
         mem_mb=config["inference"]["mem_mb"],
         runtime=inference_runtime,
     log:
-        f"{OUT}/logs/predict/{{pset}}.log",
+        f"{OUT}/logs/predict_member/{{pset}}.log",
     benchmark:
-        f"{OUT}/benchmarks/predict/{{pset}}.tsv"
+        f"{OUT}/benchmarks/predict_member/{{pset}}.tsv"
     conda:
         env_for(config["inference"]["gpus"])
     shell:

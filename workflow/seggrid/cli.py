@@ -37,6 +37,12 @@ def cmd_make_demo_data(a):
     make_demo_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val)
 
 
+def cmd_make_scale_data(a):
+    from seggrid.scale_data import make_scale_dataset
+
+    make_scale_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val, tuple(a.shape), tuple(a.spacing))
+
+
 def cmd_check_config(a):
     from seggrid.config import load_config, prediction_sets, training_jobs
 
@@ -231,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=12345)
     for k, d in (("ct-train", 8), ("mr-train", 4), ("ct-val", 2), ("mr-val", 2)):
         sp.add_argument(f"--{k}", type=int, default=d)
+
+    sp = add("make-scale-data", cmd_make_scale_data,
+             "build AMOS-sized cases (CT and MR, both orientations) for benchmarks/scale.sh")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    for k, d in (("ct-train", 4), ("mr-train", 2), ("ct-val", 1), ("mr-val", 1)):
+        sp.add_argument(f"--{k}", type=int, default=d)
+    sp.add_argument("--shape", type=int, nargs=3, default=[512, 512, 100], help="voxels, file axes")
+    sp.add_argument("--spacing", type=float, nargs=3, default=[0.75, 0.75, 3.0], help="mm, file axes")
 
     sp = add("check-config", cmd_check_config, "validate config file(s) against the schema")
     sp.add_argument("configs", nargs="+")

@@ -8,12 +8,14 @@ axes are resampled that way slice by slice and the out-of-plane axis 0 with near
 
 Every case becomes ``<case>_img.npy`` (float32, (z, y, x)), ``<case>_seg.npy`` (uint8) and
 ``<case>.json`` (geometry, crop box, class locations), so training memory-maps patches
-without loading whole volumes. :func:`to_original_geometry` undoes all of it for predictions.
+without loading whole volumes; ``timings.json`` records each case's seconds and its worker's
+peak memory. :func:`to_original_geometry` undoes all of it for predictions.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import resource
 import time
 from pathlib import Path
 
@@ -153,13 +155,14 @@ def preprocess_case(case: Case, target: list[float], ct_stats: dict | None, n_cl
     return props
 
 
-def _preprocess_one(job: tuple) -> tuple[str, dict, float]:
+def _preprocess_one(job: tuple) -> tuple[str, dict, dict]:
     """Worker body: one case, written to the (temporary) output folder; returns its props."""
     case, target, ct_stats, n_classes, out_dir, seed = job
     t0 = time.perf_counter()
     props = preprocess_case(case, target, ct_stats, n_classes, Path(out_dir), seed)
     write_json(Path(out_dir) / f"{case.case_id}.json", props)
-    return case.case_id, props, time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # this worker, so far
+    return case.case_id, props, {"seconds": time.perf_counter() - t0, "worker_peak_rss_mb": peak_mb}
 
 
 def _init_worker() -> None:
@@ -189,7 +192,7 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
     with atomic_path(out) as tmp:
         tmp.mkdir()
         jobs = [(case, target, ct_stats, n_classes, str(tmp), seed + i) for i, case in enumerate(cases, 1)]
-        t_start, done = time.perf_counter(), {}
+        t_start, done, timings = time.perf_counter(), {}, {}
         if workers == 1:
             torch.set_num_threads(1)
             results = map(_preprocess_one, jobs)
@@ -198,12 +201,14 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
             pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
             results = pool.imap_unordered(_preprocess_one, jobs)
         try:
-            for cid, props, seconds in results:
+            for cid, props, timing in results:
                 done[cid] = {"modality": props["modality"], "shape": props["shape_preprocessed"]}
+                timings[cid], seconds = timing, timing["seconds"]
                 elapsed = time.perf_counter() - t_start
                 eta = elapsed / len(done) * (len(cases) - len(done))
                 print(f"[preprocess] {len(done)}/{len(cases)} {cid} {props['shape_cropped']} -> "
-                      f"{props['shape_preprocessed']} in {seconds:.1f}s; elapsed {elapsed:.0f}s, "
+                      f"{props['shape_preprocessed']} in {seconds:.1f}s (worker peak "
+                      f"{timing['worker_peak_rss_mb']:.0f} MB); elapsed {elapsed:.0f}s, "
                       f"ETA {eta:.0f}s ({workers} workers)", flush=True)
         finally:
             if pool is not None:
@@ -211,6 +216,8 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
                 pool.join()
         manifest["cases"] = {c.case_id: done[c.case_id] for c in cases}
         write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / "timings.json", {"workers": workers, "wall_seconds": time.perf_counter() - t_start,
+                                          "cases": timings})
     return manifest
 
 
