@@ -39,11 +39,6 @@ rule train:
 # several models averages; target-spacing labels (temp) of each fold's out-of-fold cases for
 # the postprocessing decision. A 5-fold model is ONE job, its folds averaged in memory.
 SINGLE_MODEL_SET = r"[A-Za-z0-9][A-Za-z0-9_-]*__f[0-9-]+"
-PREDICT_MODEL = (
-    "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
-    "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
-    "--gpus {params.gpus} "
-)
 
 
 rule predict_cv:
@@ -103,7 +98,9 @@ rule predict_member:
     conda:
         env_for(config["inference"]["gpus"])
     shell:
-        PREDICT_MODEL + "--labels-out {output.labels} --probabilities-out {output.probabilities} > {log} 2>&1"
+        "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
+        "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
+        "--gpus {params.gpus} --labels-out {output.labels} --probabilities-out {output.probabilities} > {log} 2>&1"
 
 
 rule predict:
@@ -134,7 +131,9 @@ rule predict:
     conda:
         env_for(config["inference"]["gpus"])
     shell:
-        PREDICT_MODEL + "--labels-out {output} > {log} 2>&1"
+        "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
+        "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
+        "--gpus {params.gpus} --labels-out {output} > {log} 2>&1"
 
 
 ruleorder: predict_member > predict
