@@ -86,11 +86,20 @@ def test_validation_reports_all_problems_at_once(copy_of, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     assert "5 problem(s)" in err
-    assert "amos_0001.nii.gz: label values [42] not in dataset.json labels" in err
+    assert "amos_0001.nii.gz: 1 label value(s) not in dataset.json labels (0..15), e.g. 42" in err
     assert "amos_0002.nii.gz: 1 NaN/inf voxels" in err
     assert "amos_0003.nii.gz: file not found" in err
     assert "amos_0501.nii.gz" in err and ("truncated" in err or "not a readable NIfTI" in err)
     assert "amos_0502.nii.gz: shape" in err
+
+
+def test_a_float_image_saved_as_labels_gets_a_short_message():
+    """Thousands of stray values (an intensity image in labelsTr): count, range, 10 examples."""
+    from seggrid.validate import label_values_message
+
+    msg = label_values_message(list(range(16, 2016)), set(range(16)))
+    assert msg == ("2000 label value(s) from 16 to 2015 not in dataset.json labels (0..15), "
+                   "e.g. 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, ...")
 
 
 def test_4d_and_non_integer_labels(copy_of, capsys, tmp_path):

@@ -12,6 +12,15 @@ from seggrid.errors import SeggridError
 from seggrid.geometry import load_nifti, read_array
 
 
+def label_values_message(extra: list[int], allowed: set[int]) -> str:
+    """A short message about unexpected label values: count, range, at most 10 examples (a
+    float image saved as a label file has thousands)."""
+    shown = ", ".join(str(v) for v in extra[:10]) + (", ..." if len(extra) > 10 else "")
+    span = f" from {extra[0]} to {extra[-1]}" if len(extra) > 1 else ""
+    return (f"{len(extra)} label value(s){span} not in dataset.json labels ({min(allowed)}..{max(allowed)}), "
+            f"e.g. {shown}")
+
+
 def check_case(case: Case, allowed_labels: set[int]) -> tuple[list[str], dict]:
     """Return (problems, summary) for one case; never raises for file content problems."""
     problems: list[str] = []
@@ -48,7 +57,7 @@ def check_case(case: Case, allowed_labels: set[int]) -> tuple[list[str], dict]:
         values = set(int(v) for v in np.unique(np.round(label)))
         extra = sorted(values - allowed_labels)
         if extra:
-            problems.append(f"{case.label}: label values {extra} not in dataset.json labels")
+            problems.append(f"{case.label}: {label_values_message(extra, allowed_labels)}")
         summary["labels_present"] = sorted(values - {0})
     return problems, summary
 
