@@ -37,6 +37,13 @@ def cmd_make_demo_data(a):
     make_demo_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val)
 
 
+def cmd_slurm_profile(a):
+    from seggrid.site_profile import write_site_profile
+
+    path = write_site_profile(a.name, a.account, a.partition, a.gpu_model, a.jobs, a.force)
+    print(f"[slurm-profile] wrote {path}; run: snakemake --profile {a.name} --configfile config/amos22_task1.yaml")
+
+
 def cmd_make_scale_data(a):
     from seggrid.scale_data import make_scale_dataset
 
@@ -237,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=12345)
     for k, d in (("ct-train", 8), ("mr-train", 4), ("ct-val", 2), ("mr-val", 2)):
         sp.add_argument(f"--{k}", type=int, default=d)
+
+    sp = add("slurm-profile", cmd_slurm_profile,
+             "write the SLURM site profile to ~/.config/snakemake/slurm (for `snakemake --profile slurm`)")
+    sp.add_argument("--name", default="slurm")
+    sp.add_argument("--account", default=None, help="sbatch --account (omit: --slurm-no-account)")
+    sp.add_argument("--partition", default=None, help="sbatch --partition")
+    sp.add_argument("--gpu-model", default=None, help="e.g. a100: GPU jobs ask --gpus=a100:<n>")
+    sp.add_argument("--jobs", type=int, default=50, help="jobs queued at once")
+    sp.add_argument("--force", action="store_true", help="replace an existing profile")
 
     sp = add("make-scale-data", cmd_make_scale_data,
              "build AMOS-sized cases (CT and MR, both orientations) for benchmarks/scale.sh")
