@@ -85,6 +85,29 @@ def synthesize_case(rng: np.random.Generator, image: np.ndarray, seg: np.ndarray
     return np.ascontiguousarray(new_img), np.ascontiguousarray(new_seg), new_affine
 
 
+def case_plan(ct_train: int, mr_train: int, ct_val: int, mr_val: int):
+    """(split "Tr"/"Va", modality, case id, n-th case of its modality) for every case: CT ids
+    count from amos_0001 and MR ids from amos_0501, as in AMOS (``mr_case_id_min: 500``)."""
+    plan = ([("Tr", "CT")] * ct_train + [("Tr", "MR")] * mr_train
+            + [("Va", "CT")] * ct_val + [("Va", "MR")] * mr_val)
+    counters = {"CT": 0, "MR": 0}
+    for split, modality in plan:
+        counters[modality] += 1
+        number = counters[modality] + (500 if modality == "MR" else 0)
+        yield split, modality, f"amos_{number:04d}", counters[modality]
+
+
+def write_case(folder: Path, split: str, cid: str, image: np.ndarray, labels: np.ndarray,
+               affine: np.ndarray) -> dict:
+    """Save one case as int16 image + uint8 labels (MSD layout); returns its dataset.json entry."""
+    for sub, arr, dtype in ((f"images{split}", image, np.int16), (f"labels{split}", labels, np.uint8)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        nii = nib.Nifti1Image(np.round(arr).astype(dtype), affine)
+        nii.header.set_xyzt_units("mm", "sec")
+        nib.save(nii, str(folder / sub / f"{cid}.nii.gz"))
+    return {"image": f"./images{split}/{cid}.nii.gz", "label": f"./labels{split}/{cid}.nii.gz"}
+
+
 def make_demo_dataset(out: str | Path, seed: int = 12345, ct_train: int = 8, mr_train: int = 4,
                       ct_val: int = 2, mr_val: int = 2, sample_dir: str | Path = SAMPLE_DIR) -> dict:
     """Write an AMOS-like dataset (imagesTr/labelsTr/imagesVa/labelsVa, dataset.json) to ``out``.
@@ -99,22 +122,12 @@ def make_demo_dataset(out: str | Path, seed: int = 12345, ct_train: int = 8, mr_
     rng = np.random.default_rng(seed)
     sources = {"CT": _load_source(sample_dir, "ct"), "MR": _load_source(sample_dir, "mr")}
     labels = sources["CT"][3]
-    plan = ([("Tr", "CT")] * ct_train + [("Tr", "MR")] * mr_train
-            + [("Va", "CT")] * ct_val + [("Va", "MR")] * mr_val)
-    counters = {"CT": 0, "MR": 500}
     entries: dict[str, list] = {"Tr": [], "Va": []}
     with atomic_path(out) as tmp:
-        for split, modality in plan:
-            counters[modality] += 1
-            cid = f"amos_{counters[modality]:04d}"
+        for split, modality, cid, _ in case_plan(ct_train, mr_train, ct_val, mr_val):
             image, seg, affine, _ = sources[modality]
             new_img, new_seg, new_aff = synthesize_case(rng, image, seg, affine, modality)
-            for folder, arr, dtype in ((f"images{split}", new_img, np.int16), (f"labels{split}", new_seg, np.uint8)):
-                (tmp / folder).mkdir(parents=True, exist_ok=True)
-                nii = nib.Nifti1Image(np.round(arr).astype(dtype), new_aff)
-                nii.header.set_xyzt_units("mm", "sec")
-                nib.save(nii, str(tmp / folder / f"{cid}.nii.gz"))
-            entries[split].append({"image": f"./images{split}/{cid}.nii.gz", "label": f"./labels{split}/{cid}.nii.gz"})
+            entries[split].append(write_case(tmp, split, cid, new_img, new_seg, new_aff))
             print(f"[make-demo-data] {cid} ({modality}, {split}) shape {new_img.shape}", flush=True)
         meta = {
             "name": "seggrid-demo",

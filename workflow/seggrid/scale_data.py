@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from seggrid.demo_data import SAMPLE_DIR, _load_source
+from seggrid.demo_data import SAMPLE_DIR, _load_source, case_plan, write_case
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path
 
@@ -65,23 +65,14 @@ def make_scale_dataset(out: str | Path, seed: int = 0, ct_train: int = 4, mr_tra
         raise SeggridError(f"{sample_dir}: sample data not found (labels.json missing)")
     rng = np.random.default_rng(seed)
     sources = {"CT": _load_source(sample_dir, "ct"), "MR": _load_source(sample_dir, "mr")}
-    plan = ([("Tr", "CT")] * ct_train + [("Tr", "MR")] * mr_train
-            + [("Va", "CT")] * ct_val + [("Va", "MR")] * mr_val)
-    counters = {"CT": 0, "MR": 500}
     entries: dict[str, list] = {"Tr": [], "Va": []}
+    labels = sources["CT"][3]
     with atomic_path(out) as tmp:
-        for split, modality in plan:
-            counters[modality] += 1
-            cid = f"amos_{counters[modality]:04d}"
-            image, seg, affine, labels = sources[modality]
-            img, lab, aff = scale_case(image, seg, affine, shape, spacing, flip=counters[modality] % 2 == 0)
+        for split, modality, cid, nth in case_plan(ct_train, mr_train, ct_val, mr_val):
+            image, seg, affine, _ = sources[modality]
+            img, lab, aff = scale_case(image, seg, affine, shape, spacing, flip=nth % 2 == 0)
             img += rng.normal(0, 10 if modality == "CT" else 5, size=img.shape).astype(np.float32)
-            for folder, arr, dtype in ((f"images{split}", img, np.int16), (f"labels{split}", lab, np.uint8)):
-                (tmp / folder).mkdir(parents=True, exist_ok=True)
-                nii = nib.Nifti1Image(np.round(arr).astype(dtype), aff)
-                nii.header.set_xyzt_units("mm", "sec")
-                nib.save(nii, str(tmp / folder / f"{cid}.nii.gz"))
-            entries[split].append({"image": f"./images{split}/{cid}.nii.gz", "label": f"./labels{split}/{cid}.nii.gz"})
+            entries[split].append(write_case(tmp, split, cid, img, lab, aff))
             print(f"[make-scale-data] {cid} ({modality}, {split}) {img.shape} at {spacing} mm, "
                   f"{''.join(nib.aff2axcodes(aff))}", flush=True)
         meta = {"name": "seggrid-scale", "description": "AMOS-sized cases from the real CT and MR sample "
