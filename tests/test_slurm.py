@@ -1,13 +1,20 @@
-"""The SLURM profile against a real (local, one-node) SLURM with two fake GPUs.
+"""The workflow on a real (local) SLURM of two nodes, two fake GPUs each, run as users type it.
 
-Brings up slurmctld + slurmd + munged (tests/helpers/slurm_cluster.py; apt-installs
-slurm-wlm and munge when run as root on Debian), runs a minimal grid through
-`--profile profiles/slurm`, requeues a running training job mid-run, and checks:
-every training job asked SLURM for the GPUs its setting declares, the job saw that many
-devices, training started that many ranks (gloo on CPU, since the devices are fake), and
-the requeued job resumed from its checkpoint. Skipped, with the reason, where SLURM cannot
-be brought up (not root, no apt-get, no mknod, daemons that do not start, or
-SEGGRID_SKIP_SLURM=1); once it is up, any failure of the workflow fails the test.
+Brings up slurmctld + two slurmd daemons + munged (tests/helpers/slurm_cluster.py;
+apt-installs slurm-wlm and munge when run as root on Debian). HOME is a temporary folder:
+``seggrid slurm-profile`` writes the site profile there, and every run is
+``snakemake --profile slurm`` from the repository root (README, "Running on a cluster").
+
+1. A minimal grid; a running training job is requeued mid-run. Every training job asked
+   SLURM for the GPUs its setting declares, saw that many devices, started that many ranks
+   (gloo on CPU: the devices are fake), and the requeued job resumed from its checkpoint.
+2. The same 2-GPU setting with ``cluster.gpus_per_node: 1``: SLURM allocates two nodes, one
+   torchrun agent runs on each, the two ranks meet at one rendezvous, and the weights equal
+   the 2-rank single-node run of (1).
+
+Skipped, with the reason, where SLURM cannot be brought up (not root, no apt-get, no
+mknod, daemons that do not start, or SEGGRID_SKIP_SLURM=1); once it is up, any failure of
+the workflow fails the test.
 """
 
 from __future__ import annotations
@@ -43,22 +50,61 @@ def cluster(tmp_path_factory):
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:    # the machine, not our code
         slurm_cluster.down(root)
         pytest.skip(f"could not start a local SLURM here: {exc}")
+    home = root / "home"
+    home.mkdir()
+    env = {k: v for k, v in env.items() if k != "XDG_CONFIG_HOME"}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
+    # the README's set-up step, as a user types it
+    subprocess.run([sys.executable, "-m", "seggrid", "slurm-profile", "--jobs", "4"], env=env, check=True,
+                   cwd=ROOT)
+    assert (home / ".config" / "snakemake" / "slurm" / "config.yaml").exists()
     yield env
     slurm_cluster.down(root)
 
 
-def grid_config(tmp: Path) -> Path:
+def snakemake_slurm(env, tmp: Path, cfg: Path, *targets: str, timeout: float = 600,
+                    watch=None) -> tuple[int, str]:
+    """``snakemake --profile slurm`` with the options that make a test cluster quick to poll
+    and jobs small; ``watch()`` is called twice a second while it runs."""
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--profile", "slurm", "--configfile", str(cfg),
+           "--slurm-init-seconds-before-status-checks", "1", "--slurm-status-command", "squeue",
+           "--slurm-logdir", str(tmp / "slurm_logs"), "--latency-wait", "15",
+           "--default-resources", "mem_mb=800", "runtime=15", "--set-resources",
+           *[f"{rule}:mem_mb=1500" for rule in ("validate_dataset", "fingerprint", "preprocess",
+                                                "postprocess_decision", "ensemble", "evaluate")]]
+    with open(tmp / "snakemake.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            if watch:
+                watch()
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, (tmp / "snakemake.log").read_text()
+
+
+def submitted_training_jobs(text: str) -> dict[str, str]:
+    """setting -> SLURM job id, from snakemake's "submitted with SLURM jobid N (log:
+    .../rule_train/<setting>_<fold>/N.log)"."""
+    return {m.group(2): m.group(1) for m in re.finditer(r"SLURM jobid (\d+) \(log: \S*/rule_train/(\w+)_0/", text)}
+
+
+# long enough to be requeued mid-run; a checkpoint every epoch
+TWO_GPUS = {"gpus": 2, "batch": 4, "epochs": 8, "iterations_per_epoch": 25, "checkpoint_every": 1}
+
+
+def grid_config(tmp: Path, **top) -> Path:
     return tiny_grid_config(
         tmp,
-        settings={"cpu": {}, "one_gpu": {"gpus": 1},
-                  # long enough to be requeued mid-run; a checkpoint every epoch
-                  "two_gpus": {"gpus": 2, "batch": 4, "epochs": 8, "iterations_per_epoch": 25,
-                               "checkpoint_every": 1}},
+        settings={"cpu": {}, "one_gpu": {"gpus": 1}, "two_gpus": TWO_GPUS},
         tables={"t": {"title": "gpus", "rows": [{"label": n, "setting": n} for n in ("cpu", "one_gpu", "two_gpus")]}},
         figures={"fig1_settings": [], "slices": False},
         recipe={"augmentation": "mirror"},
         inference={"tta_flips": 1, "postprocessing": False},
         metrics={"threads": 1},
+        **top,
     )
 
 
@@ -67,41 +113,36 @@ def jobs(env) -> list[dict]:
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if "JobId=" in line]
 
 
-def test_minimal_grid_through_the_slurm_profile_with_a_requeue(cluster, tmp_path):
-    env = dict(cluster, PYTHONUNBUFFERED="1")
-    cfg = grid_config(tmp_path)
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", str(cfg),
-           "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--slurm-status-command",
-           "squeue", "--slurm-logdir", str(tmp_path / "slurm_logs"), "--jobs", "4", "--latency-wait", "15",
-           "--slurm-requeue", "--default-resources", "mem_mb=800", "runtime=15", "--set-resources",
-           *[f"{rule}:mem_mb=1500" for rule in ("validate_dataset", "fingerprint", "preprocess",
-                                                "postprocess_decision", "ensemble", "evaluate")]]
-    log = open(tmp_path / "snakemake.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    ckpt = tmp_path / "results" / "train" / "two_gpus" / "fold_0" / "checkpoint_latest.pt"
-    requeued = None
-    deadline = time.time() + 600
-    while proc.poll() is None and time.time() < deadline:
-        if requeued is None and ckpt.exists():
-            running = [j for j in jobs(env) if j.get("JobState") == "RUNNING" and "two_gpus" in j.get("Comment", "")]
-            if running:
-                requeued = running[0]["JobId"]
-                subprocess.run(["scontrol", "requeue", requeued], env=env, check=True)
-        time.sleep(0.5)
-    if proc.poll() is None:
-        proc.kill()
-    log.close()
-    text = (tmp_path / "snakemake.log").read_text()
-    assert proc.returncode == 0, text[-4000:]
-    assert requeued, "the two-GPU training job was never seen running after its first checkpoint"
+@pytest.fixture(scope="module")
+def single_node_grid(cluster, tmp_path_factory) -> dict:
+    """The minimal grid through ``--profile slurm``; the two-GPU job is requeued once."""
+    tmp = tmp_path_factory.mktemp("grid")
+    ckpt = tmp / "results" / "train" / "two_gpus" / "fold_0" / "checkpoint_latest.pt"
+    requeued = []
 
-    # each training job's SLURM id, from snakemake's "submitted with SLURM jobid N (log: .../rule_train/<setting>_<fold>/N.log)"
-    submitted = {m.group(2): m.group(1) for m in
-                 re.finditer(r"SLURM jobid (\d+) \(log: \S*/rule_train/(\w+)_0/", text)}
+    def requeue_once():
+        if not requeued and ckpt.exists():
+            running = [j for j in jobs(cluster) if j.get("JobState") == "RUNNING" and "two_gpus" in j.get("Comment", "")]
+            if running:
+                requeued.append(running[0]["JobId"])
+                subprocess.run(["scontrol", "requeue", running[0]["JobId"]], env=cluster, check=True)
+
+    rc, text = snakemake_slurm(cluster, tmp, grid_config(tmp), "--slurm-requeue", watch=requeue_once)
+    return {"tmp": tmp, "rc": rc, "text": text, "requeued": requeued}
+
+
+def test_minimal_grid_through_the_slurm_profile_with_a_requeue(cluster, single_node_grid):
+    tmp_path, text = single_node_grid["tmp"], single_node_grid["text"]
+    env = cluster
+    assert single_node_grid["rc"] == 0, text[-4000:]
+    assert single_node_grid["requeued"], "the two-GPU training job was never seen running after its first checkpoint"
+
+    submitted = submitted_training_jobs(text)
     assert set(submitted) == {"cpu", "one_gpu", "two_gpus"}, submitted
     by_id = {j["JobId"]: j for j in jobs(env)}
     for setting, gpus in (("cpu", 0), ("one_gpu", 1), ("two_gpus", 2)):
         job = by_id[submitted[setting]]
+        assert job["NumNodes"] == "1", (setting, job["NumNodes"])
         tres = " ".join(job.get(k, "") for k in ("TresPerJob", "TresPerNode", "ReqTRES", "AllocTRES"))
         if gpus:
             assert re.search(rf"gpu[:=]{gpus}\b", tres), (setting, tres)
@@ -117,3 +158,29 @@ def test_minimal_grid_through_the_slurm_profile_with_a_requeue(cluster, tmp_path
     assert "resumed from" in two, two[-2000:]
     assert by_id[submitted["two_gpus"]].get("Restarts") == "1"      # SLURM's own record of the requeue
     assert (tmp_path / "results" / "tables" / "t.csv").exists()
+
+
+def test_two_gpus_across_two_nodes_train_the_same_weights(cluster, single_node_grid, tmp_path):
+    """gpus: 2 with cluster.gpus_per_node: 1 -> --nodes=2, one torchrun agent per node."""
+    import torch
+
+    assert single_node_grid["rc"] == 0, "the single-node grid failed; nothing to compare with"
+    cfg = grid_config(tmp_path, cluster={"gpus_per_node": 1})
+    model = tmp_path / "results" / "train" / "two_gpus" / "fold_0" / "model.pt"
+    rc, text = snakemake_slurm(cluster, tmp_path, cfg, str(model))
+    assert rc == 0, text[-4000:]
+    job = {j["JobId"]: j for j in jobs(cluster)}[submitted_training_jobs(text)["two_gpus"]]
+    assert job["NumNodes"] == "2" and job["NodeList"] == "seg[1-2]", (job["NumNodes"], job["NodeList"])
+    assert "gres/gpu:1" in job.get("TresPerNode", "") or "gpu:1" in job.get("TresPerNode", ""), job
+    log = (tmp_path / "results" / "logs" / "train" / "two_gpus" / "fold_0.log").read_text()
+    ranks = dict(re.findall(r"\[train\] rank (\d) of 2 on node (\S+),", log))
+    assert ranks == {"0": "seg1", "1": "seg2"} or ranks == {"0": "seg2", "1": "seg1"}, log[-3000:]
+    assert "distributed: 2 ranks, backend gloo" in log
+    summary = json.loads((model.parent / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    ours = torch.load(model, map_location="cpu", weights_only=False)["state_dict"]
+    single = torch.load(single_node_grid["tmp"] / "results" / "train" / "two_gpus" / "fold_0" / "model.pt",
+                        map_location="cpu", weights_only=False)["state_dict"]
+    assert ours.keys() == single.keys()
+    for name in ours:
+        assert torch.equal(ours[name], single[name]), name

@@ -1,4 +1,9 @@
-"""A one-node SLURM cluster (slurmctld + slurmd + munged) with two fake GPUs.
+"""A local SLURM cluster (slurmctld + munged + one slurmd per node), two fake GPUs per node.
+
+With ``nodes=2`` (the default) two slurmd daemons (``slurmd -N seg1`` / ``-N seg2``, their own
+ports, spool directories and logs) stand for two nodes of one host, so a job of
+``--nodes=2`` really gets two SLURM nodes and its tasks are launched by two different
+daemons; ``SLURMD_NODENAME`` tells a task which node it is on.
 
 State, spool and logs live in a temp dir; the config goes to /etc/slurm/slurm.conf (any
 existing one is kept aside and restored by ``down``), because snakemake's SLURM executor
@@ -21,7 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-GPUS = 2
+GPUS = 2          # per node
+NODE_PORT = 17001
+
+
+def node_names(nodes: int) -> list[str]:
+    return [f"seg{i + 1}" for i in range(nodes)]
 
 
 def ensure_installed() -> str | None:
@@ -40,13 +50,16 @@ def ensure_installed() -> str | None:
     return f"apt-get install slurm-wlm munge failed: {proc.stderr[-500:]}"
 
 
-def write_config(root: Path, cpus: int, memory_mb: int) -> Path:
+def write_config(root: Path, cpus: int, memory_mb: int, nodes: int = 2) -> Path:
     host = socket.gethostname().split(".")[0]
-    for d in ("state", "spool", "log"):
+    for d in ("state", "log", *(f"spool/{n}" for n in node_names(nodes))):
         (root / d).mkdir(parents=True, exist_ok=True)
     etc = Path("/etc/slurm")
     etc.mkdir(parents=True, exist_ok=True)
     conf = etc / "slurm.conf"
+    names = node_names(nodes)
+    node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={NODE_PORT + i} CPUs={cpus} "
+                           f"RealMemory={memory_mb} Gres=gpu:{GPUS} State=UNKNOWN" for i, n in enumerate(names))
     for name in ("slurm.conf", "gres.conf"):
         if (etc / name).exists() and "seggridtest" not in (etc / name).read_text():
             shutil.copy2(etc / name, root / f"{name}.orig")
@@ -57,13 +70,12 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd.%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd.%n.log
 SlurmctldPort=6817
-SlurmdPort=6818
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -75,17 +87,19 @@ JobRequeue=1
 ReturnToService=2
 SchedulerType=sched/backfill
 MinJobAge=600
-NodeName={host} CPUs={cpus} RealMemory={memory_mb} Gres=gpu:{GPUS} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=debug Nodes={",".join(names)} Default=YES MaxTime=INFINITE State=UP
 """)
-    (etc / "gres.conf").write_text(f"# seggridtest\nNodeName={host} Name=gpu File=/dev/nvidia[0-{GPUS - 1}]\n")
+    (etc / "gres.conf").write_text("# seggridtest\n" + "".join(
+        f"NodeName={n} Name=gpu File=/dev/nvidia[{i * GPUS}-{(i + 1) * GPUS - 1}]\n" for i, n in enumerate(names)))
     return conf
 
 
-def up(root: str | Path, cpus: int | None = None, memory_mb: int = 8000, timeout: float = 60) -> dict:
+def up(root: str | Path, cpus: int | None = None, memory_mb: int = 8000, timeout: float = 60,
+       nodes: int = 2) -> dict:
     """Start the cluster; returns the environment to run SLURM commands in."""
     root = Path(root)
-    for i in range(GPUS):
+    for i in range(GPUS * nodes):
         dev = Path(f"/dev/nvidia{i}")
         if not dev.exists():
             subprocess.run(["mknod", str(dev), "c", "195", str(i)], check=True)
@@ -93,26 +107,26 @@ def up(root: str | Path, cpus: int | None = None, memory_mb: int = 8000, timeout
     shutil.chown("/run/munge", "munge", "munge")
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
         subprocess.run(["runuser", "-u", "munge", "--", "munged", "--force"], check=True)
-    conf = write_config(root, cpus or os.cpu_count() or 2, memory_mb)
+    write_config(root, cpus or os.cpu_count() or 2, memory_mb, nodes)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
     subprocess.run(["slurmctld", "-c"], check=True, env=env)
-    subprocess.run(["slurmd", "-c"], check=True, env=env)
+    for name in node_names(nodes):
+        subprocess.run(["slurmd", "-c", "-N", name], check=True, env=env)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip()
-        if out in ("idle", "mixed", "allocated"):
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True).stdout.split()
+        if len(out) == nodes and all(state in ("idle", "mixed", "allocated") for state in out):
             return env
         time.sleep(0.5)
     down(root)
-    raise RuntimeError(f"SLURM node did not become idle (state {out!r}); see {root}/log")
+    raise RuntimeError(f"SLURM nodes did not become idle (states {out!r}); see {root}/log")
 
 
 def down(root: str | Path) -> None:
     root = Path(root)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
     subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
-    for pidfile in ("slurmd.pid", "slurmctld.pid"):
-        p = root / pidfile
+    for p in [*root.glob("slurmd*.pid"), root / "slurmctld.pid"]:
         if p.exists():
             try:
                 os.kill(int(p.read_text().strip()), 15)

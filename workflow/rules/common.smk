@@ -45,6 +45,7 @@ except (ImportError, AttributeError):
 _path = "" if USE_CONDA else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
 shell.prefix(f"{_path}export PYTHONPATH={shlex.quote(str(PACKAGE_DIR))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
+
 wildcard_constraints:
     setting=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     fold=r"\d+",
@@ -78,9 +79,10 @@ def setting_json(wildcards):
     return shlex.quote(json.dumps(setting(wildcards), sort_keys=True))
 
 
-def launcher(wildcards):
-    """One process, one torchrun per node, or srun + torchrun across nodes (launch.py)."""
-    return launch_command(setting(wildcards)["gpus"], config["cluster"]["gpus_per_node"])
+def launcher(wildcards, resources):
+    """One process, one torchrun per node, or one torchrun agent per node started by the
+    job's task launcher (its `mpi` resource, srun) across nodes (launch.py)."""
+    return launch_command(setting(wildcards)["gpus"], config["cluster"]["gpus_per_node"], resources.get("mpi"))
 
 
 def train_resource(name):

@@ -4,20 +4,20 @@
 rule make_demo_data:
     output:
         f"{DATA['root']}/dataset.json",
-    params:
-        root=lambda w, output: os.path.dirname(output[0]),
-        seed=config["seed"],
-        counts=f"--ct-train {DATA['demo_ct_train']} --mr-train {DATA['demo_mr_train']} "
-        f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}",
     log:
         f"{OUT}/logs/make_demo_data.log",
     benchmark:
-        f"{OUT}/benchmarks/make_demo_data.tsv",
+        f"{OUT}/benchmarks/make_demo_data.tsv"
     conda:
         ENV
     resources:
         mem_mb=2000,
         runtime=15,
+    params:
+        root=lambda w, output: os.path.dirname(output[0]),
+        seed=config["seed"],
+        counts=f"--ct-train {DATA['demo_ct_train']} --mr-train {DATA['demo_mr_train']} "
+        f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}",
     shell:
         "python -m seggrid make-demo-data --out {params.root} --seed {params.seed} {params.counts} > {log} 2>&1"
 
@@ -27,18 +27,18 @@ rule validate_dataset:
         dataset_input,
     output:
         f"{OUT}/dataset/check.json",
-    params:
-        dataset=dataset_args(),
     log:
         f"{OUT}/logs/validate_dataset.log",
     benchmark:
-        f"{OUT}/benchmarks/validate_dataset.tsv",
+        f"{OUT}/benchmarks/validate_dataset.tsv"
     conda:
         ENV
     resources:
         # AMOS size (README "Resources at AMOS size"): 0.8 GB peak, 1.4 s/case
         mem_mb=4000,
         runtime=60,
+    params:
+        dataset=dataset_args(),
     shell:
         "python -m seggrid validate {params.dataset} --out {output} > {log} 2>&1"
 
@@ -48,19 +48,19 @@ rule fingerprint:
         f"{OUT}/dataset/check.json",
     output:
         f"{OUT}/dataset/fingerprint.json",
-    params:
-        dataset=dataset_args(),
-        seed=config["seed"],
     log:
         f"{OUT}/logs/fingerprint.log",
     benchmark:
-        f"{OUT}/benchmarks/fingerprint.tsv",
+        f"{OUT}/benchmarks/fingerprint.tsv"
     conda:
         ENV
     resources:
         # AMOS size: 0.34 GB peak
         mem_mb=2000,
         runtime=60,
+    params:
+        dataset=dataset_args(),
+        seed=config["seed"],
     shell:
         "python -m seggrid fingerprint {params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -70,19 +70,19 @@ rule split:
         f"{OUT}/dataset/check.json",
     output:
         f"{OUT}/dataset/splits.json",
-    params:
-        folds=config["folds"],
-        seed=config["seed"],
-        holdout=DATA["holdout_fraction"],
     log:
         f"{OUT}/logs/split.log",
     benchmark:
-        f"{OUT}/benchmarks/split.tsv",
+        f"{OUT}/benchmarks/split.tsv"
     conda:
         ENV
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        folds=config["folds"],
+        seed=config["seed"],
+        holdout=DATA["holdout_fraction"],
     shell:
         "python -m seggrid split --dataset-check {input} --folds {params.folds} --seed {params.seed} "
         "--holdout-fraction {params.holdout} --out {output} > {log} 2>&1"
@@ -93,21 +93,21 @@ rule preprocess:
         f"{OUT}/dataset/fingerprint.json",
     output:
         directory(f"{OUT}/preprocessed"),
-    params:
-        dataset=dataset_args(),
-        spacing=target_spacing_arg(),
-        seed=config["seed"],
-    threads: config["preprocessing"]["threads"]
     log:
         f"{OUT}/logs/preprocess.log",
     benchmark:
         f"{OUT}/benchmarks/preprocess.tsv"
     conda:
         ENV
+    threads: config["preprocessing"]["threads"]
     resources:
         # per worker: 1.0 GB at 512x512x100, 3.0 GB at 512x512x300 (x1.5); 17 s/case/worker at 100 slices
         mem_mb=lambda w, threads: 1000 + 4500 * threads,
         runtime=240,
+    params:
+        dataset=dataset_args(),
+        spacing=target_spacing_arg(),
+        seed=config["seed"],
     shell:
         "python -m seggrid preprocess {params.dataset} --fingerprint {input} {params.spacing} "
         "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
@@ -119,18 +119,18 @@ rule plan:
         check=f"{OUT}/dataset/check.json",
     output:
         f"{OUT}/plans/{{setting}}.json",
-    params:
-        setting=setting_json,
-        spacing=target_spacing_arg(),
     log:
         f"{OUT}/logs/plan/{{setting}}.log",
     benchmark:
-        f"{OUT}/benchmarks/plan/{{setting}}.tsv",
+        f"{OUT}/benchmarks/plan/{{setting}}.tsv"
     conda:
         ENV
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        setting=setting_json,
+        spacing=target_spacing_arg(),
     shell:
         "python -m seggrid plan --setting-json {params.setting} --fingerprint {input.fingerprint} "
         "--dataset-check {input.check} {params.spacing} --out {output} > {log} 2>&1"

@@ -8,18 +8,18 @@ rule postprocess_decision:
         preprocessed=f"{OUT}/preprocessed",
     output:
         f"{OUT}/postprocessing/{{setting}}.json",
-    params:
-        seed=config["seed"],
     log:
         f"{OUT}/logs/postprocessing/{{setting}}.log",
     benchmark:
-        f"{OUT}/benchmarks/postprocessing/{{setting}}.tsv",
+        f"{OUT}/benchmarks/postprocessing/{{setting}}.tsv"
     conda:
         ENV
     resources:
         # AMOS size: 1.0 GB peak whatever the number of cases (3 GB at 300 slices), 21 s/case
         mem_mb=4000,
         runtime=240,
+    params:
+        seed=config["seed"],
     shell:
         "python -m seggrid postprocess-decide --cv-predictions {input.cv} --preprocessed {input.preprocessed} "
         "--seed {params.seed} --out {output} > {log} 2>&1"
@@ -34,21 +34,21 @@ rule ensemble:
         dataset=dataset_input,
     output:
         directory(f"{OUT}/predictions/{{pset}}"),
-    wildcard_constraints:
-        pset=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)+__f[0-9-]+",
-    params:
-        dataset=dataset_args(),
-        seed=config["seed"],
     log:
         f"{OUT}/logs/ensemble/{{pset}}.log",
     benchmark:
         f"{OUT}/benchmarks/ensemble/{{pset}}.tsv"
+    wildcard_constraints:
+        pset=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)+__f[0-9-]+",
     conda:
         ENV
     resources:
         # AMOS size, A & B of two 5-fold models: 1.0 GB peak (3 GB at 300 slices), 14 s/case
         mem_mb=4000,
         runtime=120,
+    params:
+        dataset=dataset_args(),
+        seed=config["seed"],
     shell:
         "python -m seggrid ensemble --members {input.members} --preprocessed {input.preprocessed} "
         "{params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
@@ -61,21 +61,21 @@ rule evaluate:
     output:
         csv=f"{OUT}/metrics/{{pset}}.csv",
         summary=f"{OUT}/metrics/{{pset}}.json",
-    params:
-        dataset=dataset_args(),
-        seed=config["seed"],
-        metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
-    threads: config["metrics"]["threads"]
     log:
         f"{OUT}/logs/evaluate/{{pset}}.log",
     benchmark:
-        f"{OUT}/benchmarks/evaluate/{{pset}}.tsv",
+        f"{OUT}/benchmarks/evaluate/{{pset}}.tsv"
     conda:
         ENV
+    threads: config["metrics"]["threads"]
     resources:
         # per worker: 4.0 GB, 223 s/case at AMOS size with an untrained model (noise everywhere: worst case)
         mem_mb=lambda w, threads: 2000 + 6000 * threads,
         runtime=360,
+    params:
+        dataset=dataset_args(),
+        seed=config["seed"],
+        metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
     shell:
         "python -m seggrid evaluate --predictions {input.predictions} {params.dataset} "
         "--splits {input.splits} --metrics-json {params.metrics} --out-csv {output.csv} "

@@ -16,18 +16,18 @@ rule table:
         md=f"{OUT}/tables/{{table}}.md",
         tex=f"{OUT}/tables/{{table}}.tex",
         provenance=f"{OUT}/tables/{{table}}.provenance.json",
-    params:
-        config=tables_json(),
-        outdir=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
     log:
         f"{OUT}/logs/tables/{{table}}.log",
     benchmark:
-        f"{OUT}/benchmarks/tables/{{table}}.tsv",
+        f"{OUT}/benchmarks/tables/{{table}}.tsv"
     conda:
         ENV
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config=tables_json(),
+        outdir=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
     shell:
         "python -m seggrid tables --config-json {params.config} --outdir {params.outdir} "
         "--tables-dir {params.outdir}/tables --table {wildcards.table} > {log} 2>&1"
@@ -44,17 +44,17 @@ rule per_organ_table:
             labels={"prediction set": "{pset}"},
         ),
         md=f"{OUT}/tables/per_organ/{{pset}}.md",
-    params:
-        title=lambda w: shlex.quote(f"Per-organ scores of {w.pset}"),
     log:
         f"{OUT}/logs/tables/per_organ_{{pset}}.log",
     benchmark:
-        f"{OUT}/benchmarks/tables/per_organ_{{pset}}.tsv",
+        f"{OUT}/benchmarks/tables/per_organ_{{pset}}.tsv"
     conda:
         ENV
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        title=lambda w: shlex.quote(f"Per-organ scores of {w.pset}"),
     shell:
         "python -m seggrid per-organ --metrics-csv {input} --title {params.title} "
         "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
@@ -70,19 +70,17 @@ rule figure1:
             category="Figures",
             labels={"figure": "1: training curves"},
         ),
-    params:
-        logs=lambda w, input: " ".join(
-            f"--log {shlex.quote(f'{fig1_label(k)}={v}')}" for k, v in input.items()
-        ),
     log:
         f"{OUT}/logs/figure1.log",
     benchmark:
-        f"{OUT}/benchmarks/figure1.tsv",
+        f"{OUT}/benchmarks/figure1.tsv"
     conda:
         ENV
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        logs=lambda w, input: " ".join(f"--log {shlex.quote(f'{fig1_label(k)}={v}')}" for k, v in input.items()),
     shell:
         "python -m seggrid figures {params.logs} --out {output} > {log} 2>&1"
 
@@ -105,18 +103,18 @@ rule slice_figures:
             category="Figures",
             labels={"figure": "3: slices, MR (or second CT) case"},
         ),
-    params:
-        dataset=dataset_args(),
-        name=lambda w: shlex.quote(slices_pset()),
     log:
         f"{OUT}/logs/slice_figures.log",
     benchmark:
-        f"{OUT}/benchmarks/slice_figures.tsv",
+        f"{OUT}/benchmarks/slice_figures.tsv"
     conda:
         ENV
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        dataset=dataset_args(),
+        name=lambda w: shlex.quote(slices_pset()),
     shell:
         "python -m seggrid slices --predictions {input.predictions} --splits {input.splits} --name {params.name} "
         "{params.dataset} --out-first {output.first} --out-second {output.second} > {log} 2>&1"
@@ -132,18 +130,18 @@ rule trend_plot:
             category="Figures",
             labels={"figure": "trend: {table}"},
         ),
-    params:
-        varied=lambda w: shlex.quote(config["tables"][w.table].get("varied", w.table)),
-        title=lambda w: shlex.quote(config["tables"][w.table].get("title", w.table)),
     log:
         f"{OUT}/logs/trend_{{table}}.log",
     benchmark:
-        f"{OUT}/benchmarks/trend_{{table}}.tsv",
+        f"{OUT}/benchmarks/trend_{{table}}.tsv"
     conda:
         ENV
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        varied=lambda w: shlex.quote(config["tables"][w.table].get("varied", w.table)),
+        title=lambda w: shlex.quote(config["tables"][w.table].get("title", w.table)),
     shell:
         "python -m seggrid trends --table {input} --varied {params.varied} --title {params.title} "
         "--out {output} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Training one (setting, fold) and predicting the evaluation cases with it. Resources come
 # from the setting (gpus, threads, mem_mb, runtime_min); `gpu` is Snakemake's standard
-# resource, which the SLURM executor turns into --gpus.
+# resource, which the SLURM executor turns into --gpus. A multi-node setting gets nodes,
+# gres (GPUs per node) and the executor's mpi/tasks resources instead (launch.py).
 
 
 rule train:
@@ -12,23 +13,26 @@ rule train:
         model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
         log=f"{OUT}/train/{{setting}}/fold_{{fold}}/log.csv",
         summary=f"{OUT}/train/{{setting}}/fold_{{fold}}/summary.json",
-    params:
-        launcher=launcher,
-        outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
-        seed=config["seed"],
-    threads: lambda w: setting(w)["threads"]
-    resources:
-        gpu=train_resource("gpu"),
-        nodes=train_resource("nodes"),
-        gres=train_resource("gres"),
-        mem_mb=lambda w: setting(w)["mem_mb"],
-        runtime=lambda w: setting(w)["runtime_min"],
     log:
         f"{OUT}/logs/train/{{setting}}/fold_{{fold}}.log",
     benchmark:
         f"{OUT}/benchmarks/train/{{setting}}/fold_{{fold}}.tsv"
     conda:
         lambda w: env_for(setting(w)["gpus"])
+    threads: lambda w: setting(w)["threads"]
+    resources:
+        gpu=train_resource("gpu"),
+        nodes=train_resource("nodes"),
+        gres=train_resource("gres"),
+        mpi=train_resource("mpi"),
+        tasks=train_resource("tasks"),
+        tasks_per_gpu=train_resource("tasks_per_gpu"),
+        mem_mb=lambda w: setting(w)["mem_mb"],
+        runtime=lambda w: setting(w)["runtime_min"],
+    params:
+        launcher=launcher,
+        outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
+        seed=config["seed"],
     shell:
         "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --out {params.outdir} > {log} 2>&1"
@@ -48,21 +52,21 @@ rule predict_cv:
         splits=f"{OUT}/dataset/splits.json",
     output:
         temp(directory(f"{OUT}/predict_cv/{{setting}}/fold_{{fold}}")),
-    params:
-        step=config["inference"]["step"],
-        flips=config["inference"]["tta_flips"],
-        gpus=config["inference"]["gpus"],
-    threads: config["inference"]["threads"]
-    resources:
-        gpu=config["inference"]["gpus"],
-        mem_mb=config["inference"]["mem_mb"],
-        runtime=config["inference"]["runtime_min"],
     log:
         f"{OUT}/logs/predict_cv/{{setting}}/fold_{{fold}}.log",
     benchmark:
         f"{OUT}/benchmarks/predict_cv/{{setting}}/fold_{{fold}}.tsv"
     conda:
         env_for(config["inference"]["gpus"])
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=config["inference"]["mem_mb"],
+        runtime=config["inference"]["runtime_min"],
+    params:
+        step=config["inference"]["step"],
+        flips=config["inference"]["tta_flips"],
+        gpus=config["inference"]["gpus"],
     shell:
         "python -m seggrid predict --model {input.model} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--cases cv --fold {wildcards.fold} --step {params.step} --tta-flips {params.flips} --threads {threads} "
@@ -78,25 +82,25 @@ rule predict_member:
     output:
         labels=directory(f"{OUT}/predictions/{{pset}}"),
         probabilities=temp(directory(f"{OUT}/probabilities/{{pset}}")),
+    log:
+        f"{OUT}/logs/predict_member/{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict_member/{{pset}}.tsv"
     wildcard_constraints:
         pset=member_regex(),
+    conda:
+        env_for(config["inference"]["gpus"])
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=config["inference"]["mem_mb"],
+        runtime=inference_runtime,
     params:
         dataset=dataset_args(),
         postprocessing=postprocessing_arg,
         step=config["inference"]["step"],
         flips=config["inference"]["tta_flips"],
         gpus=config["inference"]["gpus"],
-    threads: config["inference"]["threads"]
-    resources:
-        gpu=config["inference"]["gpus"],
-        mem_mb=config["inference"]["mem_mb"],
-        runtime=inference_runtime,
-    log:
-        f"{OUT}/logs/predict_member/{{pset}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/predict_member/{{pset}}.tsv"
-    conda:
-        env_for(config["inference"]["gpus"])
     shell:
         "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
         "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
@@ -111,25 +115,25 @@ rule predict:
         dataset=dataset_input,
     output:
         directory(f"{OUT}/predictions/{{pset}}"),
+    log:
+        f"{OUT}/logs/predict/{{pset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict/{{pset}}.tsv"
     wildcard_constraints:
         pset=SINGLE_MODEL_SET,
+    conda:
+        env_for(config["inference"]["gpus"])
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=config["inference"]["mem_mb"],
+        runtime=inference_runtime,
     params:
         dataset=dataset_args(),
         postprocessing=postprocessing_arg,
         step=config["inference"]["step"],
         flips=config["inference"]["tta_flips"],
         gpus=config["inference"]["gpus"],
-    threads: config["inference"]["threads"]
-    resources:
-        gpu=config["inference"]["gpus"],
-        mem_mb=config["inference"]["mem_mb"],
-        runtime=inference_runtime,
-    log:
-        f"{OUT}/logs/predict/{{pset}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/predict/{{pset}}.tsv"
-    conda:
-        env_for(config["inference"]["gpus"])
     shell:
         "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
         "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "

@@ -30,6 +30,7 @@ import csv
 import os
 import random
 import resource
+import socket
 import time
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def distributed_context(gpus: int) -> tuple[int, int, torch.device]:
         if rank == 0:
             print(f"[train] distributed: {world} ranks, backend {backend}"
                   + ("" if use_cuda else " (no usable CUDA device: ranks run on CPU)"), flush=True)
+        # SLURM names the node a task runs on; elsewhere the host name does
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        print(f"[train] rank {rank} of {world} on node {node}, local rank {local}, device {device}", flush=True)
     return rank, world, device
 
 
