@@ -125,3 +125,12 @@ def test_lint_reports_nothing():
     proc = snakemake("--lint")
     out = proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+
+
+def test_snakefmt_check_is_clean():
+    """The Snakefile and rules are formatted as snakefmt (pinned in requirements.lock, line
+    length in pyproject.toml) writes them; fix with `snakefmt Snakefile workflow/rules`."""
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    proc = subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
