@@ -80,3 +80,20 @@ def test_amos_configs_express_the_paper_grid(name):
         assert r["gpus"] >= 1 and r["batch"] >= r["gpus"]
     assert resolve_setting(cfg, "p160_bs64_ce")["gpus"] > 1
     assert len(training_jobs(cfg)) == 10 + 4 + 5
+
+
+def test_config_readme_is_generated_from_the_schema_and_every_key_is_described(tmp_path):
+    from seggrid.config_docs import render, undocumented
+    from seggrid.config import load_schema
+
+    schema = load_schema()
+    assert undocumented(schema) == []
+    committed = (ROOT / "config" / "README.md").read_text()
+    assert committed == render(schema), "config/README.md is stale: run `seggrid config-docs`"
+    # every recipe key and every section appears, with its default
+    for key in schema["properties"]["recipe"]["properties"]:
+        assert f"| `recipe.{key}` |" in committed, key
+    assert "| `inference.mem_mb` | integer (>= 100) | `12000` |" in committed
+    # a key without a description is reported
+    schema["properties"]["seed"].pop("description")
+    assert undocumented(schema) == ["seed"]

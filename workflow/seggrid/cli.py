@@ -44,6 +44,12 @@ def cmd_slurm_profile(a):
     print(f"[slurm-profile] wrote {path}; run: snakemake --profile {a.name} --configfile config/amos22_task1.yaml")
 
 
+def cmd_config_docs(a):
+    from seggrid.config_docs import write_config_docs
+
+    print(f"[config-docs] wrote {write_config_docs(a.out)}")
+
+
 def cmd_make_scale_data(a):
     from seggrid.scale_data import make_scale_dataset
 
@@ -253,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpu-model", default=None, help="e.g. a100: GPU jobs ask --gpus=a100:<n>")
     sp.add_argument("--jobs", type=int, default=50, help="jobs queued at once")
     sp.add_argument("--force", action="store_true", help="replace an existing profile")
+
+    sp = add("config-docs", cmd_config_docs, "write config/README.md (every config key) from the schema")
+    sp.add_argument("--out", default="config/README.md")
 
     sp = add("make-scale-data", cmd_make_scale_data,
              "build AMOS-sized cases (CT and MR, both orientations) for benchmarks/scale.sh")
