@@ -22,6 +22,7 @@ test: $(BIN)/seggrid
 
 lint: $(BIN)/seggrid
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 dry-run-amos: $(BIN)/seggrid
 	$(BIN)/snakemake -n --configfile config/amos22_task1.yaml

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_grid_config
+from conftest import ROOT, run_cli, tiny_grid_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -39,7 +39,7 @@ def minimal_config(tmp: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_minimal_grid_end_to_end(tmp_path):
+def test_minimal_grid_end_to_end(tmp_path, capsys):
     cfg = minimal_config(tmp_path)
     proc = snakemake("--cores", 2, "--configfile", cfg)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -92,6 +92,17 @@ def test_minimal_grid_end_to_end(tmp_path):
     again = snakemake("--cores", 2, "--configfile", cfg, "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    # `seggrid status` of the finished grid: every job done with its final EMA pseudo-Dice
+    capsys.readouterr()
+    assert run_cli("status", "--configfile", cfg) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "training: 5 done, 0 running, 0 failed, 0 pending" in lines
+    assert "prediction sets: 5 of 5 evaluated" in lines and "tables: 3 of 3 done: table1, table2, table4" in lines
+    for setting, fold in (("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1)):
+        row = next(line.split() for line in lines if re.match(rf"{setting}\s+{fold}\s", line))
+        ema = json.loads((res / "train" / setting / f"fold_{fold}" / "summary.json").read_text())["final_pseudo_dice_ema"]
+        assert row[2:4] == ["done", "2/2"] and row[4] == f"{ema:.4f}", row
+        assert (res / "train" / setting / f"fold_{fold}" / "progress.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("name, resources", [

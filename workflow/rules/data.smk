@@ -10,9 +10,6 @@ rule make_demo_data:
         f"{OUT}/benchmarks/make_demo_data.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=2000,
-        runtime=15,
     params:
         root=lambda w, output: os.path.dirname(output[0]),
         seed=config["seed"],
@@ -33,10 +30,6 @@ rule validate_dataset:
         f"{OUT}/benchmarks/validate_dataset.tsv"
     conda:
         ENV
-    resources:
-        # AMOS size (README "Resources at AMOS size"): 0.8 GB peak, 1.4 s/case
-        mem_mb=4000,
-        runtime=60,
     params:
         dataset=dataset_args(),
     shell:
@@ -54,10 +47,6 @@ rule fingerprint:
         f"{OUT}/benchmarks/fingerprint.tsv"
     conda:
         ENV
-    resources:
-        # AMOS size: 0.34 GB peak
-        mem_mb=2000,
-        runtime=60,
     params:
         dataset=dataset_args(),
         seed=config["seed"],
@@ -76,9 +65,6 @@ rule split:
         f"{OUT}/benchmarks/split.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=1000,
-        runtime=5,
     params:
         folds=config["folds"],
         seed=config["seed"],
@@ -100,10 +86,6 @@ rule preprocess:
     conda:
         ENV
     threads: config["preprocessing"]["threads"]
-    resources:
-        # per worker: 1.0 GB at 512x512x100, 3.0 GB at 512x512x300 (x1.5); 17 s/case/worker at 100 slices
-        mem_mb=lambda w, threads: 1000 + 4500 * threads,
-        runtime=240,
     params:
         dataset=dataset_args(),
         spacing=target_spacing_arg(),
@@ -125,9 +107,6 @@ rule plan:
         f"{OUT}/benchmarks/plan/{{setting}}.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=1000,
-        runtime=5,
     params:
         setting=setting_json,
         spacing=target_spacing_arg(),

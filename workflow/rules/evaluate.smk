@@ -14,10 +14,6 @@ rule postprocess_decision:
         f"{OUT}/benchmarks/postprocessing/{{setting}}.tsv"
     conda:
         ENV
-    resources:
-        # AMOS size: 1.0 GB peak whatever the number of cases (3 GB at 300 slices), 21 s/case
-        mem_mb=4000,
-        runtime=240,
     params:
         seed=config["seed"],
     shell:
@@ -42,10 +38,6 @@ rule ensemble:
         pset=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)+__f[0-9-]+",
     conda:
         ENV
-    resources:
-        # AMOS size, A & B of two 5-fold models: 1.0 GB peak (3 GB at 300 slices), 14 s/case
-        mem_mb=4000,
-        runtime=120,
     params:
         dataset=dataset_args(),
         seed=config["seed"],
@@ -68,10 +60,6 @@ rule evaluate:
     conda:
         ENV
     threads: config["metrics"]["threads"]
-    resources:
-        # per worker: 4.0 GB, 223 s/case at AMOS size with an untrained model (noise everywhere: worst case)
-        mem_mb=lambda w, threads: 2000 + 6000 * threads,
-        runtime=360,
     params:
         dataset=dataset_args(),
         seed=config["seed"],

@@ -22,9 +22,6 @@ rule table:
         f"{OUT}/benchmarks/tables/{{table}}.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=2000,
-        runtime=10,
     params:
         config=tables_json(),
         outdir=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
@@ -50,9 +47,6 @@ rule per_organ_table:
         f"{OUT}/benchmarks/tables/per_organ_{{pset}}.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=1000,
-        runtime=5,
     params:
         title=lambda w: shlex.quote(f"Per-organ scores of {w.pset}"),
     shell:
@@ -76,9 +70,6 @@ rule figure1:
         f"{OUT}/benchmarks/figure1.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=1000,
-        runtime=5,
     params:
         logs=lambda w, input: " ".join(f"--log {shlex.quote(f'{fig1_label(k)}={v}')}" for k, v in input.items()),
     shell:
@@ -109,9 +100,6 @@ rule slice_figures:
         f"{OUT}/benchmarks/slice_figures.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=4000,
-        runtime=10,
     params:
         dataset=dataset_args(),
         name=lambda w: shlex.quote(slices_pset()),
@@ -136,9 +124,6 @@ rule trend_plot:
         f"{OUT}/benchmarks/trend_{{table}}.tsv"
     conda:
         ENV
-    resources:
-        mem_mb=1000,
-        runtime=5,
     params:
         varied=lambda w: shlex.quote(config["tables"][w.table].get("varied", w.table)),
         title=lambda w: shlex.quote(config["tables"][w.table].get("title", w.table)),

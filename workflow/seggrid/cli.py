@@ -44,6 +44,16 @@ def cmd_slurm_profile(a):
     print(f"[slurm-profile] wrote {path}; run: snakemake --profile {a.name} --configfile config/amos22_task1.yaml")
 
 
+def cmd_status(a):
+    import json
+
+    from seggrid.config import load_config
+    from seggrid.status import format_status, grid_status
+
+    status = grid_status(load_config(*a.configfile))
+    print(json.dumps(status, indent=1, default=str) if a.json else format_status(status))
+
+
 def cmd_config_docs(a):
     from seggrid.config_docs import write_config_docs
 
@@ -259,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpu-model", default=None, help="e.g. a100: GPU jobs ask --gpus=a100:<n>")
     sp.add_argument("--jobs", type=int, default=50, help="jobs queued at once")
     sp.add_argument("--force", action="store_true", help="replace an existing profile")
+
+    sp = add("status", cmd_status, "one line per training job (state, epoch, EMA pseudo-Dice, s/epoch, ETA), "
+             "then the prediction sets and tables done; read from the outputs only")
+    sp.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                    help="the config(s) the grid runs with, as given to snakemake (default config/config.yaml)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("config-docs", cmd_config_docs, "write config/README.md (every config key) from the schema")
     sp.add_argument("--out", default="config/README.md")

@@ -18,7 +18,8 @@ in its own share, and validates its share of the validation patches; batch-Dice 
 validation counts are summed over ranks; rank 0 writes outputs.
 
 Outputs in ``out_dir``: ``model.pt`` (weights + plan), ``log.csv`` (one row per epoch),
-``summary.json`` (wall time, GPU-hours, peak memory, samples/s, provenance). A full
+``summary.json`` (wall time, GPU-hours, peak memory, samples/s, provenance); while it runs,
+``progress.json`` and ``progress.png`` after every epoch (progress.py, read by ``seggrid status``). A full
 checkpoint (model, optimizer, scaler, schedule, every rank's RNG states, log) is written
 atomically every ``checkpoint_every`` epochs as ``checkpoint_latest.pt`` and at the end as
 ``checkpoint_final.pt``; a restarted job resumes from ``checkpoint_latest.pt``.
@@ -44,6 +45,7 @@ from seggrid.io import atomic_path, config_hash, provenance, write_json
 from seggrid.losses import DeepSupervisionLoss, build_loss
 from seggrid.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
                              head_scales)
+from seggrid.progress import ProgressWriter
 from seggrid.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
 from seggrid.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction
 
@@ -246,6 +248,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
+    progress = ProgressWriter(out_dir, s["name"], fold, s["epochs"])     # progress.json / .png (seggrid status)
     t_start = time.time()
     for epoch in range(start_epoch, s["epochs"]):
         t0 = time.time()
@@ -296,6 +299,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         if rank == 0:
             print(f"[train] {s['name']} fold {fold} epoch {epoch + 1}/{s['epochs']} loss {train_loss:.4f} "
                   f"val {val_loss:.4f} pseudo-Dice {pseudo:.3f} lr {lr:.5f} {row['seconds']:.1f}s", flush=True)
+            progress(log)
         if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < s["epochs"]:
             save_checkpoint(ckpt_path, epoch + 1)
 
