@@ -102,7 +102,7 @@ class _SoftmaxLoss(torch.autograd.Function):
     backward pass: the logits and the target only."""
 
     @staticmethod
-    def forward(ctx, logits, target, dice: bool, batch_dice: bool, smooth: float, voxel: str | None):
+    def forward(ctx, logits, target, dice: bool, batch_dice: bool, smooth: float, voxel: str | None, spatial=None):
         target = target.flatten(2).long()
         probs, log_q = _softmax_and_log_true(logits, target)
         total = probs.new_zeros(())
@@ -113,10 +113,16 @@ class _SoftmaxLoss(torch.autograd.Function):
             if batch_dice:
                 tp, s, g = tp.sum(0, keepdim=True), s.sum(0, keepdim=True), g.sum(0, keepdim=True)
                 world = _ranks()
-                if world > 1:
+                if world > 1:                    # every rank: data-parallel shares and a sample's slabs
                     sums = torch.stack([tp, s, g])
                     dist.all_reduce(sums)
                     tp, s, g = sums.unbind(0)
+                if spatial is not None:          # sync_gradients divides by the data-parallel groups only
+                    world = spatial.dp_size
+            elif spatial is not None:            # per sample: the sums of its slabs
+                sums = torch.stack([tp, s, g])
+                dist.all_reduce(sums, group=spatial.group)
+                tp, s, g = sums.unbind(0)
             tp, denom = tp[:, 1:], (s[:, 1:] + g[:, 1:] + smooth).clamp_min(1e-8)
             ctx.dice = (tp, denom, smooth, world)
             total = total + 1 - ((2 * tp + smooth) / denom).mean()
@@ -125,9 +131,14 @@ class _SoftmaxLoss(torch.autograd.Function):
         if voxel is not None:
             value = _focal(log_q, FOCAL_GAMMA)[0] if voxel == "focal" else -log_q
             if voxel == "topk":
+                if spatial is not None:
+                    raise ValueError("topk needs every voxel of a sample; not with spatial partitions")
                 value, selected = value.flatten().topk(max(1, int(value.numel() * TOPK_FRACTION)), sorted=False)
-            ctx.count = value.numel()
-            total = total + value.mean()
+            ctx.count = value.numel() * (spatial.size if spatial is not None else 1)
+            voxel_sum = value.sum()
+            if spatial is not None:              # the mean over the whole sample's voxels
+                dist.all_reduce(voxel_sum, group=spatial.group)
+            total = total + voxel_sum / ctx.count
         ctx.voxel = voxel
         ctx.save_for_backward(logits, target, selected)
         return total
@@ -168,38 +179,38 @@ class _SoftmaxLoss(torch.autograd.Function):
             grad.addcmul_(probs, r, value=-1)
             del probs
         grad.scatter_(1, target, grad.gather(1, target) + at_true)
-        return grad.view(logits.shape).to(logits.dtype), None, None, None, None, None
+        return grad.view(logits.shape).to(logits.dtype), None, None, None, None, None, None
 
 
 class DiceTerm(nn.Module):
-    def __init__(self, batch_dice: bool = False, smooth: float = 1e-5):
+    def __init__(self, batch_dice: bool = False, smooth: float = 1e-5, spatial=None):
         super().__init__()
-        self.batch_dice, self.smooth = batch_dice, smooth
+        self.batch_dice, self.smooth, self.spatial = batch_dice, smooth, spatial
 
     def forward(self, logits, target):
-        return _SoftmaxLoss.apply(logits, target, True, self.batch_dice, self.smooth, None)
+        return _SoftmaxLoss.apply(logits, target, True, self.batch_dice, self.smooth, None, self.spatial)
 
 
 class VoxelTerm(nn.Module):
     """``ce``, ``focal`` (gamma 2) or ``topk`` (mean CE of the worst 10 % of voxels)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, spatial=None):
         super().__init__()
-        self.kind = kind
+        self.kind, self.spatial = kind, spatial
 
     def forward(self, logits, target):
-        return _SoftmaxLoss.apply(logits, target, False, False, 0.0, self.kind)
+        return _SoftmaxLoss.apply(logits, target, False, False, 0.0, self.kind, self.spatial)
 
 
 class DiceAndVoxelTerm(nn.Module):
     """Dice + a voxel term in one function: one softmax and one gradient tensor for both."""
 
-    def __init__(self, kind: str, batch_dice: bool = False, smooth: float = 1e-5):
+    def __init__(self, kind: str, batch_dice: bool = False, smooth: float = 1e-5, spatial=None):
         super().__init__()
-        self.kind, self.batch_dice, self.smooth = kind, batch_dice, smooth
+        self.kind, self.batch_dice, self.smooth, self.spatial = kind, batch_dice, smooth, spatial
 
     def forward(self, logits, target):
-        return _SoftmaxLoss.apply(logits, target, True, self.batch_dice, self.smooth, self.kind)
+        return _SoftmaxLoss.apply(logits, target, True, self.batch_dice, self.smooth, self.kind, self.spatial)
 
 
 def soft_surface(p: torch.Tensor) -> torch.Tensor:
@@ -232,28 +243,38 @@ LOSSES: dict[str, tuple[str, ...]] = {
 }
 
 
-class CompoundLoss(nn.Module):
-    """Sum of the named terms with weight 1; Dice and a voxel term run as one function."""
+#: the losses whose terms reduce over a sample's slabs (spatial.py): no TopK (it ranks all
+#: voxels of a sample) and no perimeter term (its erosion would need a halo)
+PARTITIONABLE_LOSSES = ("dice_ce", "dice_focal")
 
-    def __init__(self, terms: tuple[str, ...], batch_dice: bool = False):
+
+class CompoundLoss(nn.Module):
+    """Sum of the named terms with weight 1; Dice and a voxel term run as one function.
+    ``spatial`` (a :class:`seggrid.spatial.SpatialContext`): the logits and target are one
+    slab of each sample; Dice sums and voxel means are reduced over the sample's slabs."""
+
+    def __init__(self, terms: tuple[str, ...], batch_dice: bool = False, spatial=None):
         super().__init__()
         self.names = terms
         modules, rest = [], list(terms)
         voxel = [t for t in rest if t in VOXEL_TERMS]
         if "dice" in rest and voxel:
-            modules.append(DiceAndVoxelTerm(voxel[0], batch_dice))
+            modules.append(DiceAndVoxelTerm(voxel[0], batch_dice, spatial=spatial))
             rest = [t for t in rest if t not in ("dice", voxel[0])]
-        modules += [DiceTerm(batch_dice) if t == "dice" else TERMS[t]() for t in rest]
+        if spatial is not None and ("topk" in terms or any(t != "dice" for t in rest)):
+            raise ValueError(f"loss {'+'.join(terms)} cannot run on spatial partitions; use one of "
+                             f"{list(PARTITIONABLE_LOSSES)}")
+        modules += [DiceTerm(batch_dice, spatial=spatial) if t == "dice" else TERMS[t]() for t in rest]
         self.terms = nn.ModuleList(modules)
 
     def forward(self, logits, target):
         return sum(term(logits, target) for term in self.terms)
 
 
-def build_loss(name: str, batch_dice: bool = False) -> CompoundLoss:
+def build_loss(name: str, batch_dice: bool = False, spatial=None) -> CompoundLoss:
     if name not in LOSSES:
         raise KeyError(f"unknown loss '{name}'; known: {sorted(LOSSES)}")
-    return CompoundLoss(LOSSES[name], batch_dice)
+    return CompoundLoss(LOSSES[name], batch_dice, spatial)
 
 
 class DeepSupervisionLoss(nn.Module):

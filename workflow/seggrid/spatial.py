@@ -1,0 +1,257 @@
+"""Spatial partitioning (Hou et al.): one training sample split into slabs, one per rank.
+
+A setting with ``spatial_partitions: N`` runs on ``gpus = data_parallel x N`` ranks. Ranks
+``g*N .. g*N + N-1`` form spatial group ``g`` (contiguous, so a group stays inside a node);
+they draw the same samples (their sampler is seeded by ``g``), augment the whole patch, and
+each keeps slab ``i`` of it along ``partition_axis``. All the communication lives here:
+
+- :func:`halo_exchange` pads a slab with its neighbours' boundary voxels before a
+  convolution (zeros at the global border); its backward pass sends the halo's gradient back
+  to the owner, which adds it to its boundary voxels.
+- :func:`all_reduce_sum`: a differentiable sum over a group (its backward pass sums the
+  gradients), used for instance-norm statistics and the loss's Dice sums.
+- :func:`sync_gradients`: parameter gradients summed over all ranks and divided by the
+  number of spatial groups: summed over a sample's slabs, averaged over data-parallel ranks.
+
+:func:`partition_network` gives an ordinary :class:`~seggrid.network.PlainUNet` these
+forwards by overriding ``forward`` on its convolution and instance-norm modules (instance
+attributes: parameters and ``state_dict`` are untouched, so the saved model is the plain
+network). Strided convolutions are exact at slab boundaries when every slab is a multiple of
+the stride product along the axis (:func:`check_partitionable`); transposed convolutions
+(kernel = stride) and 1x1x1 heads are local. Dice sums, cross-entropy means and the
+deep-supervision heads are reduced in ``losses.py`` through :class:`SpatialContext`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from seggrid.errors import SeggridError
+
+AXIS_NAMES = ("first", "second", "third")
+
+
+@dataclass
+class SpatialContext:
+    """Where this rank sits: spatial group ``group`` of ``size`` ranks (index ``index``
+    in it), data-parallel group ``dp_index`` of ``dp_size``; ``axis`` 0..2 of the patch."""
+
+    size: int
+    index: int
+    dp_size: int
+    dp_index: int
+    axis: int
+    group: object = None                     # the process group of this rank's spatial group
+    prev_rank: int | None = None             # global rank holding the slab before ours
+    next_rank: int | None = None
+    #: test switches: a sabotaged run must NOT match the single-process one
+    halo_gradients: bool = True
+    norm_reduction: bool = True
+
+    @property
+    def dim(self) -> int:
+        """The tensor dimension of the axis in (B, C, a0, a1, a2)."""
+        return 2 + self.axis
+
+    @classmethod
+    def create(cls, rank: int, world: int, size: int, axis: int) -> "SpatialContext":
+        """Build the groups (every rank must call this, in the same order)."""
+        if world % size:
+            raise SeggridError(f"{world} ranks do not split into spatial groups of {size}")
+        mine = None
+        for g in range(world // size):
+            members = list(range(g * size, (g + 1) * size))
+            group = dist.new_group(members)
+            if rank in members:
+                mine = group
+        index, dp_index = rank % size, rank // size
+        return cls(size=size, index=index, dp_size=world // size, dp_index=dp_index, axis=axis, group=mine,
+                   prev_rank=rank - 1 if index > 0 else None, next_rank=rank + 1 if index < size - 1 else None)
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's slab of a (B, C, a0, a1, a2) tensor (a contiguous copy)."""
+        length = t.shape[self.dim] // self.size
+        return t.narrow(self.dim, self.index * length, length).contiguous()
+
+
+def default_axis(patch: list[int]) -> int:
+    """The longest axis of the patch (the first of equals)."""
+    return max(range(3), key=lambda a: (patch[a], -a))
+
+
+def check_partitionable(name: str, patch: list[int], divisor: list[int], parts: int, axis: int | None) -> int:
+    """The axis to split; raises when a slab is not a multiple of the stride product."""
+    axis = default_axis(patch) if axis is None else axis
+    slab, div = patch[axis] / parts, divisor[axis]
+    if slab != int(slab) or int(slab) % div:
+        raise SeggridError(
+            f"setting '{name}': spatial_partitions {parts} splits the patch's {AXIS_NAMES[axis]} axis "
+            f"({patch[axis]} voxels) into slabs of {slab:g}, but the network's strided convolutions along that "
+            f"axis have a stride product of {div}; each slab must be a multiple of {div} so that its boundary "
+            f"falls on a voxel at every resolution. Use a patch size there that is a multiple of {parts * div}.")
+    return axis
+
+
+# --- communication ------------------------------------------------------------------------
+
+def _exchange(ctx: SpatialContext, to_prev: torch.Tensor | None, to_next: torch.Tensor | None,
+              from_prev_shape, from_next_shape, like: torch.Tensor):
+    """Send to both neighbours, receive from both; None / zeros at the global border."""
+    ops, from_prev, from_next = [], None, None
+    if ctx.prev_rank is not None:
+        if to_prev is not None:
+            ops.append(dist.P2POp(dist.isend, to_prev.contiguous(), ctx.prev_rank, ctx.group))
+        if from_prev_shape is not None:
+            from_prev = like.new_empty(from_prev_shape)
+            ops.append(dist.P2POp(dist.irecv, from_prev, ctx.prev_rank, ctx.group))
+    if ctx.next_rank is not None:
+        if to_next is not None:
+            ops.append(dist.P2POp(dist.isend, to_next.contiguous(), ctx.next_rank, ctx.group))
+        if from_next_shape is not None:
+            from_next = like.new_empty(from_next_shape)
+            ops.append(dist.P2POp(dist.irecv, from_next, ctx.next_rank, ctx.group))
+    if ops:
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+    return from_prev, from_next
+
+
+class _HaloExchange(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, spatial: SpatialContext, left: int, right: int):
+        ctx.spatial, ctx.left, ctx.right, ctx.length = spatial, left, right, x.shape[spatial.dim]
+        d, n = spatial.dim, x.shape[spatial.dim]
+        if n < max(left, right):
+            raise SeggridError(f"spatial partition: a slab of {n} voxels is thinner than a halo of {max(left, right)}")
+        shape = list(x.shape)
+
+        def halo_shape(width):
+            return None if width == 0 else shape[:d] + [width] + shape[d + 1:]
+
+        # my first `right` voxels are the previous slab's right halo; my last `left` the next one's left halo
+        from_prev, from_next = _exchange(spatial, x.narrow(d, 0, right) if right else None,
+                                         x.narrow(d, n - left, left) if left else None,
+                                         halo_shape(left), halo_shape(right), x)
+        parts = [from_prev if from_prev is not None else x.new_zeros(halo_shape(left))] if left else []
+        parts.append(x)
+        if right:
+            parts.append(from_next if from_next is not None else x.new_zeros(halo_shape(right)))
+        return torch.cat(parts, d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        spatial, left, right, n = ctx.spatial, ctx.left, ctx.right, ctx.length
+        d = spatial.dim
+        grad_x = grad.narrow(d, left, n).clone()
+        if not spatial.halo_gradients:
+            return grad_x, None, None, None
+        shape = list(grad.shape)
+
+        def part_shape(width):
+            return None if width == 0 else shape[:d] + [width] + shape[d + 1:]
+
+        # the left halo came from the previous slab's last `left` voxels: send its gradient there
+        to_prev = grad.narrow(d, 0, left) if left else None
+        to_next = grad.narrow(d, left + n, right) if right else None
+        from_prev, from_next = _exchange(spatial, to_prev, to_next, part_shape(right), part_shape(left), grad)
+        if from_next is not None:
+            grad_x.narrow(d, n - left, left).add_(from_next)
+        if from_prev is not None:
+            grad_x.narrow(d, 0, right).add_(from_prev)
+        return grad_x, None, None, None
+
+
+def halo_exchange(x: torch.Tensor, ctx: SpatialContext, left: int, right: int) -> torch.Tensor:
+    """``x`` with ``left`` voxels of the previous slab before it and ``right`` of the next
+    after it along the partition axis (zeros at the global border). Differentiable."""
+    if left == right == 0:
+        return x
+    return _HaloExchange.apply(x, ctx, left, right)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = grad.clone()
+        dist.all_reduce(out, group=ctx.group)
+        return out, None
+
+
+def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
+    """Sum over the ranks of ``group``; the gradient of every rank's copy flows back to all."""
+    return _AllReduceSum.apply(x, group)
+
+
+def sync_gradients(params, ctx: SpatialContext) -> None:
+    """Gradients summed over every rank (a sample's slabs and the data-parallel groups) and
+    divided by the number of data-parallel groups, in one flat all-reduce."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.dp_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+# --- the partitioned network ---------------------------------------------------------------
+
+def _conv_forward(conv: nn.Conv3d, ctx: SpatialContext, x: torch.Tensor) -> torch.Tensor:
+    a = ctx.axis
+    k, p = conv.kernel_size[a], conv.padding[a]
+    x = halo_exchange(x, ctx, p, k - 1 - p)
+    padding = list(conv.padding)
+    padding[a] = 0
+    return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def _instance_norm_forward(norm: nn.InstanceNorm3d, ctx: SpatialContext, x: torch.Tensor) -> torch.Tensor:
+    """Instance norm of the whole sample: mean and (biased) variance over every slab."""
+    dims = (2, 3, 4)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))        # float32 statistics under AMP
+    count = xf[0, 0].numel() * (ctx.size if ctx.norm_reduction else 1)
+
+    def total(t):
+        return all_reduce_sum(t, ctx.group) if ctx.norm_reduction else t
+
+    mean = total(xf.sum(dims)) / count
+    centred = xf - mean[:, :, None, None, None]
+    var = total(centred.square().sum(dims)) / count
+    y = centred * torch.rsqrt(var + norm.eps)[:, :, None, None, None]
+    if norm.affine:
+        y = y * norm.weight[None, :, None, None, None] + norm.bias[None, :, None, None, None]
+    return y
+
+
+def partition_network(net: nn.Module, ctx: SpatialContext) -> nn.Module:
+    """Give ``net``'s convolutions halo exchange and its instance norms global statistics
+    (in place; parameters and state_dict unchanged). Transposed convolutions must have
+    kernel = stride (local); other norms are refused."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv3d):
+            if module.kernel_size[ctx.axis] > 1:
+                module.forward = functools.partial(_conv_forward, module, ctx)
+        elif isinstance(module, nn.ConvTranspose3d):
+            if module.kernel_size != module.stride:
+                raise SeggridError("spatial partitioning needs transposed convolutions with kernel = stride")
+        elif isinstance(module, nn.InstanceNorm3d):
+            module.forward = functools.partial(_instance_norm_forward, module, ctx)
+        elif isinstance(module, (nn.BatchNorm3d, nn.GroupNorm)):
+            raise SeggridError("spatial partitioning supports norm: instance only")
+    return net
