@@ -87,3 +87,82 @@ def test_a_slab_that_the_strides_do_not_divide_is_refused_with_the_reason():
     with pytest.raises(SeggridError, match=r"slabs of 48, but the network's strided convolutions along that axis "
                                            r"have a stride product of 32.*multiple of 256"):
         check_partitionable("s", [64, 384, 384], [16, 32, 32], 8, None)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts its ranks in their own
+    sessions, so killing its process group leaves them running)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    def children(p):
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == p:
+                        out.append(int(d.name))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return out
+
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children(p)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_partitioned_training_resumes_after_sigkill_to_the_uninterrupted_weights(pipeline, tmp_path):
+    """`seggrid train` under torchrun, 2 ranks = 1 sample split in 2 slabs (gloo on CPU): the
+    run is SIGKILLed (every process) in epoch 2, started again, and ends with the weights of
+    an uninterrupted run, bit for bit; the saved model is the plain network."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    plan = json.loads(pipeline["plan"].read_text())
+    plan["setting"].update(gpus=2, spatial_partitions=2, epochs=3, iterations_per_epoch=30, name="slabs")
+    topo = plan["topology"]
+    axis = check_partitionable("slabs", topo["patch_effective"], topo["divisor"], 2, None)
+    plan["partition"] = {"parts": 2, "axis": axis, "slab": topo["patch_effective"][axis] // 2}
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "workflow"))
+
+    def command(out):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seggrid",
+                "train", "--plan", str(plan_path), "--preprocessed", str(pipeline["preprocessed"]), "--splits",
+                str(pipeline["splits"]), "--fold", "0", "--seed", "3", "--checkpoint-every", "1", "--out", str(out)]
+
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
+    assert "spatial partitions: 2 slabs" in whole.stdout
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint_latest.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)                                          # inside epoch 2
+    kill_tree(proc.pid)                                      # the agent and both ranks (own sessions)
+    proc.wait()
+    assert not (out / "model.pt").exists()
+    rerun = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "resumed from" in rerun.stdout, rerun.stdout[:1500] + str(sorted(p.name for p in out.iterdir()))
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
+    b = torch.load(out / "model.pt", weights_only=False)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # the plain network: the single-process model of the same plan has the same keys and shapes
+    from seggrid.network import build_network
+
+    plain = build_network(plan).state_dict()
+    assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in b["state_dict"].items()}
+    assert json.loads((out / "summary.json").read_text())["spatial_partitions"] == 2

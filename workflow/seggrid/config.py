@@ -57,6 +57,29 @@ def validate_config(config: dict, source: str = "config") -> dict:
     return config
 
 
+def partition_problems(s: dict) -> list[str]:
+    """Why a resolved setting cannot train on ``spatial_partitions`` slabs (empty: it can).
+    The slab size against the network's strides is checked by the planner (spatial.py)."""
+    from seggrid.losses import PARTITIONABLE_LOSSES
+
+    parts, problems = s["spatial_partitions"], []
+    if s["gpus"] < parts or s["gpus"] % parts:
+        problems.append(f"{parts} slabs need gpus = data-parallel groups x {parts}, got gpus {s['gpus']}")
+    if s["norm"] != "instance":
+        problems.append(f"needs norm: instance (statistics reduced over the slabs), got {s['norm']}")
+    if s["loss"] not in PARTITIONABLE_LOSSES:
+        problems.append(f"loss {s['loss']} cannot be reduced over slabs; use one of {list(PARTITIONABLE_LOSSES)}")
+    if s.get("compile"):
+        problems.append("compile: true is not supported with spatial partitions")
+    axis = s.get("partition_axis")
+    patch = s["patch"]
+    axis = max(range(3), key=lambda a: (patch[a], -a)) if axis is None else axis
+    if patch[axis] % parts:
+        problems.append(f"patch {list(patch)}: axis {axis} ({patch[axis]} voxels) does not split into {parts} "
+                        "equal slabs")
+    return problems
+
+
 def _check_references(config: dict, source: str) -> None:
     settings = config["settings"]
     problems = []
@@ -67,9 +90,13 @@ def _check_references(config: dict, source: str) -> None:
         if s["gpus"] > config["cluster"]["gpus_per_node"] and s["gpus"] % config["cluster"]["gpus_per_node"]:
             problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs do not split into whole nodes of "
                             f"cluster.gpus_per_node = {config['cluster']['gpus_per_node']}")
-        if s["gpus"] > 1 and s["batch"] < s["gpus"]:
+        parts = s.get("spatial_partitions", 1)
+        if s["gpus"] > 1 and s["batch"] < s["gpus"] // parts:
             problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs but global batch {s['batch']}; "
-                            "each GPU needs at least one sample")
+                            + ("each GPU needs at least one sample" if parts == 1 else
+                               f"each of the {s['gpus'] // parts} spatial groups needs at least one sample"))
+        if parts > 1:
+            problems += [f"key 'settings.{name}.spatial_partitions': {p}" for p in partition_problems(s)]
     for tname, table in config["tables"].items():
         for i, row in enumerate(table["rows"]):
             where = f"tables.{tname}.rows.{i}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from seggrid.errors import SeggridError
+from seggrid.spatial import check_partitionable
 
 MIN_FEATURE_MAP = 4
 
@@ -84,9 +85,15 @@ def make_plan(setting: dict, target_spacing: list[float], fingerprint: dict, lab
     order = coarsest_first(target_spacing)
     topo = plan_topology(setting["patch"], [target_spacing[a] for a in order], setting["base_features"], setting["max_features"],
                          setting["max_pools_per_axis"], setting["patch_rounding"])
-    if setting["gpus"] > 1 and setting["batch"] < setting["gpus"]:
+    parts = setting.get("spatial_partitions", 1)
+    if setting["gpus"] > 1 and setting["batch"] < setting["gpus"] // parts:
         raise SeggridError(f"setting '{setting['name']}': {setting['gpus']} GPUs but global batch "
                            f"{setting['batch']}; each GPU needs at least one sample")
-    return {"setting": setting, "topology": topo, "target_spacing": list(target_spacing), "transpose": order,
+    partition = None
+    if parts > 1:
+        axis = check_partitionable(setting["name"], topo["patch_effective"], topo["divisor"], parts,
+                                   setting.get("partition_axis"))
+        partition = {"parts": parts, "axis": axis, "slab": topo["patch_effective"][axis] // parts}
+    return {"setting": setting, "topology": topo, "partition": partition, "target_spacing": list(target_spacing), "transpose": order,
             "labels": labels, "n_classes": max(int(k) for k in labels) + 1,
             "ct_foreground_intensity": fingerprint.get("ct_foreground_intensity")}

@@ -48,6 +48,7 @@ from seggrid.network import (MODEL_FORMAT, build_network, deep_supervision_outpu
 from seggrid.progress import ProgressWriter
 from seggrid.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
 from seggrid.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction
+from seggrid.spatial import SpatialContext, partition_network, sync_gradients
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
               "seconds", "data_wait_fraction", "peak_mem_mb"]
@@ -102,18 +103,19 @@ def distributed_context(gpus: int) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def training_loss(plan: dict) -> DeepSupervisionLoss:
+def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupervisionLoss:
     """The setting's loss over the network's deep-supervision outputs, each against the
-    target downsampled to its resolution."""
+    target downsampled to its resolution (reduced over a sample's slabs under ``spatial``)."""
     s = plan["setting"]
     n_outputs = deep_supervision_outputs(plan)
-    return DeepSupervisionLoss(build_loss(s["loss"], s["batch_dice"]),
+    return DeepSupervisionLoss(build_loss(s["loss"], s["batch_dice"], spatial),
                                deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
                                head_scales(plan, n_outputs))
 
 
 def train_step(forward, model, loss_fn, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor,
-               precision: str, grad_clip: float, memory_format=torch.contiguous_format) -> torch.Tensor:
+               precision: str, grad_clip: float, memory_format=torch.contiguous_format,
+               after_backward=None) -> torch.Tensor:
     """One optimisation step (nnU-Net's): forward under autocast, loss in float32, scaled
     backward, grad-norm clip, step. ``forward`` is the (possibly compiled) ``model``. Returns
     the detached loss on the device: no host sync."""
@@ -123,6 +125,8 @@ def train_step(forward, model, loss_fn, optimizer, scaler, images: torch.Tensor,
     loss = loss_fn(outputs, labels)                       # float32 inside, whatever the logits' dtype
     del outputs                                           # the loss keeps what its backward needs
     scaler.scale(loss).backward()
+    if after_backward is not None:                        # spatial partitions: gradients summed over slabs
+        after_backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
@@ -181,32 +185,44 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(seed + fold)
     determinism = configure_determinism(s.get("deterministic", "auto"), device)
-    if s["batch"] < world:
-        raise SeggridError(f"setting '{s['name']}': global batch {s['batch']} < {world} ranks; "
+    spatial = None
+    if plan.get("partition"):
+        spatial = SpatialContext.create(rank, world, plan["partition"]["parts"], plan["partition"]["axis"])
+        if rank == 0:
+            print(f"[train] spatial partitions: {spatial.size} slabs of {plan['partition']['slab']} voxels along "
+                  f"patch axis {spatial.axis}, {spatial.dp_size} data-parallel group(s)", flush=True)
+    # data-parallel groups: every rank, or one per spatial group (its slabs share the samples)
+    dp_size, dp_index = (spatial.dp_size, spatial.dp_index) if spatial else (world, rank)
+    split = spatial.split if spatial else (lambda t: t)
+    if s["batch"] < dp_size:
+        raise SeggridError(f"setting '{s['name']}': global batch {s['batch']} < {dp_size} data-parallel ranks; "
                            f"each rank needs at least one sample")
     precision = effective_precision(s["precision"], device)
     if rank == 0 and precision != s["precision"]:
         print(f"[train] precision {s['precision']} needs CUDA; running {precision} on {device}", flush=True)
     patch = plan["topology"]["patch_effective"]
     fold_split = splits["folds"][fold]
-    rng = np.random.default_rng([seed, fold, rank])
+    rng = np.random.default_rng([seed, fold, dp_index])
     adaptive = s["foreground_sampling"] == "adaptive"
-    sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], rank, world),
+    sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], dp_index, dp_size),
                            0.5 if adaptive else s["oversample_foreground"], rng,
                            Augmenter(build_augmenter_config(s["augmentation"], patch)), device,
                            s["cache_cases"], s["cache_replace"])
-    val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], rank, world),
+    val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], dp_index, dp_size),
                                s["oversample_foreground"], np.random.default_rng(0), None, device)
     net = build_network(plan).to(device)
     memory_format = torch.channels_last_3d if s.get("channels_last") else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     model = net
-    if world > 1:
+    if spatial:
+        partition_network(net, spatial)          # halo exchange + global norm statistics; state_dict unchanged
+    elif world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if s.get("compile") else model
     optimizer = build_optimizer(model.parameters(), s)
     scaler = grad_scaler(device, precision)
-    loss_fn = training_loss(plan)
+    loss_fn = training_loss(plan, spatial)
+    after_backward = (lambda: sync_gradients(list(net.parameters()), spatial)) if spatial else None
     check_every = s.get("finite_check_every", 25)
     n_classes, columns = plan["n_classes"], class_columns(plan)
 
@@ -266,8 +282,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         try:
             for step in range(iterations):
                 images, labels = batches.next_batch()
-                loss = train_step(forward, model, loss_fn, optimizer, scaler, images, labels, precision,
-                                  s["grad_clip"], memory_format)
+                loss = train_step(forward, model, loss_fn, optimizer, scaler, split(images), split(labels), precision,
+                                  s["grad_clip"], memory_format, after_backward)
                 finite &= torch.isfinite(loss)
                 loss_sum += loss
                 if ((step + 1) % check_every == 0 or step + 1 == iterations) and not bool(finite):
@@ -276,8 +292,9 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         finally:
             batches.close()
 
-        val_sampler.rng = np.random.default_rng([seed + epoch, rank, 7])   # same patches on every run
-        val_loss, counts, val_wait = validate(forward, plan, val_sampler, loss_fn, n_classes, precision, memory_format)
+        val_sampler.rng = np.random.default_rng([seed + epoch, dp_index, 7])   # same patches on every run
+        val_loss, counts, val_wait = validate(forward, plan, val_sampler, loss_fn, n_classes, precision, memory_format,
+                                              split)
         stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / iterations])])
         if world > 1:
             dist.all_reduce(stats)
@@ -306,6 +323,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     wall = elapsed_before + time.time() - t_start
     summary = {
         "setting": s["name"], "fold": fold, "epochs": s["epochs"], "world_size": world, "device": str(device),
+        "spatial_partitions": spatial.size if spatial else 1,
         "precision": precision, "deterministic": determinism, "compile": bool(s.get("compile")),
         "channels_last": bool(s.get("channels_last")), "wall_seconds": wall,
         "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
@@ -325,7 +343,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
 
 
 @torch.no_grad()
-def validate(model, plan, sampler: PatchSampler, loss_fn, n_classes, precision, memory_format):
+def validate(model, plan, sampler: PatchSampler, loss_fn, n_classes, precision, memory_format, split=lambda t: t):
     """Validation loss (a device scalar), TP/FP/FN counts over this rank's share of the
     validation batches, and the seconds spent waiting for data. No host sync."""
     s, device = plan["setting"], sampler.device
@@ -336,6 +354,7 @@ def validate(model, plan, sampler: PatchSampler, loss_fn, n_classes, precision, 
     try:
         for _ in range(s["val_iterations"]):
             images, labels = batches.next_batch()
+            images, labels = split(images), split(labels)
             with autocast(device, precision):
                 logits = model(images.contiguous(memory_format=memory_format))
             loss_sum += loss_fn.loss(logits, labels)
