@@ -160,3 +160,122 @@ def _memory_now(device: torch.device) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# --- spatial partitions ------------------------------------------------------------------
+
+def _rss_mb() -> float:
+    return _memory_now(torch.device("cpu"))
+
+
+def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
+    """One rank of ``bench step --spatial-partitions N`` (N = world; N = 1: no process group)."""
+    import os
+    import resource
+
+    import torch.distributed as dist
+
+    from seggrid.network import build_network
+    from seggrid.planner import plan_topology
+    from seggrid.recipe import build_optimizer, grad_scaler
+    from seggrid.spatial import SpatialContext, check_partitionable, partition_network, sync_gradients
+    from seggrid.train import train_step, training_loss
+
+    torch.set_num_threads(cfg["threads"])
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    topo = plan_topology(cfg["patch"], cfg["spacing"], cfg["base_features"], cfg["max_features"], 5, "down")
+    eff = topo["patch_effective"]
+    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
+               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
+               "loss": "dice_ce", "batch_dice": True}
+    plan = {"setting": setting, "topology": topo, "n_classes": cfg["classes"]}
+    torch.manual_seed(0)
+    net = build_network(plan)
+    spatial = None
+    if world > 1:
+        axis = check_partitionable("bench", eff, topo["divisor"], world, None)
+        spatial = SpatialContext.create(rank, world, world, axis)
+        partition_network(net, spatial)
+    split = spatial.split if spatial else (lambda t: t)
+    after = (lambda: sync_gradients(list(net.parameters()), spatial)) if spatial else None
+    optimizer = build_optimizer(net.parameters(), setting)
+    scaler = grad_scaler(torch.device("cpu"), "fp32")
+    loss_fn = training_loss(plan, spatial)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        case = synthetic_case(root, tuple(int(p * 1.25) for p in eff), 0, cfg["classes"])
+        sampler = PatchSampler(root, [case], eff, cfg["batch"], 0.33, np.random.default_rng(0), None,
+                               torch.device("cpu"))
+        batches = [sampler.next_batch() for _ in range(cfg["warmup"] + cfg["steps"])]
+        before = _rss_mb()
+        times, comm = [], []
+        for i, (images, labels) in enumerate(batches):
+            if spatial:
+                spatial.comm_seconds = 0.0
+            if world > 1:
+                dist.barrier()
+            t0 = time.perf_counter()
+            loss = train_step(net, net, loss_fn, optimizer, scaler, split(images), split(labels), "fp32", 12.0,
+                              after_backward=after)
+            if i >= cfg["warmup"]:
+                times.append(time.perf_counter() - t0)
+                comm.append(spatial.comm_seconds if spatial else 0.0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "seconds_per_step": times, "comm_seconds": comm, "peak_rss_mb": peak,
+        "rss_before_steps_mb": before, "loss": float(loss), "patch": eff,
+        "slab": (eff[spatial.axis] // world) if spatial else None, "axis": spatial.axis if spatial else None}))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _run_partitioned(parts: int, cfg: dict) -> list[dict]:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_partition_rank, args=(parts, port, cfg, out), nprocs=parts, join=True)
+        return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(parts)]
+
+
+def bench_spatial(patch: list[int], batch: int, spacing: list[float], partitions: int, base_features: int = 32,
+                  max_features: int = 320, classes: int = 16, threads: int = 2, steps: int = 3,
+                  warmup: int = 1) -> dict:
+    """One training step of one sample split into ``partitions`` slabs (one gloo process
+    each, ``threads // partitions`` threads) against the same step in one process with
+    ``threads`` threads, run one after the other in fresh processes: peak memory per rank
+    (peak RSS, and its growth over the RSS before the first step: activations, gradients and
+    optimizer state), seconds per step, and the share of the step spent communicating."""
+    cfg = {"patch": list(patch), "batch": batch, "spacing": list(spacing), "base_features": base_features,
+           "max_features": max_features, "classes": classes, "steps": steps, "warmup": warmup}
+    whole = _run_partitioned(1, {**cfg, "threads": threads})[0]
+    ranks = _run_partitioned(partitions, {**cfg, "threads": max(1, threads // partitions)})
+
+    def step_memory(r):
+        return r["peak_rss_mb"] - r["rss_before_steps_mb"]
+
+    worst = max(ranks, key=step_memory)
+    t_whole = float(np.median(whole["seconds_per_step"]))
+    t_parts = float(np.median([max(r["seconds_per_step"][i] for r in ranks) for i in range(steps)]))
+    comm = float(np.median([max(r["comm_seconds"][i] for r in ranks) for i in range(steps)]))
+    return {
+        "benchmark": "step", "spatial_partitions": partitions, "patch": whole["patch"], "batch": batch,
+        "slab": worst["slab"], "axis": worst["axis"], "classes": classes, "base_features": base_features,
+        "threads_total": threads, "device": "cpu", "cpu": platform.processor() or platform.machine(),
+        "one_partition": {"peak_rss_mb": round(whole["peak_rss_mb"], 1),
+                          "step_memory_mb": round(step_memory(whole), 1), "seconds_per_step": round(t_whole, 3)},
+        "per_rank": {"peak_rss_mb": round(worst["peak_rss_mb"], 1), "step_memory_mb": round(step_memory(worst), 1),
+                     "seconds_per_step": round(t_parts, 3), "communication_seconds": round(comm, 3)},
+        "peak_rss_ratio": round(worst["peak_rss_mb"] / whole["peak_rss_mb"], 3),
+        "step_memory_ratio": round(step_memory(worst) / step_memory(whole), 3),
+        "step_time_ratio": round(t_parts / t_whole, 3),
+        "communication_fraction": round(comm / t_parts, 3),
+        "loss_one_partition": round(whole["loss"], 5), "loss_partitioned": round(ranks[0]["loss"], 5),
+        "versions": package_versions(),
+    }

@@ -232,6 +232,13 @@ def cmd_bench(a):
         raise SeggridError(f"bench: --device {a.device} but no CUDA device is usable here")
     if a.what == "augment":
         result = bench_augment(a.patch, a.batch, a.batches, a.threads, a.device, a.volume)
+    elif a.spatial_partitions > 1:
+        from seggrid.bench import bench_spatial
+
+        if a.device != "cpu":
+            raise SeggridError("bench step --spatial-partitions runs gloo ranks on the CPU; use --device cpu")
+        result = bench_spatial(a.patch, a.batch, a.spacing, a.spatial_partitions, a.base_features, a.max_features,
+                               a.classes, a.threads, a.steps, a.warmup)
     else:
         result = bench_step(a.patch, a.batch, a.spacing, a.base_features, a.max_features, a.classes, a.precision,
                             a.device, a.steps, a.warmup, a.threads, a.loss, not a.no_batch_dice, a.augmentation,
@@ -426,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--deterministic", choices=["auto", "true", "false"], default="auto")
     sp.add_argument("--compile", action="store_true", help="step: torch.compile the network")
     sp.add_argument("--channels-last", action="store_true", help="step: channels-last-3d memory format")
+    sp.add_argument("--spatial-partitions", type=int, default=1,
+                    help="step: split each sample into N slabs, one gloo rank each, against 1 partition (CPU)")
     sp.add_argument("--steps", type=int, default=3, help="step: timed steps")
     sp.add_argument("--warmup", type=int, default=1, help="step: untimed steps first")
     return p

@@ -25,6 +25,7 @@ deep-supervision heads are reduced in ``losses.py`` through :class:`SpatialConte
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,8 @@ class SpatialContext:
     #: test switches: a sabotaged run must NOT match the single-process one
     halo_gradients: bool = True
     norm_reduction: bool = True
+    #: seconds spent in this module's communication (halo exchange, all-reduces, gradient sync)
+    comm_seconds: float = 0.0
 
     @property
     def dim(self) -> int:
@@ -117,8 +120,10 @@ def _exchange(ctx: SpatialContext, to_prev: torch.Tensor | None, to_next: torch.
             from_next = like.new_empty(from_next_shape)
             ops.append(dist.P2POp(dist.irecv, from_next, ctx.next_rank, ctx.group))
     if ops:
+        t0 = time.perf_counter()
         for req in dist.batch_isend_irecv(ops):
             req.wait()
+        ctx.comm_seconds += time.perf_counter() - t0
     return from_prev, from_next
 
 
@@ -175,24 +180,32 @@ def halo_exchange(x: torch.Tensor, ctx: SpatialContext, left: int, right: int) -
     return _HaloExchange.apply(x, ctx, left, right)
 
 
+def _timed_all_reduce(t: torch.Tensor, spatial: SpatialContext | None, group=None) -> None:
+    t0 = time.perf_counter()
+    dist.all_reduce(t, group=group)
+    if spatial is not None:
+        spatial.comm_seconds += time.perf_counter() - t0
+
+
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
+    def forward(ctx, x, spatial):
+        ctx.spatial = spatial
         out = x.clone()
-        dist.all_reduce(out, group=group)
+        _timed_all_reduce(out, spatial, spatial.group)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         out = grad.clone()
-        dist.all_reduce(out, group=ctx.group)
+        _timed_all_reduce(out, ctx.spatial, ctx.spatial.group)
         return out, None
 
 
-def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
-    """Sum over the ranks of ``group``; the gradient of every rank's copy flows back to all."""
-    return _AllReduceSum.apply(x, group)
+def all_reduce_sum(x: torch.Tensor, spatial: SpatialContext) -> torch.Tensor:
+    """Sum over the ranks of ``spatial``'s group; the gradient of every rank's copy flows
+    back to all."""
+    return _AllReduceSum.apply(x, spatial)
 
 
 def sync_gradients(params, ctx: SpatialContext) -> None:
@@ -202,7 +215,7 @@ def sync_gradients(params, ctx: SpatialContext) -> None:
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    _timed_all_reduce(flat, ctx)
     flat /= ctx.dp_size
     offset = 0
     for g in grads:
@@ -228,7 +241,7 @@ def _instance_norm_forward(norm: nn.InstanceNorm3d, ctx: SpatialContext, x: torc
     count = xf[0, 0].numel() * (ctx.size if ctx.norm_reduction else 1)
 
     def total(t):
-        return all_reduce_sum(t, ctx.group) if ctx.norm_reduction else t
+        return all_reduce_sum(t, ctx) if ctx.norm_reduction else t
 
     mean = total(xf.sum(dims)) / count
     centred = xf - mean[:, :, None, None, None]
