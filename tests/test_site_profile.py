@@ -84,4 +84,4 @@ def test_the_readme_cluster_commands_are_the_ones_the_tests_run(tmp_path):
     assert "slurm_account=my_account" in dry and "gpu=8" in dry
     status = outputs[".venv/bin/python -m seggrid status --configfile config/amos22_task1.yaml"]
     if not (ROOT / "results" / "amos22_task1").exists():
-        assert "training: 0 done, 0 running, 0 failed, 19 pending" in status
+        assert "training: 0 done, 0 running, 0 failed, 21 pending" in status

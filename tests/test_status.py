@@ -37,7 +37,7 @@ def test_status_of_the_amos_grid_with_nothing_run(tmp_path, monkeypatch, capsys)
     lines = status_lines(capsys, cfg)
     jobs = training_jobs(config)
     rows = [line for line in lines if re.match(r"\S+\s+\d+\s+(pending|running|done|failed)\s", line)]
-    assert len(rows) == len(jobs) == 19          # fold 0 of 11 settings + folds 1-4 of Table 4's two 5-fold models
+    assert len(rows) == len(jobs) == 21          # fold 0 of 13 settings + folds 1-4 of Table 4's two 5-fold models
     assert all(line.split()[2] == "pending" and line.split()[3] == f"0/{config['recipe']['epochs']}" for line in rows)
     assert f"training: 0 done, 0 running, 0 failed, {len(jobs)} pending" in lines
     assert f"prediction sets: 0 of {len(prediction_sets(config))} evaluated" in lines

@@ -27,14 +27,18 @@ def snakemake(*args, cwd=ROOT, timeout=900):
 def minimal_config(tmp: Path) -> Path:
     return tiny_grid_config(
         tmp,
-        settings={"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3, "gpus": 2}},
+        settings={"a": {}, "b": {"patch": [8, 22, 22], "loss": "dice_focal"}, "c": {"batch": 3, "gpus": 2},
+                  # a's training with each sample split into 2 slabs, one gloo rank each
+                  "d": {"gpus": 2, "spatial_partitions": 2}},
         tables={
             "table1": {"title": "patch", "varied": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
             "table2": {"title": "batch", "varied": "batch", "rows": [{"label": "2", "setting": "a"}, {"label": "3", "setting": "c"}]},
             "table4": {"title": "final", "rows": [{"label": "A", "setting": "a", "folds": "all"},
                                                   {"label": "A&B", "models": ["a", "b"], "folds": "all"}]},
+            "table5": {"title": "slabs", "rows": [{"label": "1 process", "setting": "a"},
+                                                  {"label": "2 slabs", "setting": "d"}]},
         },
-        figures={"fig1_settings": ["a", "c"]},
+        figures={"fig1_settings": ["a", "c"], "slices_table": "table4"},
     )
 
 
@@ -68,8 +72,16 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     for name in ("fig2_slices.png", "fig3_slices.png", "trend_table1.png", "trend_table2.png"):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (figures / name).stat().st_size > 10_000
     assert "\\begin{tabular}" in (tables / "table4.tex").read_text()
-    assert {p.name for p in (tables / "per_organ").glob("*.csv")} == {"a__f0.csv", "b__f0.csv", "c__f0.csv",
+    assert {p.name for p in (tables / "per_organ").glob("*.csv")} == {"a__f0.csv", "b__f0.csv", "c__f0.csv", "d__f0.csv",
                                                                        "a__f0-1.csv", "a+b__f0-1.csv"}
+    # setting d is setting a on 2 spatial partitions: same samples, same maths, so (up to float
+    # rounding) the same model and scores; its saved model is the plain network a predicts with
+    t5 = pd.read_csv(tables / "table5.csv")
+    d_log = (tmp_path / "results" / "logs" / "train" / "d" / "fold_0.log").read_text()
+    assert "spatial partitions: 2 slabs of 8 voxels" in d_log
+    assert json.loads((tmp_path / "results" / "train" / "d" / "fold_0" / "summary.json").read_text())[
+        "spatial_partitions"] == 2
+    assert abs(t5["dsc"][1] - t5["dsc"][0]) <= 0.01 * t5["dsc"][0] + 1e-6, t5[["row", "dsc", "nsd"]]
     decision = json.loads((tmp_path / "results" / "postprocessing" / "a.json").read_text())
     assert {"foreground_as_one", "per_class", "dice_before", "dice_after"} <= set(decision)
     res = tmp_path / "results"
@@ -96,24 +108,27 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli("status", "--configfile", cfg) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "training: 5 done, 0 running, 0 failed, 0 pending" in lines
-    assert "prediction sets: 5 of 5 evaluated" in lines and "tables: 3 of 3 done: table1, table2, table4" in lines
-    for setting, fold in (("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1)):
+    assert "training: 6 done, 0 running, 0 failed, 0 pending" in lines
+    assert "prediction sets: 6 of 6 evaluated" in lines
+    assert "tables: 4 of 4 done: table1, table2, table4, table5" in lines
+    for setting, fold in (("a", 0), ("b", 0), ("c", 0), ("d", 0), ("a", 1), ("b", 1)):
         row = next(line.split() for line in lines if re.match(rf"{setting}\s+{fold}\s", line))
         ema = json.loads((res / "train" / setting / f"fold_{fold}" / "summary.json").read_text())["final_pseudo_dice_ema"]
         assert row[2:4] == ["done", "2/2"] and row[4] == f"{ema:.4f}", row
         assert (res / "train" / setting / f"fold_{fold}" / "progress.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name, resources", [
-    ("amos22_task1.yaml", {"p160_bs2_ce": 1, "p288_bs2_ce": 2, "p160_bs16_ce": 4, "p160_bs64_ce": 8}),
-    ("amos22_task2.yaml", {"p384_bs2_ce": 2, "p288_bs8_focal": 4}),
+@pytest.mark.parametrize("name, trainings, resources", [
+    # fold 0 of 10 settings + folds 1-4 of Table 4's two 5-fold models + the two of Table 5
+    ("amos22_task1.yaml", 21, {"p160_bs2_ce": 1, "p288_bs2_ce": 2, "p160_bs16_ce": 4, "p160_bs64_ce": 8,
+                               "p128x384_bs2_sp2": 4, "p128x512_bs2_sp4": 8}),
+    ("amos22_task2.yaml", 19, {"p384_bs2_ce": 2, "p288_bs8_focal": 4}),
 ])
-def test_amos_dry_run_without_data(name, resources, tmp_path):
+def test_amos_dry_run_without_data(name, trainings, resources, tmp_path):
     proc = snakemake("-n", "-p", "--configfile", ROOT / "config" / name, "--directory", ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert re.search(r"train\s+19\b", out)                    # 10 single-fold + 4 + 5 folds
+    assert re.search(rf"train\s+{trainings}\b", out), out[-3000:]
     for setting, gpus in resources.items():
         block = re.search(rf"wildcards: setting={setting}, fold=0\n\s+resources: ([^\n]+)", out)
         assert block, setting

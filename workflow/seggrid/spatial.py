@@ -5,9 +5,10 @@ A setting with ``spatial_partitions: N`` runs on ``gpus = data_parallel x N`` ra
 they draw the same samples (their sampler is seeded by ``g``), augment the whole patch, and
 each keeps slab ``i`` of it along ``partition_axis``. All the communication lives here:
 
-- :func:`halo_exchange` pads a slab with its neighbours' boundary voxels before a
-  convolution (zeros at the global border); its backward pass sends the halo's gradient back
-  to the owner, which adds it to its boundary voxels.
+- :func:`halo_exchange` gets a slab's neighbours' boundary planes for a convolution (zeros
+  at the global border); its backward pass sends the halo's gradient back to the owner,
+  which adds it to its boundary planes. The convolution runs on the slab as it is and adds
+  the halo's contribution to the few boundary output planes (no padded copy of the slab).
 - :func:`all_reduce_sum`: a differentiable sum over a group (its backward pass sums the
   gradients), used for instance-norm statistics and the loss's Dice sums.
 - :func:`sync_gradients`: parameter gradients summed over all ranks and divided by the
@@ -128,43 +129,41 @@ def _exchange(ctx: SpatialContext, to_prev: torch.Tensor | None, to_next: torch.
 
 
 class _HaloExchange(torch.autograd.Function):
+    """(left halo, right halo): the previous slab's last ``left`` planes and the next slab's
+    first ``right`` planes (zeros at the global border). Backward: each halo's gradient goes
+    back to its owner, which adds it to those planes. Every rank of the group must use both
+    outputs (a width-0 one excepted), so that every rank runs the backward exchange."""
+
     @staticmethod
     def forward(ctx, x, spatial: SpatialContext, left: int, right: int):
         ctx.spatial, ctx.left, ctx.right, ctx.length = spatial, left, right, x.shape[spatial.dim]
         d, n = spatial.dim, x.shape[spatial.dim]
         if n < max(left, right):
             raise SeggridError(f"spatial partition: a slab of {n} voxels is thinner than a halo of {max(left, right)}")
-        shape = list(x.shape)
-
-        def halo_shape(width):
-            return None if width == 0 else shape[:d] + [width] + shape[d + 1:]
-
-        # my first `right` voxels are the previous slab's right halo; my last `left` the next one's left halo
+        # my first `right` planes are the previous slab's right halo; my last `left` the next one's left halo
         from_prev, from_next = _exchange(spatial, x.narrow(d, 0, right) if right else None,
                                          x.narrow(d, n - left, left) if left else None,
-                                         halo_shape(left), halo_shape(right), x)
-        parts = [from_prev if from_prev is not None else x.new_zeros(halo_shape(left))] if left else []
-        parts.append(x)
-        if right:
-            parts.append(from_next if from_next is not None else x.new_zeros(halo_shape(right)))
-        return torch.cat(parts, d)
+                                         _planes_shape(x, d, left) if left else None,
+                                         _planes_shape(x, d, right) if right else None, x)
+        halo_left = from_prev if from_prev is not None else x.new_zeros(_planes_shape(x, d, left))
+        halo_right = from_next if from_next is not None else x.new_zeros(_planes_shape(x, d, right))
+        return halo_left, halo_right
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad_left, grad_right):
         spatial, left, right, n = ctx.spatial, ctx.left, ctx.right, ctx.length
         d = spatial.dim
-        grad_x = grad.narrow(d, left, n).clone()
+        like = grad_left if grad_left is not None else grad_right
+        shape = list(like.shape)
+        shape[d] = n
+        grad_x = like.new_zeros(shape)
         if not spatial.halo_gradients:
             return grad_x, None, None, None
-        shape = list(grad.shape)
-
-        def part_shape(width):
-            return None if width == 0 else shape[:d] + [width] + shape[d + 1:]
-
-        # the left halo came from the previous slab's last `left` voxels: send its gradient there
-        to_prev = grad.narrow(d, 0, left) if left else None
-        to_next = grad.narrow(d, left + n, right) if right else None
-        from_prev, from_next = _exchange(spatial, to_prev, to_next, part_shape(right), part_shape(left), grad)
+        # the left halo came from the previous slab's last `left` planes: its gradient goes there
+        to_prev = (grad_left if grad_left is not None else like.new_zeros(_planes_shape(grad_x, d, left))) if left else None
+        to_next = (grad_right if grad_right is not None else like.new_zeros(_planes_shape(grad_x, d, right))) if right else None
+        from_prev, from_next = _exchange(spatial, to_prev, to_next, _planes_shape(grad_x, d, right) if right else None,
+                                         _planes_shape(grad_x, d, left) if left else None, grad_x)
         if from_next is not None:
             grad_x.narrow(d, n - left, left).add_(from_next)
         if from_prev is not None:
@@ -172,11 +171,16 @@ class _HaloExchange(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-def halo_exchange(x: torch.Tensor, ctx: SpatialContext, left: int, right: int) -> torch.Tensor:
-    """``x`` with ``left`` voxels of the previous slab before it and ``right`` of the next
-    after it along the partition axis (zeros at the global border). Differentiable."""
-    if left == right == 0:
-        return x
+def _planes_shape(x: torch.Tensor, dim: int, planes: int) -> list[int]:
+    shape = list(x.shape)
+    shape[dim] = planes
+    return shape
+
+
+def halo_exchange(x: torch.Tensor, ctx: SpatialContext, left: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``left`` planes of the previous slab, ``right`` planes of the next) along the
+    partition axis, zeros at the global border. Differentiable; every rank of the group
+    must call it, and use both halos, in the same order."""
     return _HaloExchange.apply(x, ctx, left, right)
 
 
@@ -226,30 +230,104 @@ def sync_gradients(params, ctx: SpatialContext) -> None:
 # --- the partitioned network ---------------------------------------------------------------
 
 def _conv_forward(conv: nn.Conv3d, ctx: SpatialContext, x: torch.Tensor) -> torch.Tensor:
-    a = ctx.axis
-    k, p = conv.kernel_size[a], conv.padding[a]
-    x = halo_exchange(x, ctx, p, k - 1 - p)
+    """The convolution of the whole sample, restricted to this slab.
+
+    The slab is convolved as it is, zero-padded as usual (no padded copy of ``x`` is made:
+    the convolution saves ``x`` itself, which the activation before it holds anyway). The
+    few output planes whose window reaches past the slab then get the halo's contribution:
+    a thin convolution of the neighbours' planes, with zeros in place of our own planes,
+    added in place. Along the axis, with kernel k, padding p and stride s, output plane j
+    reads input planes j*s - p .. j*s - p + k - 1: the first ceil(p / s) planes read the
+    previous slab's last p planes; the last ones read the next slab's first k - p - s (none
+    for k = 3, s = 2)."""
+    a, d = ctx.axis, ctx.dim
+    k, p, s = conv.kernel_size[a], conv.padding[a], conv.stride[a]
+    left, right = p, max(0, k - p - s)
+    out = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if left == right == 0:
+        return out
+    halo_left, halo_right = halo_exchange(x, ctx, left, right)
+    length, n_out = x.shape[d], out.shape[d]
     padding = list(conv.padding)
     padding[a] = 0
-    return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+    # at the global border the halo is zeros and so is its correction; it is still computed,
+    # so that every rank's backward pass runs the halo exchange
+    if left:
+        n_left = -(-p // s)                              # output planes that read the left halo
+        planes = (n_left - 1) * s + k                    # their input planes, halo first
+        thin = torch.cat([halo_left, _zeros_like_planes(x, d, planes - left)], d)
+        out.narrow(d, 0, n_left).add_(F.conv3d(thin, conv.weight, None, conv.stride, padding, conv.dilation,
+                                               conv.groups))
+    if right:
+        first = (length - k + p) // s + 1                # first output plane that reads the right halo
+        n_right = n_out - first
+        planes = (n_right - 1) * s + k
+        thin = torch.cat([_zeros_like_planes(x, d, planes - right), halo_right], d)
+        out.narrow(d, first, n_right).add_(F.conv3d(thin, conv.weight, None, conv.stride, padding, conv.dilation,
+                                                    conv.groups))
+    return out
+
+
+def _zeros_like_planes(x: torch.Tensor, dim: int, planes: int) -> torch.Tensor:
+    shape = list(x.shape)
+    shape[dim] = planes
+    return x.new_zeros(shape)
+
+
+class _InstanceNorm(torch.autograd.Function):
+    """Instance norm over a whole sample split into slabs: statistics (sum, then sum of
+    squared deviations) all-reduced over the spatial group in the forward pass, and the two
+    sums its gradient needs (of dy*w and of dy*w*x_hat) in the backward pass. Saves only the
+    input and the per-(sample, channel) mean and 1/std, as torch's own instance norm does;
+    the weight and bias gradients are this slab's share (sync_gradients sums them)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, spatial: SpatialContext):
+        dims = (2, 3, 4)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))     # float32 statistics under AMP
+        parts = spatial.size if spatial.norm_reduction else 1
+        count = xf[0, 0].numel() * parts
+
+        def total(t):
+            if spatial.norm_reduction:
+                _timed_all_reduce(t, spatial, spatial.group)
+            return t
+
+        mean = total(xf.sum(dims)) / count
+        centred = xf - mean[:, :, None, None, None]
+        invstd = torch.rsqrt(total(centred.square().sum(dims)) / count + eps)
+        y = centred.mul_(invstd[:, :, None, None, None])
+        if weight is not None:
+            y = y.mul_(weight[None, :, None, None, None]).add_(bias[None, :, None, None, None])
+        ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.spatial, ctx.count = spatial, count
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, invstd, weight = ctx.saved_tensors
+        spatial, dims = ctx.spatial, (2, 3, 4)
+        x_hat = (x.to(dy.dtype) - mean[:, :, None, None, None]).mul_(invstd[:, :, None, None, None])
+        grad_w = grad_b = None
+        if weight is not None:
+            grad_w = (dy * x_hat).sum((0, *dims))
+            grad_b = dy.sum((0, *dims))
+            g = dy * weight[None, :, None, None, None]
+        else:
+            g = dy
+        sums = torch.stack([g.sum(dims), (g * x_hat).sum(dims)])
+        if spatial.norm_reduction:
+            _timed_all_reduce(sums, spatial, spatial.group)
+        sum_g, sum_gx = sums / ctx.count
+        dx = (g - sum_g[:, :, None, None, None]).sub_(x_hat.mul_(sum_gx[:, :, None, None, None]))
+        dx.mul_(invstd[:, :, None, None, None])
+        return dx.to(x.dtype), grad_w, grad_b, None, None
 
 
 def _instance_norm_forward(norm: nn.InstanceNorm3d, ctx: SpatialContext, x: torch.Tensor) -> torch.Tensor:
     """Instance norm of the whole sample: mean and (biased) variance over every slab."""
-    dims = (2, 3, 4)
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))        # float32 statistics under AMP
-    count = xf[0, 0].numel() * (ctx.size if ctx.norm_reduction else 1)
-
-    def total(t):
-        return all_reduce_sum(t, ctx) if ctx.norm_reduction else t
-
-    mean = total(xf.sum(dims)) / count
-    centred = xf - mean[:, :, None, None, None]
-    var = total(centred.square().sum(dims)) / count
-    y = centred * torch.rsqrt(var + norm.eps)[:, :, None, None, None]
-    if norm.affine:
-        y = y * norm.weight[None, :, None, None, None] + norm.bias[None, :, None, None, None]
-    return y
+    return _InstanceNorm.apply(x, norm.weight if norm.affine else None, norm.bias if norm.affine else None,
+                               norm.eps, ctx)
 
 
 def partition_network(net: nn.Module, ctx: SpatialContext) -> nn.Module:
