@@ -18,7 +18,10 @@ Terms
   pass, so the loss is that of the GLOBAL batch; the backward pass scales the local gradient
   by the world size, so DDP's average equals the single-process gradient. (A collective in
   the backward pass interleaves with DDP's own all-reduces and deadlocked under gloo.)
-- ``ce``: cross-entropy.
+  On spatial partitions (spatial.py) the logits are one slab of each sample: the per-sample
+  sums are all-reduced over the sample's slabs in the forward pass, and each rank's backward
+  pass gives the gradient of the whole sample's loss for its own slab.
+- ``ce``: cross-entropy (on spatial partitions: the sum over every slab's voxels, over their count).
 - ``focal``: focal loss (Lin et al.), gamma 2, on the softmax: mean over voxels of
   -(1 - p_t)**2 * log(p_t), p_t the probability of the true class.
 - ``topk``: mean cross-entropy of the 10 % voxels with the highest cross-entropy.

@@ -212,19 +212,39 @@ def all_reduce_sum(x: torch.Tensor, spatial: SpatialContext) -> torch.Tensor:
     return _AllReduceSum.apply(x, spatial)
 
 
+#: elements per all-reduce of small gradients packed together (16 MB of float32)
+SYNC_BUCKET = 4 * 2**20
+
+
 def sync_gradients(params, ctx: SpatialContext) -> None:
     """Gradients summed over every rank (a sample's slabs and the data-parallel groups) and
-    divided by the number of data-parallel groups, in one flat all-reduce."""
+    divided by the number of data-parallel groups. Large gradients are reduced in place;
+    small ones packed into buckets of at most ``SYNC_BUCKET`` elements, so the extra memory
+    is one bucket, not a copy of every gradient."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    _timed_all_reduce(flat, ctx)
-    flat /= ctx.dp_size
-    offset = 0
+    bucket: list[torch.Tensor] = []
+
+    def flush():
+        if not bucket:
+            return
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        _timed_all_reduce(flat, ctx)
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        bucket.clear()
+
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+        if g.numel() >= SYNC_BUCKET:
+            _timed_all_reduce(g, ctx)
+            continue
+        if sum(b.numel() for b in bucket) + g.numel() > SYNC_BUCKET:
+            flush()
+        bucket.append(g)
+    flush()
+    for g in grads:
+        g.div_(ctx.dp_size)
 
 
 # --- the partitioned network ---------------------------------------------------------------
@@ -307,6 +327,7 @@ class _InstanceNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, invstd, weight = ctx.saved_tensors
         spatial, dims = ctx.spatial, (2, 3, 4)
+        # at most three slab-sized tensors at once: x_hat, g (which becomes dx) and one product
         x_hat = (x.to(dy.dtype) - mean[:, :, None, None, None]).mul_(invstd[:, :, None, None, None])
         grad_w = grad_b = None
         if weight is not None:
@@ -314,12 +335,12 @@ class _InstanceNorm(torch.autograd.Function):
             grad_b = dy.sum((0, *dims))
             g = dy * weight[None, :, None, None, None]
         else:
-            g = dy
+            g = dy.clone()
         sums = torch.stack([g.sum(dims), (g * x_hat).sum(dims)])
         if spatial.norm_reduction:
             _timed_all_reduce(sums, spatial, spatial.group)
         sum_g, sum_gx = sums / ctx.count
-        dx = (g - sum_g[:, :, None, None, None]).sub_(x_hat.mul_(sum_gx[:, :, None, None, None]))
+        dx = g.sub_(sum_g[:, :, None, None, None]).sub_(x_hat.mul_(sum_gx[:, :, None, None, None]))
         dx.mul_(invstd[:, :, None, None, None])
         return dx.to(x.dtype), grad_w, grad_b, None, None
 

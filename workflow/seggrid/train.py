@@ -15,7 +15,9 @@ a background thread (:class:`seggrid.sampling.Prefetcher`) while the step runs.
 Multi-GPU: started by ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of the
 GLOBAL batch with DistributedDataParallel (NCCL on GPUs, gloo on CPU), oversamples foreground
 in its own share, and validates its share of the validation patches; batch-Dice terms and
-validation counts are summed over ranks; rank 0 writes outputs.
+validation counts are summed over ranks; rank 0 writes outputs. With ``spatial_partitions: N``
+(spatial.py) the ranks form groups of N that share their samples: each rank trains on one slab
+of every sample, and gradients are summed over the slabs instead of averaged by DDP.
 
 Outputs in ``out_dir``: ``model.pt`` (weights + plan), ``log.csv`` (one row per epoch),
 ``summary.json`` (wall time, GPU-hours, peak memory, samples/s, provenance); while it runs,
