@@ -7,6 +7,10 @@ memory (CUDA max allocated on a GPU, peak RSS on a CPU) and the fraction of the 
 waiting for data. ``benchmarks/step_vs_nnunet.sh`` runs nnU-Net's network and loss on the
 same shapes beside it.
 
+``seggrid bench step --spatial-partitions N``: the same step with each sample split into N
+slabs, one gloo rank each (spatial.py), against one process, run one after the other in fresh
+processes: per-rank peak memory, step time and the share of it spent communicating.
+
 ``seggrid bench augment``: samples/s of the training data pipeline (patch sampling from a
 memory-mapped case + augmentation) at a given patch, for the ``nnunet`` preset and, measured
 side by side in the same run, the ``none`` preset (cropping only), so the ratio tells what
@@ -252,8 +256,14 @@ def bench_spatial(patch: list[int], batch: int, spacing: list[float], partitions
     ``threads`` threads, run one after the other in fresh processes: peak memory per rank
     (peak RSS, and its growth over the RSS before the first step: activations, gradients and
     optimizer state), seconds per step, and the share of the step spent communicating."""
+    import os
+
     cfg = {"patch": list(patch), "batch": batch, "spacing": list(spacing), "base_features": base_features,
            "max_features": max_features, "classes": classes, "steps": steps, "warmup": warmup}
+    # glibc raises its mmap threshold up to 32 MB as large blocks are freed; smaller tensors
+    # (a slab's are N times smaller) then come from the heap, whose freed pages stay in RSS.
+    # A fixed threshold makes every tensor its own mapping, so RSS follows the live tensors.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     whole = _run_partitioned(1, {**cfg, "threads": threads})[0]
     ranks = _run_partitioned(partitions, {**cfg, "threads": max(1, threads // partitions)})
 
@@ -277,5 +287,6 @@ def bench_spatial(patch: list[int], batch: int, spacing: list[float], partitions
         "step_time_ratio": round(t_parts / t_whole, 3),
         "communication_fraction": round(comm / t_parts, 3),
         "loss_one_partition": round(whole["loss"], 5), "loss_partitioned": round(ranks[0]["loss"], 5),
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "versions": package_versions(),
     }

@@ -107,25 +107,22 @@ def check_partitionable(name: str, patch: list[int], divisor: list[int], parts: 
 def _exchange(ctx: SpatialContext, to_prev: torch.Tensor | None, to_next: torch.Tensor | None,
               from_prev_shape, from_next_shape, like: torch.Tensor):
     """Send to both neighbours, receive from both; None / zeros at the global border."""
-    ops, from_prev, from_next = [], None, None
-    if ctx.prev_rank is not None:
-        if to_prev is not None:
-            ops.append(dist.P2POp(dist.isend, to_prev.contiguous(), ctx.prev_rank, ctx.group))
-        if from_prev_shape is not None:
-            from_prev = like.new_empty(from_prev_shape)
-            ops.append(dist.P2POp(dist.irecv, from_prev, ctx.prev_rank, ctx.group))
-    if ctx.next_rank is not None:
-        if to_next is not None:
-            ops.append(dist.P2POp(dist.isend, to_next.contiguous(), ctx.next_rank, ctx.group))
-        if from_next_shape is not None:
-            from_next = like.new_empty(from_next_shape)
-            ops.append(dist.P2POp(dist.irecv, from_next, ctx.next_rank, ctx.group))
+    ops, received = [], [None, None]
+    for slot, (peer, send, shape) in enumerate(((ctx.prev_rank, to_prev, from_prev_shape),
+                                                (ctx.next_rank, to_next, from_next_shape))):
+        if peer is None:
+            continue
+        if send is not None:
+            ops.append(dist.P2POp(dist.isend, send.contiguous(), peer, ctx.group))
+        if shape is not None:
+            received[slot] = like.new_empty(shape)
+            ops.append(dist.P2POp(dist.irecv, received[slot], peer, ctx.group))
     if ops:
         t0 = time.perf_counter()
         for req in dist.batch_isend_irecv(ops):
             req.wait()
         ctx.comm_seconds += time.perf_counter() - t0
-    return from_prev, from_next
+    return received[0], received[1]
 
 
 class _HaloExchange(torch.autograd.Function):
