@@ -40,10 +40,13 @@ def main() -> None:
         s = resolve_setting(config, name)
         topo = plan_topology(s["patch"], spacing, s["base_features"], s["max_features"], s["max_pools_per_axis"],
                              s["patch_rounding"])
-        per_gpu = math.ceil(s["batch"] / max(1, s["gpus"]))
+        # a spatially partitioned setting is measured unpartitioned: one process holding its whole
+        # samples (what one GPU would need without partitions; a rank holds about 1/N of it)
+        per_gpu = math.ceil(s["batch"] / max(1, s["gpus"] // s["spatial_partitions"]))
         key = (tuple(topo["patch_effective"]), per_gpu, s["loss"], s["precision"], s["base_features"],
                s["max_features"], s["max_pools_per_axis"])
-        jobs.setdefault(key, []).append(f"{name} (gpus {s['gpus']}, batch {s['batch']})")
+        parts = f", {s['spatial_partitions']} slabs" if s["spatial_partitions"] > 1 else ""
+        jobs.setdefault(key, []).append(f"{name} (gpus {s['gpus']}, batch {s['batch']}{parts})")
     # smallest first, so the fit for the estimates exists before the large ones
     order = sorted(jobs, key=lambda k: math.prod(k[0]) * k[1])
     measured, rows = [], []
