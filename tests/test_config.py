@@ -77,9 +77,15 @@ def test_amos_configs_express_the_paper_grid(name):
     for s in cfg["settings"]:
         r = resolve_setting(cfg, s)
         assert r["optimizer"] == "sgd_nesterov" and r["lr"] == 0.01 and r["momentum"] == 0.99
-        assert r["gpus"] >= 1 and r["batch"] >= r["gpus"]
+        # every data-parallel rank (a spatial group's slabs share theirs) gets a sample
+        assert r["gpus"] >= 1 and r["batch"] >= r["gpus"] // r["spatial_partitions"]
     assert resolve_setting(cfg, "p160_bs64_ce")["gpus"] > 1
-    assert len(training_jobs(cfg)) == 10 + 4 + 5
+    extension = cfg["tables"].get("table5")          # beyond the paper: spatial partitions (Task 1)
+    assert [t for t in cfg["tables"] if t != "table5"] == ["table1", "table2", "table3", "table4"]
+    assert len(training_jobs(cfg)) == 10 + 4 + 5 + (2 if extension else 0)
+    if extension:
+        parts = [resolve_setting(cfg, r["setting"])["spatial_partitions"] for r in extension["rows"]]
+        assert parts == [1, 2, 4] and cfg["figures"]["slices_table"] == "table4"
 
 
 def test_config_readme_is_generated_from_the_schema_and_every_key_is_described(tmp_path):
