@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 from seggrid.config import load_config, resolve_setting  # noqa: E402
-from seggrid.planner import plan_topology  # noqa: E402
+from seggrid.engine.planner import plan_topology  # noqa: E402
 
 
 def main() -> None:

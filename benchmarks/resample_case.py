@@ -1,6 +1,6 @@
 """One AMOS-sized case resampled to the target spacing, in this process, on one thread; JSON out.
 
-    python benchmarks/resample_case.py seggrid IMAGE LABEL      # ours (seggrid.preprocess)
+    python benchmarks/resample_case.py seggrid IMAGE LABEL      # ours (seggrid.data.preprocess)
     python benchmarks/resample_case.py nnunet  IMAGE LABEL      # nnU-Net 2.8.1 (its own venv)
 
 Both sides read the same NIfTI pair with nibabel, put it in (z, y, x) order, and resample the
@@ -43,8 +43,8 @@ def peak_mb() -> float:
 
 def ours(image_path: str, label_path: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-    from seggrid.dataset import Case
-    from seggrid.preprocess import new_shape, preprocess_case, resample_image, resample_labels, separate_z
+    from seggrid.data.dataset import Case
+    from seggrid.data.preprocess import new_shape, preprocess_case, resample_image, resample_labels, separate_z
 
     image, labels, spacing = load(image_path, label_path)
     shape, aniso = new_shape(image.shape, spacing, TARGET), separate_z(spacing, TARGET)

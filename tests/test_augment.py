@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from seggrid.augment import (PRESETS, AugmentConfig, Augmenter, SampleParams, build_augmenter_config,
+from seggrid.engine.augment import (PRESETS, AugmentConfig, Augmenter, SampleParams, build_augmenter_config,
                              gamma_keep_stats, gaussian_blur, rotation_matrix, simulate_low_resolution)
-from seggrid.sampling import PatchSampler, Prefetcher, SmartCache, adaptive_foreground_fraction
+from seggrid.engine.sampling import PatchSampler, Prefetcher, SmartCache, adaptive_foreground_fraction
 
 OFF = PRESETS["none"]
 

@@ -108,7 +108,7 @@ def test_label_resampling_one_class_at_a_time_equals_the_one_hot_argmax():
     import torch.nn.functional as F
     from scipy import ndimage
 
-    from seggrid.preprocess import resample_labels, resample_probabilities
+    from seggrid.data.preprocess import resample_labels, resample_probabilities
 
     rng = np.random.default_rng(0)
     labels = ndimage.zoom(rng.integers(0, 6, (6, 8, 8)), 4, order=0).astype(np.uint8)[:, :30, :29]
@@ -155,7 +155,7 @@ def test_model_of_an_older_format_is_refused_with_a_clear_message(pipeline, tmp_
 
 
 def test_predict_writes_labels_and_quantised_probabilities(pipeline):
-    from seggrid.outputs import read_quantised_class
+    from seggrid.inference.maps import read_quantised_class
 
     pp, probs_dir, labels_dir = pipeline["preprocessed"], pipeline["probs"], pipeline["labels"]
     for cid in ("amos_0004", "amos_0503"):
@@ -178,7 +178,7 @@ def test_predict_writes_labels_and_quantised_probabilities(pipeline):
 def test_predict_averages_the_folds_of_one_model_in_one_job(pipeline, tmp_path):
     """Two copies of the fold model as a '2-fold model': the job's average equals one model's
     map, and the out-of-fold target-spacing labels are its argmax."""
-    from seggrid.outputs import read_target_labels
+    from seggrid.inference.maps import read_target_labels
 
     model = pipeline["train"] / "model.pt"
     assert run_cli("predict", "--model", model, model, "--preprocessed", pipeline["preprocessed"], "--splits",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from seggrid.dataset import load_dataset
+from seggrid.data.dataset import load_dataset
 from seggrid.errors import SeggridError
-from seggrid.validate import validate_dataset
+from seggrid.data.validate import validate_dataset
 
 
 def to_v2(src, dst):
@@ -95,7 +95,7 @@ def test_validation_reports_all_problems_at_once(copy_of, tmp_path, capsys):
 
 def test_a_float_image_saved_as_labels_gets_a_short_message():
     """Thousands of stray values (an intensity image in labelsTr): count, range, 10 examples."""
-    from seggrid.validate import label_values_message
+    from seggrid.data.validate import label_values_message
 
     msg = label_values_message(list(range(16, 2016)), set(range(16)))
     assert msg == ("2000 label value(s) from 16 to 2015 not in dataset.json labels (0..15), "

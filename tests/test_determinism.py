@@ -35,8 +35,8 @@ def test_different_seed_different_weights(pipeline, tmp_path):
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(pipeline, tmp_path, monkeypatch):
     """Kill training in epoch 2 (after epoch 1's checkpoint), start it again: it resumes and
     ends with exactly the weights of the uninterrupted run."""
-    import seggrid.train as tr
-    from seggrid.sampling import PatchSampler
+    import seggrid.engine.train as tr
+    from seggrid.engine.sampling import PatchSampler
 
     plan = json.loads(pipeline["plan"].read_text())
     splits = json.loads(pipeline["splits"].read_text())
@@ -70,7 +70,7 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(pipeline, tmp_path, m
 
 
 def test_stale_checkpoint_of_another_plan_is_ignored(pipeline, tmp_path, capsys):
-    import seggrid.train as tr
+    import seggrid.engine.train as tr
 
     plan = json.loads(pipeline["plan"].read_text())
     splits = json.loads(pipeline["splits"].read_text())
@@ -127,9 +127,9 @@ def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_weights(pipeline
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(pipeline, tmp_path, monkeypatch):
     import pytest
 
-    import seggrid.train as tr
+    import seggrid.engine.train as tr
     from seggrid.errors import SeggridError
-    from seggrid.losses import DeepSupervisionLoss
+    from seggrid.engine.losses import DeepSupervisionLoss
 
     plan = json.loads(pipeline["plan"].read_text())
     splits = json.loads(pipeline["splits"].read_text())

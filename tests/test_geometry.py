@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import torch
 
 from conftest import ROOT
-from seggrid.dataset import Case
-from seggrid.geometry import Geometry, file_to_internal, internal_to_file, load_nifti
-from seggrid.preprocess import preprocess_case, to_original_geometry
+from seggrid.data.dataset import Case
+from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti
+from seggrid.data.preprocess import preprocess_case, to_original_geometry
 
 SAMPLE = ROOT / "data" / "totalseg_sample"
 
@@ -59,7 +59,7 @@ def test_resampled_round_trip_overlays_input(tmp_path):
     """At a coarser spacing the round trip cannot be exact, but the organ masks must overlap
     in place (a mirrored or shifted result would give Dice near 0)."""
     seg_img = nib.load(SAMPLE / "mr_seg.nii.gz")
-    from seggrid.demo_data import _load_source
+    from seggrid.data.demo_data import _load_source
 
     _, amos, _, _ = _load_source(SAMPLE, "mr")
     lab_path = tmp_path / "lab.nii.gz"
@@ -77,9 +77,9 @@ def test_resampled_round_trip_overlays_input(tmp_path):
 def test_real_ct_preprocessing_spacing_orientation_and_intensities(tmp_path):
     """The CT sample (3 mm, RAS) with statistics from its own foreground: stored at the target
     spacing, in RAS (z, y, x) order, clipped to the 0.5/99.5 percentiles and z-scored."""
-    from seggrid.fingerprint import nonzero_bbox
+    from seggrid.data.fingerprint import nonzero_bbox
 
-    from seggrid.demo_data import _load_source
+    from seggrid.data.demo_data import _load_source
 
     img = load_nifti(SAMPLE / "ct.nii.gz")
     data = np.asarray(img.dataobj).astype(np.float32)

@@ -19,7 +19,7 @@ SAMPLE = ROOT / "data" / "totalseg_sample"
 @pytest.fixture(scope="module")
 def real_dataset(pipeline, tmp_path_factory):
     """An MSD dataset of the two real samples (AMOS labels): amos_0001 = CT, amos_0600 = MR."""
-    from seggrid.demo_data import _load_source
+    from seggrid.data.demo_data import _load_source
 
     root = tmp_path_factory.mktemp("real")
     (root / "imagesTr").mkdir()
@@ -88,9 +88,9 @@ def test_probability_averaging_and_postprocessing_before_models_are_averaged(tmp
     """Two 'models' over one case: the ensemble averages their quantised maps; model B's
     postprocessing (applied by its predict job) removes its class-1 island (its second class-1
     component) before the average, so the island, which both models predicted, is background."""
-    from seggrid.ensemble import mean_class_score
-    from seggrid.outputs import remove_from_probabilities, write_quantised
-    from seggrid.postprocess import apply
+    from seggrid.inference.ensemble import mean_class_score
+    from seggrid.inference.maps import remove_from_probabilities, write_quantised
+    from seggrid.inference.postprocess import apply
 
     shape = (3, 6, 6, 6)
     a = np.zeros(shape, np.float32)

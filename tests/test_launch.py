@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from seggrid.errors import SeggridError
-from seggrid.launch import cluster_resources, launch_command
+from seggrid.engine.launch import cluster_resources, launch_command
 
 
 def test_single_process_and_single_node():

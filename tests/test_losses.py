@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from seggrid.losses import LOSSES, TERMS, DeepSupervisionLoss, DiceTerm, PerimeterTerm, build_loss, soft_surface
-from seggrid.network import deep_supervision_outputs, deep_supervision_weights, downsample_target, head_scales
+from seggrid.engine.losses import LOSSES, TERMS, DeepSupervisionLoss, DiceTerm, PerimeterTerm, build_loss, soft_surface
+from seggrid.engine.network import deep_supervision_outputs, deep_supervision_weights, downsample_target, head_scales
 
 
 def perfect_logits(target: torch.Tensor, n: int, scale: float = 30.0) -> torch.Tensor:

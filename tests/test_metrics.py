@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seggrid.metrics import case_scores, dice, organ_scores, summarise
+from seggrid.evaluation.metrics import case_scores, dice, organ_scores, summarise
 
 
 def cube(shape=(12, 12, 12), lo=(2, 2, 2), size=4):
@@ -69,7 +69,7 @@ def test_case_scores_use_per_organ_tolerance_and_summary_ignores_nan():
 
 
 def test_hd95_and_dice_global_by_hand():
-    from seggrid.metrics import dice_global, organ_metrics
+    from seggrid.evaluation.metrics import dice_global, organ_metrics
 
     a, b = cube(lo=(2, 2, 2)), cube(lo=(3, 2, 2))
     m = organ_metrics(a, b, (1.0, 1.0, 1.0), 1.0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from seggrid.network import PlainUNet, build_network, deep_supervision_outputs
-from seggrid.planner import plan_topology
+from seggrid.engine.network import PlainUNet, build_network, deep_supervision_outputs
+from seggrid.engine.planner import plan_topology
 
 AMOS_SPACING = [2.0, 0.68825001, 0.68825001]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from seggrid.errors import SeggridError
-from seggrid.planner import plan_topology
+from seggrid.engine.planner import plan_topology
 
 AMOS = [2.0, 0.68825001, 0.68825001]
 
@@ -59,7 +59,7 @@ def test_unplannable_patch_is_a_clear_error():
 def test_target_spacing_is_the_median_or_the_anisotropic_10th_percentile():
     import numpy as np
 
-    from seggrid.fingerprint import target_spacing_rule
+    from seggrid.data.fingerprint import target_spacing_rule
 
     iso = np.array([[1.0, 0.8, 0.8], [1.5, 0.7, 0.7], [1.2, 0.9, 0.9]])
     shapes = np.array([[200, 512, 512]] * 3)
@@ -74,7 +74,7 @@ def test_target_spacing_is_the_median_or_the_anisotropic_10th_percentile():
 
 
 def test_plan_puts_the_coarsest_axis_first():
-    from seggrid.planner import make_plan
+    from seggrid.engine.planner import make_plan
 
     setting = {"name": "s", "patch": [20, 64, 64], "base_features": 32, "max_features": 320,
                "max_pools_per_axis": None, "patch_rounding": "up", "gpus": 1, "batch": 2}

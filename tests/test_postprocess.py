@@ -7,8 +7,8 @@ import pytest
 
 import torch
 
-from seggrid.outputs import remove_from_probabilities
-from seggrid.postprocess import _better, apply, class_dice, decide, largest_component
+from seggrid.inference.maps import remove_from_probabilities
+from seggrid.inference.postprocess import _better, apply, class_dice, decide, largest_component
 
 
 def _box(shape, lo, hi, value, out=None):

@@ -44,7 +44,7 @@ def test_make_scale_data_keeps_anatomy_in_world_coordinates(tmp_path):
 
 def test_quantised_map_errors_name_the_file(tmp_path):
     from seggrid.errors import SeggridError
-    from seggrid.outputs import read_quantised_class, write_quantised
+    from seggrid.inference.maps import read_quantised_class, write_quantised
 
     good = tmp_path / "c.npy"
     write_quantised(good, torch.full((3, 4, 5, 6), 0.5))
@@ -73,7 +73,7 @@ def test_ensemble_refuses_a_member_missing_a_case(pipeline, tmp_path, capsys):
 
 
 def test_postprocess_decide_streams_out_of_fold_labels_and_names_bad_files(pipeline, tmp_path, capsys):
-    from seggrid.outputs import write_target_labels
+    from seggrid.inference.maps import write_target_labels
 
     pre = pipeline["preprocessed"]
     fold = tmp_path / "cv" / "fold_0"

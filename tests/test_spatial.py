@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 import spatial_worker  # noqa: E402
 
 from seggrid.errors import SeggridError  # noqa: E402
-from seggrid.spatial import check_partitionable, default_axis  # noqa: E402
+from seggrid.engine.spatial import check_partitionable, default_axis  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -161,7 +161,7 @@ def test_partitioned_training_resumes_after_sigkill_to_the_uninterrupted_weights
     b = torch.load(out / "model.pt", weights_only=False)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     # the plain network: the single-process model of the same plan has the same keys and shapes
-    from seggrid.network import build_network
+    from seggrid.engine.network import build_network
 
     plain = build_network(plan).state_dict()
     assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in b["state_dict"].items()}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from seggrid.stats import bootstrap_ci, paired_wilcoxon, table_statistic
+from seggrid.evaluation.stats import bootstrap_ci, paired_wilcoxon, table_statistic
 
 
 def _tidy(scores: dict[str, dict[str, float]], metric="dsc") -> pd.DataFrame:
@@ -43,8 +43,8 @@ def test_wilcoxon_by_hand():
 
 
 def test_slice_figure_on_the_real_ct(tmp_path):
-    from seggrid.demo_data import _load_source
-    from seggrid.figures import slice_figure, slice_positions
+    from seggrid.data.demo_data import _load_source
+    from seggrid.outputs.figures import slice_figure, slice_positions
 
     sample = ROOT / "data" / "totalseg_sample"
     img = nib.load(sample / "ct.nii.gz")
@@ -65,7 +65,7 @@ def test_slice_figure_on_the_real_ct(tmp_path):
 
 
 def test_trend_plot_is_a_png(tmp_path):
-    from seggrid.figures import trend_plot
+    from seggrid.outputs.figures import trend_plot
 
     table = pd.DataFrame({"row": ["2", "4", "8"], "dsc": [0.1, 0.2, 0.3], "nsd": [0.1, 0.15, 0.2],
                           "dsc_ci_low": [0.05, 0.1, 0.2], "dsc_ci_high": [0.2, 0.3, 0.4],

@@ -15,7 +15,7 @@ import time
 
 from conftest import ROOT, run_cli, tiny_grid_config
 from seggrid.config import load_config, prediction_sets, training_jobs
-from seggrid.status import STALE_S, training_job_status
+from seggrid.outputs.status import STALE_S, training_job_status
 
 
 def status_lines(capsys, cfg) -> list[str]:

@@ -8,9 +8,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from seggrid.losses import DeepSupervisionLoss, build_loss
-from seggrid.network import build_network, deep_supervision_outputs, deep_supervision_weights, head_scales
-from seggrid.planner import plan_topology
+from seggrid.engine.losses import DeepSupervisionLoss, build_loss
+from seggrid.engine.network import build_network, deep_supervision_outputs, deep_supervision_weights, head_scales
+from seggrid.engine.planner import plan_topology
 
 GLOBAL_BATCH = 4
 

@@ -12,9 +12,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from seggrid.losses import DeepSupervisionLoss, build_loss
-from seggrid.network import PlainUNet
-from seggrid.spatial import SpatialContext, partition_network, sync_gradients
+from seggrid.engine.losses import DeepSupervisionLoss, build_loss
+from seggrid.engine.network import PlainUNet
+from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
 
 PATCH = (8, 32, 16)          # axis 1 (32 voxels) is the longest: slabs of 16 or 8
 FEATURES = [4, 8, 12, 16]

@@ -1,7 +1,7 @@
 """Benchmarks that print JSON (speed targets live here, never in unit tests).
 
-``seggrid bench step``: one training step of the real engine (:func:`seggrid.train.train_step`
-on batches from the real sampler and :class:`~seggrid.sampling.Prefetcher`) at any patch,
+``seggrid bench step``: one training step of the real engine (:func:`seggrid.engine.train.train_step`
+on batches from the real sampler and :class:`~seggrid.engine.sampling.Prefetcher`) at any patch,
 batch, network width, class count, precision and device: median seconds per step, peak
 memory (CUDA max allocated on a GPU, peak RSS on a CPU) and the fraction of the step spent
 waiting for data. ``benchmarks/step_vs_nnunet.sh`` runs nnU-Net's network and loss on the
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from seggrid.augment import Augmenter, build_augmenter_config
+from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.io import package_versions
-from seggrid.sampling import PatchSampler
+from seggrid.engine.sampling import PatchSampler
 
 
 def synthetic_case(root: Path, shape: tuple[int, int, int], seed: int = 0, n_classes: int = 4) -> str:
@@ -95,11 +95,11 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
                augmentation: str = "none", deterministic: str | bool = "auto", compile_: bool = False,
                channels_last: bool = False, max_pools_per_axis: int | None = 5, seed: int = 0) -> dict:
     """Time ``steps`` training steps after ``warmup`` ones; see the module docstring."""
-    from seggrid.network import build_network
-    from seggrid.planner import plan_topology
-    from seggrid.recipe import build_optimizer, effective_precision, grad_scaler
-    from seggrid.sampling import Prefetcher
-    from seggrid.train import configure_determinism, peak_memory_mb, train_step, training_loss
+    from seggrid.engine.network import build_network
+    from seggrid.engine.planner import plan_topology
+    from seggrid.engine.recipe import build_optimizer, effective_precision, grad_scaler
+    from seggrid.engine.sampling import Prefetcher
+    from seggrid.engine.train import configure_determinism, peak_memory_mb, train_step, training_loss
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -179,11 +179,11 @@ def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> No
 
     import torch.distributed as dist
 
-    from seggrid.network import build_network
-    from seggrid.planner import plan_topology
-    from seggrid.recipe import build_optimizer, grad_scaler
-    from seggrid.spatial import SpatialContext, check_partitionable, partition_network, sync_gradients
-    from seggrid.train import train_step, training_loss
+    from seggrid.engine.network import build_network
+    from seggrid.engine.planner import plan_topology
+    from seggrid.engine.recipe import build_optimizer, grad_scaler
+    from seggrid.engine.spatial import SpatialContext, check_partitionable, partition_network, sync_gradients
+    from seggrid.engine.train import train_step, training_loss
 
     torch.set_num_threads(cfg["threads"])
     if world > 1:

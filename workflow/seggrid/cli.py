@@ -32,7 +32,7 @@ def _read(path):
 
 
 def cmd_make_demo_data(a):
-    from seggrid.demo_data import make_demo_dataset
+    from seggrid.data.demo_data import make_demo_dataset
 
     make_demo_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val)
 
@@ -48,7 +48,7 @@ def cmd_status(a):
     import json
 
     from seggrid.config import load_config
-    from seggrid.status import format_status, grid_status
+    from seggrid.outputs.status import format_status, grid_status
 
     status = grid_status(load_config(*a.configfile))
     print(json.dumps(status, indent=1, default=str) if a.json else format_status(status))
@@ -61,7 +61,7 @@ def cmd_config_docs(a):
 
 
 def cmd_make_scale_data(a):
-    from seggrid.scale_data import make_scale_dataset
+    from seggrid.data.scale_data import make_scale_dataset
 
     make_scale_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val, tuple(a.shape), tuple(a.spacing))
 
@@ -77,7 +77,7 @@ def cmd_check_config(a):
 
 def cmd_validate(a):
     from seggrid.io import write_json
-    from seggrid.validate import validate_dataset
+    from seggrid.data.validate import validate_dataset
 
     report = validate_dataset(a.dataset, a.mr_case_id_min, a.modalities)
     write_json(a.out, report)
@@ -85,7 +85,7 @@ def cmd_validate(a):
 
 
 def cmd_fingerprint(a):
-    from seggrid.fingerprint import compute_fingerprint
+    from seggrid.data.fingerprint import compute_fingerprint
     from seggrid.io import write_json
 
     write_json(a.out, compute_fingerprint(a.dataset, a.mr_case_id_min, a.seed, a.modalities))
@@ -94,7 +94,7 @@ def cmd_fingerprint(a):
 def cmd_plan(a):
     from seggrid.io import write_json
     from seggrid.config import complete_setting
-    from seggrid.planner import make_plan
+    from seggrid.engine.planner import make_plan
 
     fingerprint, check = _read(a.fingerprint), _read(a.dataset_check)
     target = a.target_spacing or fingerprint["target_spacing_rule"]
@@ -106,7 +106,7 @@ def cmd_plan(a):
 
 
 def cmd_preprocess(a):
-    from seggrid.preprocess import preprocess_dataset
+    from seggrid.data.preprocess import preprocess_dataset
 
     preprocess_dataset(a.dataset, _read(a.fingerprint), a.target_spacing, a.out, a.mr_case_id_min, a.seed,
                        a.threads, a.modalities)
@@ -114,14 +114,14 @@ def cmd_preprocess(a):
 
 def cmd_split(a):
     from seggrid.io import write_json
-    from seggrid.split import make_splits
+    from seggrid.data.split import make_splits
 
     check = _read(a.dataset_check)
     write_json(a.out, make_splits(check["training"], check["validation"], a.folds, a.seed, a.holdout_fraction))
 
 
 def cmd_train(a):
-    from seggrid.train import train
+    from seggrid.engine.train import train
 
     splits = _read(a.splits)
     if not 0 <= a.fold < len(splits["folds"]):
@@ -130,8 +130,8 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
-    from seggrid.dataset import load_dataset
-    from seggrid.predict import predict
+    from seggrid.data.dataset import load_dataset
+    from seggrid.inference.predict import predict
 
     splits = _read(a.splits)
     if a.cases == "evaluation":
@@ -147,14 +147,14 @@ def cmd_predict(a):
 
 
 def cmd_ensemble(a):
-    from seggrid.dataset import load_dataset
-    from seggrid.ensemble import ensemble
+    from seggrid.data.dataset import load_dataset
+    from seggrid.inference.ensemble import ensemble
 
     ensemble(a.members, a.preprocessed, load_dataset(a.dataset, a.mr_case_id_min, a.modalities), a.out, a.seed)
 
 
 def cmd_postprocess_decide(a):
-    from seggrid.ensemble import decide_postprocessing
+    from seggrid.inference.ensemble import decide_postprocessing
 
     decide_postprocessing(a.cv_predictions, a.preprocessed, a.out, a.seed)
 
@@ -167,7 +167,7 @@ def _name_value(text: str, option: str) -> tuple[str, str]:
 
 
 def cmd_evaluate(a):
-    from seggrid.evaluate import evaluate
+    from seggrid.evaluation.evaluate import evaluate
 
     s = evaluate(a.predictions, a.dataset, _read(a.splits)["evaluation"], _json_arg(a.metrics_json), a.out_csv,
                  a.out_json, a.mr_case_id_min, a.modalities, a.seed, a.threads)
@@ -175,7 +175,7 @@ def cmd_evaluate(a):
 
 
 def cmd_tables(a):
-    from seggrid.report import write_table
+    from seggrid.outputs.report import write_table
 
     config = _json_arg(a.config_json)
     for name in a.table or list(config["tables"]):
@@ -185,20 +185,20 @@ def cmd_tables(a):
 
 
 def cmd_per_organ(a):
-    from seggrid.report import write_per_organ
+    from seggrid.outputs.report import write_per_organ
 
     write_per_organ(a.metrics_csv, a.out_csv, a.out_md, a.title)
 
 
 def cmd_figures(a):
-    from seggrid.figures import figure1
+    from seggrid.outputs.figures import figure1
 
     figure1(dict(_name_value(item, "--log") for item in a.log), a.out)
 
 
 def cmd_slices(a):
-    from seggrid.dataset import load_dataset
-    from seggrid.figures import slice_figure
+    from seggrid.data.dataset import load_dataset
+    from seggrid.outputs.figures import slice_figure
 
     ds = load_dataset(a.dataset, a.mr_case_id_min, a.modalities)
     predicted = {p.name[:-7] for p in Path(a.predictions).glob("*.nii.gz")}
@@ -216,7 +216,7 @@ def cmd_slices(a):
 def cmd_trends(a):
     import pandas as pd
 
-    from seggrid.figures import trend_plot
+    from seggrid.outputs.figures import trend_plot
 
     trend_plot(pd.read_csv(a.table), a.varied, a.title, a.out)
 

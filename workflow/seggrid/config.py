@@ -60,7 +60,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
 def partition_problems(s: dict) -> list[str]:
     """Why a resolved setting cannot train on ``spatial_partitions`` slabs (empty: it can).
     The slab size against the network's strides is checked by the planner (spatial.py)."""
-    from seggrid.losses import PARTITIONABLE_LOSSES
+    from seggrid.engine.losses import PARTITIONABLE_LOSSES
 
     parts, problems = s["spatial_partitions"], []
     if s["gpus"] < parts or s["gpus"] % parts:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from seggrid.errors import SeggridError
-from seggrid.spatial import check_partitionable
+from seggrid.engine.spatial import check_partitionable
 
 MIN_FEATURE_MAP = 4
 

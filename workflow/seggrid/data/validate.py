@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seggrid.dataset import Case, Dataset, load_dataset
+from seggrid.data.dataset import Case, Dataset, load_dataset
 from seggrid.errors import SeggridError
-from seggrid.geometry import load_nifti, read_array
+from seggrid.data.geometry import load_nifti, read_array
 
 
 def label_values_message(extra: list[int], allowed: set[int]) -> str:

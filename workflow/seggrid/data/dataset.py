@@ -67,7 +67,7 @@ def load_dataset(root: str | Path, mr_case_id_min: int | None = None,
     """Parse ``root/dataset.json`` (either layout). Raises SeggridError naming the problem.
 
     ``modalities`` keeps only cases of those modalities (e.g. ["CT"] for AMOS Task 1).
-    Only dataset.json is read here; image files are checked by :mod:`seggrid.validate`.
+    Only dataset.json is read here; image files are checked by :mod:`seggrid.data.validate`.
     """
     ds = _load_any(Path(root), mr_case_id_min)
     if modalities:

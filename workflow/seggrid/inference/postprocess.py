@@ -12,7 +12,7 @@ decision is a small JSON (:func:`decide`) that :func:`apply` replays on test pre
 
 Applied before ensembling (as the paper does for models A and B): a model's probability map
 gets background probability 1 wherever its postprocessing removed a voxel
-(:func:`seggrid.outputs.remove_from_probabilities`), and the models' maps are then averaged.
+(:func:`seggrid.inference.maps.remove_from_probabilities`), and the models' maps are then averaged.
 
 The decision needs one pass over the cases, one case in memory at a time
 (:func:`candidate_dice`), so its peak does not grow with the number of cases.

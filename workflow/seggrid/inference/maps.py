@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from seggrid.errors import SeggridError
-from seggrid.geometry import Geometry, load_nifti, save_label_nifti
-from seggrid.preprocess import scores_to_file_labels
+from seggrid.data.geometry import Geometry, load_nifti, save_label_nifti
+from seggrid.data.preprocess import scores_to_file_labels
 
 QUANT_MAX = 255
 

@@ -4,7 +4,7 @@ mirroring test-time augmentation, over every fold model of one setting at once.
 One ``seggrid predict`` job predicts one model: a single fold, or all folds of a 5-fold model,
 whose softmax maps are averaged in memory (on the GPU when there is one) while the job runs,
 as nnU-Net's multi-fold predictor does. What it writes, per case, is only what a later step
-reads (see :mod:`seggrid.outputs`):
+reads (see :mod:`seggrid.inference.maps`):
 
 * ``--labels-out``: ``<case>.nii.gz`` labels in the input image's exact geometry, after the
   model's postprocessing decision (``--postprocessing``) when one is given;
@@ -28,11 +28,11 @@ from monai.inferers import sliding_window_inference
 
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, read_json, write_json
-from seggrid.network import MODEL_FORMAT, build_network
-from seggrid.outputs import remove_from_probabilities, write_file_labels, write_quantised, write_target_labels
-from seggrid.postprocess import apply
-from seggrid.recipe import autocast, effective_precision
-from seggrid.train import peak_memory_mb
+from seggrid.engine.network import MODEL_FORMAT, build_network
+from seggrid.inference.maps import remove_from_probabilities, write_file_labels, write_quantised, write_target_labels
+from seggrid.inference.postprocess import apply
+from seggrid.engine.recipe import autocast, effective_precision
+from seggrid.engine.train import peak_memory_mb
 
 SPATIAL_AXES = (2, 3, 4)
 
@@ -108,7 +108,7 @@ def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: l
             dataset=None, step: float = 0.5, flips: int = 8, threads: int = 1, gpus: int = 0) -> dict:
     """Predict ``case_ids`` with the average of ``model_paths`` (the folds of one setting) and
     write the outputs asked for (at least one); each folder appears only when the job succeeds.
-    ``dataset`` (a :class:`seggrid.dataset.Dataset`) is needed for ``labels_out``: the written
+    ``dataset`` (a :class:`seggrid.data.dataset.Dataset`) is needed for ``labels_out``: the written
     NIfTI copies its input image's header."""
     outs = {"labels": labels_out, "probabilities": probabilities_out, "target_labels": target_labels_out}
     if not any(outs.values()):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seggrid.augment import Augmenter
+from seggrid.engine.augment import Augmenter
 
 
 def adaptive_foreground_fraction(counts: np.ndarray, gamma: float = 1.0) -> float:

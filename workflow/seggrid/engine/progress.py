@@ -44,7 +44,7 @@ def write_progress_json(out_dir: Path, setting: str, fold: int, epochs: int, log
 
 def plot_progress(log: list[dict], title: str, out_png: Path) -> None:
     """Losses (left axis), pseudo-Dice and its EMA (right axis); learning rate below."""
-    from seggrid.figures import _pyplot, _save
+    from seggrid.outputs.figures import _pyplot, _save
 
     plt = _pyplot()
     epochs = [r["epoch"] + 1 for r in log]

@@ -37,7 +37,7 @@ NORMS = ("instance", "batch", "group")
 #: ``top3_721``: only the three highest-resolution outputs, 0.7/0.2/0.1 (Zhou et al., FLARE21).
 DS_WEIGHTS = ("nnunet", "top3_721")
 
-#: Written into every ``model.pt``; :func:`seggrid.predict.load_model` refuses other formats.
+#: Written into every ``model.pt``; :func:`seggrid.inference.predict.load_model` refuses other formats.
 MODEL_FORMAT = "seggrid-plain-unet/1"
 
 

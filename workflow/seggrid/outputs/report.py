@@ -18,7 +18,7 @@ import pandas as pd
 
 from seggrid.config import prediction_set_id, row_folds, row_models
 from seggrid.io import atomic_path, provenance, write_json
-from seggrid.stats import bootstrap_ci, paired_wilcoxon
+from seggrid.evaluation.stats import bootstrap_ci, paired_wilcoxon
 
 TABLE_COLUMNS = ["row", "settings", "patch_requested", "patch_effective", "batch", "loss", "folds", "n_cases",
                  "dsc", "dsc_ci_low", "dsc_ci_high", "p_dsc", "nsd", "nsd_ci_low", "nsd_ci_high", "p_nsd",
@@ -130,7 +130,7 @@ def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | P
 
 def write_per_organ(metrics_csv: str | Path, out_csv: str | Path, out_md: str | Path, title: str) -> pd.DataFrame:
     """Per organ: mean DSC / NSD / HD95 over cases, Dice global, and the number of cases."""
-    from seggrid.metrics import dice_global
+    from seggrid.evaluation.metrics import dice_global
 
     cases = pd.read_csv(metrics_csv)
     per = cases.groupby("organ", sort=False).agg(dsc=("dsc", "mean"), nsd=("nsd", "mean"), hd95=("hd95", "mean"),

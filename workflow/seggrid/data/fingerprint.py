@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seggrid.dataset import load_dataset
-from seggrid.geometry import file_to_internal, load_nifti, read_array
+from seggrid.data.dataset import load_dataset
+from seggrid.data.geometry import file_to_internal, load_nifti, read_array
 
 SAMPLES_PER_CASE = 10_000
 

@@ -19,7 +19,7 @@ from scipy import ndimage
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "totalseg_sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[3] / "data" / "totalseg_sample"
 
 
 def _load_source(sample_dir: Path, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:

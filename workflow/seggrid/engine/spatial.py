@@ -14,7 +14,7 @@ each keeps slab ``i`` of it along ``partition_axis``. All the communication live
 - :func:`sync_gradients`: parameter gradients summed over all ranks and divided by the
   number of spatial groups: summed over a sample's slabs, averaged over data-parallel ranks.
 
-:func:`partition_network` gives an ordinary :class:`~seggrid.network.PlainUNet` these
+:func:`partition_network` gives an ordinary :class:`~seggrid.engine.network.PlainUNet` these
 forwards by overriding ``forward`` on its convolution and instance-norm modules (instance
 attributes: parameters and ``state_dict`` are untouched, so the saved model is the plain
 network). Strided convolutions are exact at slab boundaries when every slab is a multiple of

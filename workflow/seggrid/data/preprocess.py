@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from seggrid.dataset import Case, load_dataset
+from seggrid.data.dataset import Case, load_dataset
 from seggrid.errors import SeggridError
-from seggrid.fingerprint import crop, nonzero_bbox
-from seggrid.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
+from seggrid.data.fingerprint import crop, nonzero_bbox
+from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
 from seggrid.io import atomic_path, write_json
-from seggrid.planner import coarsest_first
+from seggrid.engine.planner import coarsest_first
 
 LOCATIONS_PER_CLASS = 500
 ANISO_THRESHOLD = 3.0

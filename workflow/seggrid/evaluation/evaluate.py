@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seggrid.dataset import Case, load_dataset
+from seggrid.data.dataset import Case, load_dataset
 from seggrid.errors import SeggridError
-from seggrid.geometry import load_nifti, read_array
+from seggrid.data.geometry import load_nifti, read_array
 from seggrid.io import atomic_path, provenance, write_json
-from seggrid.metrics import case_scores, summarise
+from seggrid.evaluation.metrics import case_scores, summarise
 
 
 def score_case(case: Case, predictions: Path, labels: dict[int, str], metrics_cfg: dict) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seggrid.geometry import file_to_internal, load_nifti, read_array
+from seggrid.data.geometry import file_to_internal, load_nifti, read_array
 from seggrid.io import atomic_path
 
 MAX_SLICES = 8

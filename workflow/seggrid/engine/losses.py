@@ -42,7 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from seggrid.network import downsample_target
+from seggrid.engine.network import downsample_target
 
 TOPK_FRACTION = 0.10
 FOCAL_GAMMA = 2.0
@@ -253,7 +253,7 @@ PARTITIONABLE_LOSSES = ("dice_ce", "dice_focal")
 
 class CompoundLoss(nn.Module):
     """Sum of the named terms with weight 1; Dice and a voxel term run as one function.
-    ``spatial`` (a :class:`seggrid.spatial.SpatialContext`): the logits and target are one
+    ``spatial`` (a :class:`seggrid.engine.spatial.SpatialContext`): the logits and target are one
     slab of each sample; Dice sums and voxel means are reduced over the sample's slabs."""
 
     def __init__(self, terms: tuple[str, ...], batch_dice: bool = False, spatial=None):

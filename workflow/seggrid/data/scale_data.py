@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from seggrid.demo_data import SAMPLE_DIR, _load_source, case_plan, write_case
+from seggrid.data.demo_data import SAMPLE_DIR, _load_source, case_plan, write_case
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path
 

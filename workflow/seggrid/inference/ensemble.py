@@ -8,7 +8,7 @@ memory at a time: the peak is a few float32 volumes of one case, whatever the nu
 models or classes.
 
 ``seggrid postprocess-decide`` reads a model's out-of-fold target-spacing labels one case at a
-time (:func:`seggrid.postprocess.candidate_dice`).
+time (:func:`seggrid.inference.postprocess.candidate_dice`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, read_json, write_json
-from seggrid.outputs import QUANT_MAX, quantised_shape, read_quantised_class, read_target_labels, write_file_labels
-from seggrid.postprocess import candidate_dice, decide_from_candidates
+from seggrid.inference.maps import QUANT_MAX, quantised_shape, read_quantised_class, read_target_labels, write_file_labels
+from seggrid.inference.postprocess import candidate_dice, decide_from_candidates
 
 
 def member_cases(member_dirs: list[Path]) -> list[str]:
@@ -52,7 +52,7 @@ def mean_class_score(paths: list[Path], c: int) -> torch.Tensor | None:
 def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset, out: str | Path,
              seed: int | None = None) -> list[str]:
     """Average the members' quantised maps per case and write labels in each input's geometry.
-    ``dataset`` is a :class:`seggrid.dataset.Dataset` (the labels copy the input's header)."""
+    ``dataset`` is a :class:`seggrid.data.dataset.Dataset` (the labels copy the input's header)."""
     members = [Path(m) for m in member_dirs]
     for m in members:
         if not m.is_dir():

@@ -10,7 +10,7 @@ bitwise reproducible and, on a GPU, runs like nnU-Net (cudnn.benchmark, no deter
 kernels). The step never waits on the host: losses stay on the device and are read once
 per epoch; a non-finite loss is looked for every ``finite_check_every`` steps (one sync) and
 at the end of the epoch, before any checkpoint is written. The next batches are cropped in
-a background thread (:class:`seggrid.sampling.Prefetcher`) while the step runs.
+a background thread (:class:`seggrid.engine.sampling.Prefetcher`) while the step runs.
 
 Multi-GPU: started by ``torchrun`` (WORLD_SIZE > 1) each rank trains on its share of the
 GLOBAL batch with DistributedDataParallel (NCCL on GPUs, gloo on CPU), oversamples foreground
@@ -41,16 +41,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from seggrid.augment import Augmenter, build_augmenter_config
+from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash, provenance, write_json
-from seggrid.losses import DeepSupervisionLoss, build_loss
-from seggrid.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
+from seggrid.engine.losses import DeepSupervisionLoss, build_loss
+from seggrid.engine.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
                              head_scales)
-from seggrid.progress import ProgressWriter
-from seggrid.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
-from seggrid.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction
-from seggrid.spatial import SpatialContext, partition_network, sync_gradients
+from seggrid.engine.progress import ProgressWriter
+from seggrid.engine.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
+from seggrid.engine.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction
+from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
               "seconds", "data_wait_fraction", "peak_mem_mb"]

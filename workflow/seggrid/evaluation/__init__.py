@@ -1,0 +1,1 @@
+"""Stage 4, evaluation: DSC/NSD metrics per case, bootstrap CIs and tests."""

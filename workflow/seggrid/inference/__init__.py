@@ -1,0 +1,1 @@
+"""Stage 3, inference: sliding-window prediction, the quantised maps and labels it writes, ensembling, postprocessing."""

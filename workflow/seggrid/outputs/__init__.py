@@ -1,0 +1,1 @@
+"""Stage 5, outputs: the paper's tables, figures, and `seggrid status`."""
