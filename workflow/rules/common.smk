@@ -81,12 +81,12 @@ def setting_json(wildcards):
 
 def launcher(wildcards, resources):
     """One process, one torchrun per node, or one torchrun agent per node started by the
-    job's task launcher (its `mpi` resource, srun) across nodes (launch.py)."""
+    job's task launcher (its `mpi` resource, srun) across nodes (engine/launch.py)."""
     return launch_command(setting(wildcards)["gpus"], config["cluster"]["gpus_per_node"], resources.get("mpi"))
 
 
 def train_resource(name):
-    """A cluster resource of a training job (gpu, nodes, gres; launch.py)."""
+    """A cluster resource of a training job (gpu, nodes, gres; engine/launch.py)."""
     return lambda w: cluster_resources(setting(w)["gpus"], config["cluster"]["gpus_per_node"])[name]
 
 

@@ -1,7 +1,7 @@
 # Training one (setting, fold) and predicting the evaluation cases with it. Resources come
 # from the setting (gpus, threads, mem_mb, runtime_min); `gpu` is Snakemake's standard
 # resource, which the SLURM executor turns into --gpus. A multi-node setting gets nodes,
-# gres (GPUs per node) and the executor's mpi/tasks resources instead (launch.py).
+# gres (GPUs per node) and the executor's mpi/tasks resources instead (engine/launch.py).
 
 
 rule train:
@@ -38,7 +38,7 @@ rule train:
         "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --out {params.outdir} > {log} 2>&1"
 
 
-# Prediction writes only what a later step reads (predict.py): labels in the input geometry
+# Prediction writes only what a later step reads (inference/predict.py): labels in the input geometry
 # for every prediction set; quantised probabilities (temp) only for the models an ensemble of
 # several models averages; target-spacing labels (temp) of each fold's out-of-fold cases for
 # the postprocessing decision. A 5-fold model is ONE job, its folds averaged in memory.
