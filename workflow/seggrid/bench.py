@@ -89,6 +89,19 @@ def bench_augment(patch: list[int], batch: int, batches: int, threads: int, devi
     }
 
 
+def step_plan(patch: list[int], spacing: list[float], base_features: int, max_features: int, classes: int,
+              max_pools_per_axis: int | None = 5, loss: str = "dice_ce", batch_dice: bool = True) -> dict:
+    """The plan of a benchmark step: nnU-Net's recipe (SGD, instance norm, deep supervision)
+    on the topology the planner gives ``patch`` at ``spacing``."""
+    from seggrid.engine.planner import plan_topology
+
+    topo = plan_topology(patch, spacing, base_features, max_features, max_pools_per_axis, "down")
+    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
+               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
+               "loss": loss, "batch_dice": batch_dice}
+    return {"setting": setting, "topology": topo, "n_classes": classes}
+
+
 def bench_step(patch: list[int], batch: int, spacing: list[float], base_features: int = 32,
                max_features: int = 320, classes: int = 16, precision: str = "fp32", device: str = "cpu",
                steps: int = 3, warmup: int = 1, threads: int = 2, loss: str = "dice_ce", batch_dice: bool = True,
@@ -96,7 +109,6 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
                channels_last: bool = False, max_pools_per_axis: int | None = 5, seed: int = 0) -> dict:
     """Time ``steps`` training steps after ``warmup`` ones; see the module docstring."""
     from seggrid.engine.network import build_network
-    from seggrid.engine.planner import plan_topology
     from seggrid.engine.recipe import build_optimizer, effective_precision, grad_scaler
     from seggrid.engine.sampling import Prefetcher
     from seggrid.engine.train import configure_determinism, peak_memory_mb, train_step, training_loss
@@ -106,11 +118,8 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
     determinism = configure_determinism(deterministic, dev)
     precision = effective_precision(precision, dev)
     torch.manual_seed(seed)
-    topo = plan_topology(patch, spacing, base_features, max_features, max_pools_per_axis, "down")
-    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
-               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
-               "loss": loss, "batch_dice": batch_dice}
-    plan = {"setting": setting, "topology": topo, "n_classes": classes}
+    plan = step_plan(patch, spacing, base_features, max_features, classes, max_pools_per_axis, loss, batch_dice)
+    setting, topo = plan["setting"], plan["topology"]
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = build_network(plan).to(dev).to(memory_format=fmt)
     forward = torch.compile(model) if compile_ else model
@@ -180,7 +189,6 @@ def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> No
     import torch.distributed as dist
 
     from seggrid.engine.network import build_network
-    from seggrid.engine.planner import plan_topology
     from seggrid.engine.recipe import build_optimizer, grad_scaler
     from seggrid.engine.spatial import SpatialContext, check_partitionable, partition_network, sync_gradients
     from seggrid.engine.train import train_step, training_loss
@@ -189,12 +197,9 @@ def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> No
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    topo = plan_topology(cfg["patch"], cfg["spacing"], cfg["base_features"], cfg["max_features"], 5, "down")
+    plan = step_plan(cfg["patch"], cfg["spacing"], cfg["base_features"], cfg["max_features"], cfg["classes"])
+    setting, topo = plan["setting"], plan["topology"]
     eff = topo["patch_effective"]
-    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
-               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
-               "loss": "dice_ce", "batch_dice": True}
-    plan = {"setting": setting, "topology": topo, "n_classes": cfg["classes"]}
     torch.manual_seed(0)
     net = build_network(plan)
     spatial = None

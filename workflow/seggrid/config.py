@@ -61,6 +61,7 @@ def partition_problems(s: dict) -> list[str]:
     """Why a resolved setting cannot train on ``spatial_partitions`` slabs (empty: it can).
     The slab size against the network's strides is checked by the planner (spatial.py)."""
     from seggrid.engine.losses import PARTITIONABLE_LOSSES
+    from seggrid.engine.spatial import default_axis
 
     parts, problems = s["spatial_partitions"], []
     if s["gpus"] < parts or s["gpus"] % parts:
@@ -71,9 +72,8 @@ def partition_problems(s: dict) -> list[str]:
         problems.append(f"loss {s['loss']} cannot be reduced over slabs; use one of {list(PARTITIONABLE_LOSSES)}")
     if s.get("compile"):
         problems.append("compile: true is not supported with spatial partitions")
-    axis = s.get("partition_axis")
     patch = s["patch"]
-    axis = max(range(3), key=lambda a: (patch[a], -a)) if axis is None else axis
+    axis = default_axis(patch) if s.get("partition_axis") is None else s["partition_axis"]
     if patch[axis] % parts:
         problems.append(f"patch {list(patch)}: axis {axis} ({patch[axis]} voxels) does not split into {parts} "
                         "equal slabs")

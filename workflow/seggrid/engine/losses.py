@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seggrid.engine.network import downsample_target
+from seggrid.engine.spatial import reduce_sums
 
 TOPK_FRACTION = 0.10
 FOCAL_GAMMA = 2.0
@@ -124,7 +125,7 @@ class _SoftmaxLoss(torch.autograd.Function):
                     world = spatial.dp_size
             elif spatial is not None:            # per sample: the sums of its slabs
                 sums = torch.stack([tp, s, g])
-                dist.all_reduce(sums, group=spatial.group)
+                reduce_sums(sums, spatial)
                 tp, s, g = sums.unbind(0)
             tp, denom = tp[:, 1:], (s[:, 1:] + g[:, 1:] + smooth).clamp_min(1e-8)
             ctx.dice = (tp, denom, smooth, world)
@@ -140,7 +141,7 @@ class _SoftmaxLoss(torch.autograd.Function):
             ctx.count = value.numel() * (spatial.size if spatial is not None else 1)
             voxel_sum = value.sum()
             if spatial is not None:              # the mean over the whole sample's voxels
-                dist.all_reduce(voxel_sum, group=spatial.group)
+                reduce_sums(voxel_sum, spatial)
             total = total + voxel_sum / ctx.count
         ctx.voxel = voxel
         ctx.save_for_backward(logits, target, selected)

@@ -9,8 +9,9 @@ each keeps slab ``i`` of it along ``partition_axis``. All the communication live
   at the global border); its backward pass sends the halo's gradient back to the owner,
   which adds it to its boundary planes. The convolution runs on the slab as it is and adds
   the halo's contribution to the few boundary output planes (no padded copy of the slab).
-- :func:`all_reduce_sum`: a differentiable sum over a group (its backward pass sums the
-  gradients), used for instance-norm statistics and the loss's Dice sums.
+- instance norm over the whole sample (:class:`_InstanceNorm`): statistics all-reduced over
+  the group in the forward pass, the two sums its gradient needs in the backward pass.
+- :func:`reduce_sums`: the loss's Dice sums and voxel sums, over a sample's slabs.
 - :func:`sync_gradients`: parameter gradients summed over all ranks and divided by the
   number of spatial groups: summed over a sample's slabs, averaged over data-parallel ranks.
 
@@ -188,25 +189,10 @@ def _timed_all_reduce(t: torch.Tensor, spatial: SpatialContext | None, group=Non
         spatial.comm_seconds += time.perf_counter() - t0
 
 
-class _AllReduceSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, spatial):
-        ctx.spatial = spatial
-        out = x.clone()
-        _timed_all_reduce(out, spatial, spatial.group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        out = grad.clone()
-        _timed_all_reduce(out, ctx.spatial, ctx.spatial.group)
-        return out, None
-
-
-def all_reduce_sum(x: torch.Tensor, spatial: SpatialContext) -> torch.Tensor:
-    """Sum over the ranks of ``spatial``'s group; the gradient of every rank's copy flows
-    back to all."""
-    return _AllReduceSum.apply(x, spatial)
+def reduce_sums(t: torch.Tensor, spatial: SpatialContext, over_all_ranks: bool = False) -> None:
+    """Sum ``t`` in place over the sample's slabs (or over every rank): the loss's Dice sums
+    and voxel counts. Not differentiable: the losses' backward passes are written by hand."""
+    _timed_all_reduce(t, spatial, None if over_all_ranks else spatial.group)
 
 
 #: elements per all-reduce of small gradients packed together (16 MB of float32)
