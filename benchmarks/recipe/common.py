@@ -1,0 +1,202 @@
+"""Shared helpers for the recipe-fidelity components (`benchmarks/recipe_vs_nnunet.py`).
+
+Protocol (every component follows it):
+
+* A component is ``benchmarks/recipe/<name>.py`` defining::
+
+      def compare(nnunet_python: str, workdir: pathlib.Path) -> dict
+
+  It prepares inputs in ``workdir`` (with our code, in the project venv), runs nnU-Net's side
+  with :func:`run_nnunet_side` (which executes ``benchmarks/recipe/nnunet_<name>.py WORKDIR``
+  with ``nnunet_python``: that script uses nnU-Net 2.8.1's OWN functions on the same inputs
+  and writes its results to ``workdir``), then compares and returns :func:`result`'s dict:
+  at least ``{"component": name, "match": bool}`` plus numbers (JSON-able).
+* Each component ends with::
+
+      if __name__ == "__main__":
+          run_standalone(compare, "<name>")
+
+  so ``python benchmarks/recipe/<name>.py NNUNET_PYTHON [--workdir DIR]`` prints its one
+  JSON line (progress and the nnU-Net side's own output go to stderr).
+* Imports: write ``from common import ...`` (not ``benchmarks.recipe.common``). This module's
+  folder is on ``sys.path`` in all three ways a file here runs: as a script (Python puts the
+  script's folder first), imported by the driver (it adds ``benchmarks/recipe`` to
+  ``sys.path``), and as ``nnunet_<name>.py`` in the nnU-Net venv. Importing this module
+  also puts ``workflow/`` on ``sys.path``, so ``import seggrid`` works in the project venv.
+* This module uses only the standard library and numpy: it is imported on BOTH sides.
+* On the nnU-Net side, call :func:`nnunet_env_setup` before ``import nnunetv2`` when the
+  script may be run by hand (:func:`run_nnunet_side` already sets ``nnUNet_raw``,
+  ``nnUNet_preprocessed``, ``nnUNet_results`` to folders under ``workdir``).
+* Exchange data as ``.npy``/``.npz``/``.json`` files in ``workdir``: :func:`save_npz`,
+  :func:`load_npz`, :func:`save_json`, :func:`load_json`.
+
+Example (our side)::
+
+    from common import load_npz, max_abs_diff, result, run_nnunet_side, run_standalone, save_npz
+
+    def compare(nnunet_python: str, workdir: Path) -> dict:
+        save_npz(workdir / "inputs.npz", x=np.arange(4.0))
+        run_nnunet_side(nnunet_python, __file__, workdir)     # runs nnunet_<name>.py
+        theirs = load_npz(workdir / "nnunet.npz")["y"]
+        diff = max_abs_diff(ours, theirs)
+        return result("<name>", diff <= 1e-6, max_abs_diff=diff, tolerance=1e-6)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RECIPE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = RECIPE_DIR.parents[1]
+WORKFLOW_DIR = REPO_ROOT / "workflow"
+NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+for _path in (str(RECIPE_DIR), str(WORKFLOW_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+
+def log(message: str) -> None:
+    """Progress line to stderr (stdout carries only the JSON lines)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def nnunet_env_setup(workdir: Path) -> dict[str, str]:
+    """Point nnUNet_raw/_preprocessed/_results at (created) folders under ``workdir``.
+
+    Sets them in ``os.environ`` only where unset (so nnunetv2 imports quietly) and returns
+    a copy of the environment with them, for a child process.
+    """
+    env = dict(os.environ)
+    for name in NNUNET_ENV_VARS:
+        folder = Path(workdir) / "_nnunet_dirs" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault(name, str(folder))
+        env[name] = str(folder)
+    return env
+
+
+def nnunet_script_for(component_file: str | Path) -> Path:
+    """``benchmarks/recipe/<name>.py`` -> ``benchmarks/recipe/nnunet_<name>.py``."""
+    path = Path(component_file).resolve()
+    return path.with_name(f"nnunet_{path.name}")
+
+
+def run_nnunet_side(
+    nnunet_python: str,
+    component_file: str | Path,
+    workdir: Path,
+    *extra_args: str,
+    timeout_s: float | None = 1800,
+) -> float:
+    """Run ``nnunet_<name>.py WORKDIR [extra_args]`` with ``nnunet_python``; return seconds.
+
+    ``component_file`` is the component's ``__file__`` (or the nnunet_ script itself). The
+    child runs with cwd = repository root, the nnUNet_* variables pointing into ``workdir``,
+    and its stdout sent to our stderr, so the driver's stdout stays one JSON line per
+    component. A non-zero exit raises ``subprocess.CalledProcessError`` (check=True).
+    """
+    script = Path(component_file).resolve()
+    if not script.name.startswith("nnunet_"):
+        script = nnunet_script_for(script)
+    if not script.is_file():
+        raise FileNotFoundError(f"{script}: nnU-Net side of this component not found")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = nnunet_env_setup(workdir)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    start = time.perf_counter()
+    subprocess.run(
+        [nnunet_python, str(script), str(workdir), *extra_args],
+        check=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=sys.stderr.fileno(),
+        timeout=timeout_s,
+    )
+    return time.perf_counter() - start
+
+
+def save_npz(path: Path, **arrays: Any) -> None:
+    """Save named arrays (anything ``np.asarray`` takes) uncompressed to ``path``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` into a plain dict (file closed on return)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def save_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` (numpy scalars/arrays allowed) as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(to_jsonable(obj), indent=1))
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays, tuples, Paths -> plain JSON types; NaN/inf -> strings."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """Largest |a - b| over all elements (shapes must agree), as a Python float."""
+    a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"shapes differ: {a_arr.shape} vs {b_arr.shape}")
+    return float(np.max(np.abs(a_arr - b_arr))) if a_arr.size else 0.0
+
+
+def result(component: str, match: bool, **numbers: Any) -> dict[str, Any]:
+    """The component's JSON-able report: ``{"component", "match", **numbers}``."""
+    return to_jsonable({"component": component, "match": bool(match), **numbers})
+
+
+def run_standalone(
+    compare: Callable[[str, Path], dict], component: str, argv: Sequence[str] | None = None
+) -> None:
+    """CLI of one component: ``<name>.py NNUNET_PYTHON [--workdir DIR]`` -> one JSON line.
+
+    Exit code 0 when ``match`` is true, 1 otherwise.
+    """
+    ap = argparse.ArgumentParser(description=f"recipe component '{component}' vs nnU-Net 2.8.1")
+    ap.add_argument("nnunet_python", help="python of an environment with nnunetv2 2.8.1")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep inputs/outputs here")
+    args = ap.parse_args(argv)
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix=f"recipe_{component}_") as tmp:
+            out = compare(args.nnunet_python, Path(tmp))
+    else:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        out = compare(args.nnunet_python, args.workdir)
+    print(json.dumps(to_jsonable(out)), flush=True)
+    sys.exit(0 if out.get("match") else 1)
