@@ -27,6 +27,11 @@ Protocol (every component follows it):
 * On the nnU-Net side, call :func:`nnunet_env_setup` before ``import nnunetv2`` when the
   script may be run by hand (:func:`run_nnunet_side` already sets ``nnUNet_raw``,
   ``nnUNet_preprocessed``, ``nnUNet_results`` to folders under ``workdir``).
+* nnU-Net side: :func:`nnunet_plans` + :func:`nnunet_dataset_json` + :func:`nnunet_trainer` give a real
+  (uninitialised, CPU) ``nnUNetTrainer`` whose own methods (``_build_loss``,
+  ``get_training_transforms``, ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``,
+  ``_set_batch_size_and_oversample``, ...) can be called without a dataset;
+  :func:`nnunet_import_setup` stubs seaborn when the venv lacks it.
 * Exchange data as ``.npy``/``.npz``/``.json`` files in ``workdir``: :func:`save_npz`,
   :func:`load_npz`, :func:`save_json`, :func:`load_json`.
 
@@ -200,3 +205,129 @@ def run_standalone(
         out = compare(args.nnunet_python, args.workdir)
     print(json.dumps(to_jsonable(out)), flush=True)
     sys.exit(0 if out.get("match") else 1)
+
+
+# --- nnU-Net side helpers (import nnunetv2 lazily: call them only from nnunet_<name>.py) ----------
+
+
+def nnunet_plans(
+    patch: Sequence[int],
+    spacing: Sequence[float],
+    pool_op_kernel_sizes: Sequence[Sequence[int]],
+    conv_kernel_sizes: Sequence[Sequence[int]],
+    batch_size: int = 2,
+    batch_dice: bool = True,
+    base_features: int = 32,
+    max_features: int = 320,
+    normalization: str = "CTNormalization",
+) -> dict:
+    """A minimal nnU-Net v2 plans dict with one ``3d_fullres`` configuration (pure data).
+
+    Keys as nnU-Net 2.8.1's ExperimentPlanner writes them (PlainConvUNet, 2 convs per stage,
+    instance norm eps 1e-5 affine, leaky ReLU, conv bias); ``pool_op_kernel_sizes`` starts
+    with ``[1, 1, 1]`` (stage 0), one entry per stage like ``conv_kernel_sizes``. Pass it to
+    :func:`nnunet_trainer`.
+    """
+    n_stages = len(pool_op_kernel_sizes)
+    if len(conv_kernel_sizes) != n_stages:
+        raise ValueError(f"{n_stages} pool entries but {len(conv_kernel_sizes)} conv kernels")
+    arch = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": n_stages,
+            "features_per_stage": [min(base_features * 2**i, max_features) for i in range(n_stages)],
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [list(map(int, k)) for k in conv_kernel_sizes],
+            "strides": [list(map(int, s)) for s in pool_op_kernel_sizes],
+            "n_conv_per_stage": [2] * n_stages,
+            "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    fullres = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": int(batch_size),
+        "patch_size": [int(p) for p in patch],
+        "median_image_size_in_voxels": [int(p) * 2 for p in patch],
+        "spacing": [float(s) for s in spacing],
+        "normalization_schemes": [normalization],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                               "force_separate_z": None},
+        "architecture": arch,
+        "batch_dice": bool(batch_dice),
+    }
+    return {
+        "dataset_name": "Dataset999_Recipe",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [float(s) for s in spacing],
+        "original_median_shape_after_transp": [int(p) * 2 for p in patch],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": fullres},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {"max": 3000.0, "mean": 100.0, "median": 100.0, "min": -1000.0,
+                  "percentile_00_5": -900.0, "percentile_99_5": 1500.0, "std": 200.0}
+        },
+    }
+
+
+def nnunet_dataset_json(n_classes: int, channel: str = "CT") -> dict:
+    """dataset.json for :func:`nnunet_trainer`: labels background, c1 .. c{n-1}; one channel."""
+    labels = {"background": 0, **{f"c{i}": i for i in range(1, n_classes)}}
+    return {"channel_names": {"0": channel}, "labels": labels, "numTraining": 10, "file_ending": ".nii.gz"}
+
+
+def nnunet_import_setup(workdir: Path) -> None:
+    """Call before importing nnunetv2's trainer: sets the nnUNet_* folders (see
+    :func:`nnunet_env_setup`) and, when seaborn is missing (nnunetv2 2.8.1 requires it but
+    uses it only for ``sns.set`` in its progress plot), registers a no-op stand-in so
+    ``nnunetv2.training.nnUNetTrainer.nnUNetTrainer`` imports."""
+    nnunet_env_setup(workdir)
+    try:
+        import seaborn  # noqa: F401
+    except ImportError:
+        import types
+
+        stub = types.ModuleType("seaborn")
+        stub.set = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+        sys.modules["seaborn"] = stub
+
+
+def nnunet_trainer(plans: dict, dataset_json: dict, workdir: Path, fold: int = 0) -> Any:
+    """A real ``nnUNetTrainer`` (nnU-Net 2.8.1) on CPU for ``plans`` (see :func:`nnunet_plans`).
+
+    Not initialised (no network, no data): its methods that only read the plans and its own
+    hyperparameters work as in training, e.g. ``_build_loss()``,
+    ``_get_deep_supervision_scales()``, ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()``,
+    ``get_training_transforms(...)``, ``_set_batch_size_and_oversample()``; for
+    ``configure_optimizers()`` set ``trainer.network`` first. Its log files go under
+    ``workdir`` (nnUNet_results). Call only in the nnU-Net venv.
+    """
+    nnunet_import_setup(workdir)
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    plans = json.loads(json.dumps(plans))  # the trainer pops keys from its argument
+    plans.setdefault("continue_training", False)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its citation banner and device line
+        return nnUNetTrainer(plans, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
