@@ -68,21 +68,28 @@ def test_splits_are_disjoint_and_cover(pipeline):
 
 
 def test_preprocess_outputs(pipeline):
+    from seggrid.data.locations import load_class_locations
+
     pp = pipeline["preprocessed"]
     manifest = json.loads((pp / "manifest.json").read_text())
+    # the demo dataset.json names its channel "CT"
+    assert manifest["normalization"]["channel_name"] == "CT"
     assert manifest["target_spacing"] == [6.0, 6.0, 6.0]
     for cid, info in manifest["cases"].items():
         img = np.load(pp / f"{cid}_img.npy", mmap_mode="r")
         assert list(img.shape) == info["shape"] and img.dtype == np.float32
         props = json.loads((pp / f"{cid}.json").read_text())
         assert np.isfinite(img).all()
-        if info["modality"] == "MR":                      # per-image z-score
+        assert props["normalization"]["scheme"] == info["normalization"]
+        if info["normalization"] == "zscore":            # per-image z-score
             assert abs(float(np.mean(img))) < 0.1
         seg = np.load(pp / f"{cid}_seg.npy")
         assert seg.shape == img.shape and seg.max() <= 15
-        for cls, locs in props["class_locations"].items():
+        locations = load_class_locations(pp, cid, props)
+        assert sorted(locations) == sorted(int(c) for c in np.unique(seg) if c)
+        for cls, locs in locations.items():
             z, y, x = np.asarray(locs).T
-            assert np.all(seg[z, y, x] == int(cls))
+            assert np.all(seg[z, y, x] == cls)
 
 
 def test_preprocess_pool_gives_the_same_outputs_as_one_worker(pipeline, tmp_path, capsys):

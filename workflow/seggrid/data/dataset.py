@@ -34,6 +34,7 @@ class Dataset:
     labels: dict[int, str]                   # label value -> organ name, 0 = background
     training: list[Case]
     validation: list[Case] = field(default_factory=list)
+    channel_name: str = "CT"                 # the one input channel's name in dataset.json
 
     @property
     def foreground_labels(self) -> list[int]:
@@ -136,7 +137,7 @@ def _load_msd(root: Path, djson: Path, meta: dict, mr_case_id_min: int | None) -
     training = cases("training")
     if not training:
         raise SeggridError(f"{djson}: 'training' is empty")
-    return Dataset(root, "msd", labels, training, cases("validation"))
+    return Dataset(root, "msd", labels, training, cases("validation"), channel_name=modality)
 
 
 def _load_v2(root: Path, djson: Path, meta: dict, mr_case_id_min: int | None) -> Dataset:
@@ -163,4 +164,4 @@ def _load_v2(root: Path, djson: Path, meta: dict, mr_case_id_min: int | None) ->
         raise SeggridError(f"{labels_dir}: no label files ending in '{ending}'")
     if isinstance(n, int) and n != len(training):
         raise SeggridError(f"{djson}: numTraining is {n} but {labels_dir} holds {len(training)} labels")
-    return Dataset(root, "nnunetv2", labels, training, [])
+    return Dataset(root, "nnunetv2", labels, training, [], channel_name=modality)

@@ -1,4 +1,15 @@
-"""Dataset fingerprint: spacing and shape after crop-to-nonzero, CT foreground intensities."""
+"""Dataset fingerprint: spacing and shape after crop-to-nonzero, foreground intensities.
+
+Foreground intensity statistics (0.5 / 99.5 percentiles, mean, std) come from
+``SAMPLES_PER_CASE`` foreground voxels per training case drawn WITH replacement, so a case
+with little foreground weighs as much as any other (nnU-Net's ``collect_foreground_intensities``;
+nnU-Net draws 10^8 / n_cases per case, we draw 10,000: the percentiles of 10,000 x n_cases
+samples are already stable and the fingerprint stays small in memory). Two sets:
+``foreground_intensity`` over every training case (nnU-Net's statistics of the channel) and
+``ct_foreground_intensity`` over the CT cases only (the ``per_modality`` normalisation).
+``median_relative_size_after_crop`` (voxels after / before the crop, median over cases) decides
+whether z-scoring uses the non-zero mask (``data/normalization.py``).
+"""
 
 from __future__ import annotations
 
@@ -48,7 +59,7 @@ def compute_fingerprint(root: str | Path, mr_case_id_min: int | None = None, see
                         modalities: list[str] | None = None) -> dict:
     ds = load_dataset(root, mr_case_id_min, modalities)
     rng = np.random.default_rng(seed)
-    spacings, shapes, ct_samples = [], [], []
+    spacings, shapes, samples, ct_samples = [], [], [], []
     per_case = []
     for i, case in enumerate(ds.training, 1):
         img = load_nifti(case.image)
@@ -59,23 +70,32 @@ def compute_fingerprint(root: str | Path, mr_case_id_min: int | None = None, see
         shape = [b - a for a, b in box]
         spacings.append(spacing)
         shapes.append(shape)
-        if case.modality == "CT":
-            fg = internal[label > 0]
-            if fg.size:
-                ct_samples.append(rng.choice(fg, size=min(SAMPLES_PER_CASE, fg.size), replace=False))
+        fg = internal[label > 0]
+        if fg.size:
+            drawn = rng.choice(fg, size=SAMPLES_PER_CASE, replace=True)
+            samples.append(drawn)
+            if case.modality == "CT":
+                ct_samples.append(drawn)
         per_case.append({"case_id": case.case_id, "modality": case.modality, "spacing": list(spacing),
-                         "shape_after_crop": shape})
+                         "shape_after_crop": shape,
+                         "relative_size_after_crop": float(np.prod(shape) / np.prod(internal.shape))})
         print(f"[fingerprint] {i}/{len(ds.training)} {case.case_id} spacing {np.round(spacing, 3).tolist()}",
               flush=True)
-    ct_stats = None
-    if ct_samples:
-        v = np.concatenate(ct_samples).astype(np.float64)
-        ct_stats = {"percentile_00_5": float(np.percentile(v, 0.5)), "percentile_99_5": float(np.percentile(v, 99.5)),
-                    "mean": float(v.mean()), "std": float(v.std()), "n_samples": int(v.size)}
     sp, sh = np.asarray(spacings), np.asarray(shapes)
     return {
         "axes": "(z, y, x), RAS-aligned", "n_cases": len(per_case),
         "median_spacing": np.median(sp, axis=0).tolist(), "median_shape": np.median(sh, axis=0).tolist(),
         "target_spacing_rule": target_spacing_rule(sp, sh),
-        "ct_foreground_intensity": ct_stats, "cases": per_case,
+        "median_relative_size_after_crop": float(np.median([c["relative_size_after_crop"] for c in per_case])),
+        "foreground_intensity": intensity_statistics(samples),
+        "ct_foreground_intensity": intensity_statistics(ct_samples), "cases": per_case,
     }
+
+
+def intensity_statistics(samples: list[np.ndarray]) -> dict | None:
+    """0.5 / 99.5 percentiles, mean and (population) std of the pooled samples; None if none."""
+    if not samples:
+        return None
+    v = np.concatenate(samples).astype(np.float64)
+    return {"percentile_00_5": float(np.percentile(v, 0.5)), "percentile_99_5": float(np.percentile(v, 99.5)),
+            "mean": float(v.mean()), "std": float(v.std()), "n_samples": int(v.size)}

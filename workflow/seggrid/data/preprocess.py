@@ -6,10 +6,15 @@ where z is coarsest). Resampling is cubic for images and linear on the one-hot e
 labels; when the original or target spacing is anisotropic (max/min > 3), the in-plane
 axes are resampled that way slice by slice and the out-of-plane axis 0 with nearest neighbour.
 
-Every case becomes ``<case>_img.npy`` (float32, (z, y, x)), ``<case>_seg.npy`` (uint8) and
-``<case>.json`` (geometry, crop box, class locations), so training memory-maps patches
-without loading whole volumes; ``timings.json`` records each case's seconds and its worker's
-peak memory. :func:`to_original_geometry` undoes all of it for predictions.
+Normalisation (``data/normalization.py``) runs on the cropped image before resampling, as in
+nnU-Net; ``preprocessing.normalization`` picks the scheme per case.
+
+Every case becomes ``<case>_img.npy`` (float32, (z, y, x)), ``<case>_seg.npy`` (uint8),
+``<case>_locations.npy`` (sampled foreground voxels, ``data/locations.py``) and ``<case>.json``
+(geometry, crop box, normalisation, rows of each class's locations), so training memory-maps
+patches without loading whole volumes; ``manifest.json`` records the normalisation option and
+each case's scheme, ``timings.json`` each case's seconds and its worker's peak memory.
+:func:`to_original_geometry` undoes all of it for predictions.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from seggrid.data.dataset import Case, load_dataset
-from seggrid.errors import SeggridError
 from seggrid.data.fingerprint import crop, nonzero_bbox
 from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
+from seggrid.data.locations import locations_file, sample_class_locations
+from seggrid.data import normalization
 from seggrid.io import atomic_path, write_json
 from seggrid.engine.planner import coarsest_first
 
-LOCATIONS_PER_CLASS = 500
 ANISO_THRESHOLD = 3.0
 
 
@@ -50,17 +55,6 @@ def nearest_along_axis0(t: torch.Tensor, n: int, axis: int = 0) -> torch.Tensor:
         return t
     idx = torch.round(torch.arange(n, dtype=torch.float64) * ((old - 1) / max(n - 1, 1))).long().to(t.device)
     return t.index_select(axis, idx)
-
-
-def normalise(image: np.ndarray, modality: str, ct_stats: dict | None) -> np.ndarray:
-    """CT: clip to the training set's foreground 0.5/99.5 percentiles, z-score with its
-    foreground mean/std. MR (anything else): z-score of this image."""
-    if modality == "CT":
-        if not ct_stats:
-            raise SeggridError("preprocess: CT case but the fingerprint has no CT intensity statistics")
-        image = np.clip(image, ct_stats["percentile_00_5"], ct_stats["percentile_99_5"])
-        return ((image - ct_stats["mean"]) / max(ct_stats["std"], 1e-8)).astype(np.float32)
-    return ((image - image.mean()) / max(float(image.std()), 1e-8)).astype(np.float32)
 
 
 def new_shape(shape, spacing, target) -> list[int]:
@@ -118,48 +112,42 @@ def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int, anisot
     return out
 
 
-def class_locations(seg: np.ndarray, rng: np.random.Generator) -> dict[str, list[list[int]]]:
-    out = {}
-    for c in np.unique(seg):
-        if c == 0:
-            continue
-        idx = np.argwhere(seg == c)
-        take = rng.choice(len(idx), size=min(LOCATIONS_PER_CLASS, len(idx)), replace=False)
-        out[str(int(c))] = idx[np.sort(take)].tolist()
-    return out
-
-
-def preprocess_case(case: Case, target: list[float], ct_stats: dict | None, n_classes: int,
-                    out_dir: Path, seed: int) -> dict:
-    """``target`` is the (z, y, x) spacing; arrays are stored in ``coarsest_first(target)`` order."""
+def preprocess_case(case: Case, target: list[float], norm: dict, n_classes: int, out_dir: Path,
+                    seed: int) -> dict:
+    """``target`` is the (z, y, x) spacing; arrays are stored in ``coarsest_first(target)`` order.
+    ``norm``: ``{"scheme": "ct" | "zscore", "ct_stats": dict | None, "use_mask": bool}``."""
     order = coarsest_first(target)
     img = load_nifti(case.image)
     image, spacing, geom = file_to_internal(img, read_array(img, case.image))
     image = image.transpose(order)
     spacing, target = [spacing[a] for a in order], [target[a] for a in order]
     box = nonzero_bbox(image)
-    image = normalise(crop(image, box), case.modality, ct_stats)
+    image = normalization.normalise(crop(image, box), norm["scheme"], norm["ct_stats"], norm["use_mask"])
     shape = new_shape(image.shape, spacing, target)
     aniso = separate_z(spacing, target)
     props = {"case_id": case.case_id, "modality": case.modality, "geometry": geom.to_dict(), "transpose": order,
              "spacing_original": list(spacing), "crop_box": box, "shape_cropped": list(image.shape),
              "shape_preprocessed": shape, "spacing": list(target), "separate_z": aniso,
-             "has_label": case.label is not None}
+             "has_label": case.label is not None,
+             "normalization": {"scheme": norm["scheme"], "use_mask": norm["use_mask"]}}
     np.save(out_dir / f"{case.case_id}_img.npy", resample_image(image, shape, aniso))
     if case.label is not None:
         lab_img = load_nifti(case.label)
         seg, _, _ = file_to_internal(lab_img, read_array(lab_img, case.label, dtype=np.uint8))
         seg = resample_labels(crop(seg.transpose(order), box), shape, n_classes, aniso)
         np.save(out_dir / f"{case.case_id}_seg.npy", seg)
-        props["class_locations"] = class_locations(seg, np.random.default_rng(seed))
+        locations, rows, counts = sample_class_locations(seg, np.random.default_rng(seed), n_classes)
+        np.save(out_dir / locations_file(case.case_id), locations)
+        props.update(class_locations_file=locations_file(case.case_id), class_location_rows=rows,
+                     class_voxel_counts=counts)
     return props
 
 
 def _preprocess_one(job: tuple) -> tuple[str, dict, dict]:
     """Worker body: one case, written to the (temporary) output folder; returns its props."""
-    case, target, ct_stats, n_classes, out_dir, seed = job
+    case, target, norm, n_classes, out_dir, seed = job
     t0 = time.perf_counter()
-    props = preprocess_case(case, target, ct_stats, n_classes, Path(out_dir), seed)
+    props = preprocess_case(case, target, norm, n_classes, Path(out_dir), seed)
     write_json(Path(out_dir) / f"{case.case_id}.json", props)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # this worker, so far
     return case.case_id, props, {"seconds": time.perf_counter() - t0, "worker_peak_rss_mb": peak_mb}
@@ -171,8 +159,13 @@ def _init_worker() -> None:
 
 def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list[float] | None,
                        out: str | Path, mr_case_id_min: int | None = None, seed: int = 0,
-                       threads: int = 1, modalities: list[str] | None = None) -> dict:
+                       threads: int = 1, modalities: list[str] | None = None,
+                       normalization_option: str = "channel_name") -> dict:
     """Preprocess every training and validation case into ``out`` (a folder, written atomically).
+
+    ``normalization_option`` is ``preprocessing.normalization`` (``data/normalization.py``):
+    each case's scheme, the CT statistics and whether z-scoring uses the non-zero mask are
+    resolved here and recorded in ``manifest.json`` and each ``<case>.json``.
 
     Cases run in a pool of ``threads`` worker processes, one thread each (scipy's cubic zoom is
     single-threaded, so one process per core is what scales). Case ``i`` (1-based, in dataset
@@ -182,16 +175,24 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
     target = list(target_spacing) if target_spacing else fingerprint["target_spacing_rule"]
     n_classes = max(ds.labels) + 1
     cases = ds.training + ds.validation
+    schemes = {c.case_id: normalization.case_scheme(normalization_option, ds.channel_name, c.modality)
+               for c in cases}
+    use_mask = "zscore" in schemes.values() and normalization.use_mask_for_zscore(fingerprint)
+    ct_stats = (normalization.ct_statistics(fingerprint, normalization_option)
+                if "ct" in schemes.values() else None)
     manifest = {"target_spacing": target, "transpose": coarsest_first(target),
                 "spacing_network_order": [target[a] for a in coarsest_first(target)], "n_classes": n_classes,
                 "labels": {str(k): v for k, v in ds.labels.items()},
+                "normalization": {"option": normalization_option, "channel_name": ds.channel_name,
+                                  "zscore_uses_nonzero_mask": use_mask, "ct_statistics": ct_stats},
                 "training": [c.case_id for c in ds.training], "validation": [c.case_id for c in ds.validation],
                 "cases": {}}
-    ct_stats = fingerprint.get("ct_foreground_intensity")
     workers = max(1, min(threads, len(cases)))
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        jobs = [(case, target, ct_stats, n_classes, str(tmp), seed + i) for i, case in enumerate(cases, 1)]
+        jobs = [(case, target, {"scheme": schemes[case.case_id], "ct_stats": ct_stats,
+                                "use_mask": use_mask and schemes[case.case_id] == "zscore"},
+                 n_classes, str(tmp), seed + i) for i, case in enumerate(cases, 1)]
         t_start, done, timings = time.perf_counter(), {}, {}
         if workers == 1:
             torch.set_num_threads(1)
@@ -202,7 +203,8 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
             results = pool.imap_unordered(_preprocess_one, jobs)
         try:
             for cid, props, timing in results:
-                done[cid] = {"modality": props["modality"], "shape": props["shape_preprocessed"]}
+                done[cid] = {"modality": props["modality"], "shape": props["shape_preprocessed"],
+                             "normalization": props["normalization"]["scheme"]}
                 timings[cid], seconds = timing, timing["seconds"]
                 elapsed = time.perf_counter() - t_start
                 eta = elapsed / len(done) * (len(cases) - len(done))
