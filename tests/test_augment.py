@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from seggrid.engine.augment import (PRESETS, AugmentConfig, Augmenter, SampleParams, build_augmenter_config,
-                             gamma_keep_stats, gaussian_blur, rotation_matrix, simulate_low_resolution)
-from seggrid.engine.sampling import PatchSampler, Prefetcher, SmartCache, adaptive_foreground_fraction
+                                    gamma_keep_stats, gaussian_blur, initial_patch_size, resample_labels,
+                                    rotation_matrix, simulate_low_resolution)
+from seggrid.engine.sampling import (PatchSampler, Prefetcher, SmartCache, adaptive_foreground_fraction, box_bounds,
+                                     forced_foreground_counts, local_batch)
 
 OFF = PRESETS["none"]
 
@@ -69,8 +71,6 @@ def test_random_rotation_and_scaling_keep_image_and_label_aligned():
     rng = np.random.default_rng(1)
     for _ in range(5):
         params = aug.draw(rng)
-        src = Augmenter.source_size(params, [12, 20, 20])
-        assert all(s >= p and (s - p) % 2 == 0 for s, p in zip(src, [12, 20, 20]))
         out_img, out_lab = aug(img, lab, [params], [12, 20, 20], _gen())
         inside = out_img > 0                                # linear interpolation blurs only edges
         agree = (torch.round(out_img / 10).long() == out_lab).float().mean()
@@ -79,16 +79,13 @@ def test_random_rotation_and_scaling_keep_image_and_label_aligned():
         assert inside.any()
 
 
-def test_source_crop_holds_every_transformed_patch_corner():
-    aug = Augmenter(replace(OFF, rotation_p=1.0, scale_p=1.0))
-    rng = np.random.default_rng(5)
-    patch = np.array([16, 40, 40])
-    for _ in range(50):
-        p = aug.draw(rng)
-        src = np.array(Augmenter.source_size(p, patch.tolist()))
-        corners = np.array(np.meshgrid(*[[-(n - 1) / 2, (n - 1) / 2] for n in patch], indexing="ij")).reshape(3, -1)
-        mapped = p.matrix @ corners
-        assert np.all(np.abs(mapped) <= (src[:, None] - 1) / 2 + 1e-6)
+def test_initial_patch_is_nnunets_get_patch_size():
+    """Values printed by nnU-Net 2.8.1's own get_patch_size (rotation 30 deg, or 180 deg capped at
+    90 in dummy 2D, scale 0.85; dummy 2D keeps axis 0), see benchmarks/recipe/sampler.py."""
+    assert initial_patch_size([64, 160, 160]) == [159, 257, 200]
+    assert initial_patch_size([64, 288, 288]) == [64, 338, 338]
+    assert initial_patch_size([64, 384, 384]) == [64, 451, 451]
+    assert initial_patch_size([16, 24, 24]) == [30, 38, 33]
 
 
 def test_intensity_transforms_change_the_image_but_never_the_label():
@@ -249,3 +246,173 @@ def test_smart_cache_replaces_a_fraction_per_epoch_and_resumes_identically():
         cache.start_epoch()
         twin.start_epoch()
         assert cache.members == twin.members
+
+
+# ---- nnU-Net 2.8.1 fidelity: quota, placement and every augmentation parameter ----
+
+def test_default_parameters_are_nnunet_2_8_1s():
+    """get_training_transforms (nnUNetTrainer.py) with batchgeneratorsv2 0.3's transforms."""
+    c = AugmentConfig()
+    assert (c.rotation_p, c.rotation_deg, c.rotation_deg_dummy_2d) == (0.2, 30.0, 180.0)
+    assert (c.scale_p, c.scale_range) == (0.2, (0.7, 1.4))
+    assert (c.noise_p, c.noise_std) == (0.1, (0.0, 0.1))
+    assert (c.blur_p, c.blur_sigma, c.blur_p_per_channel, c.blur_truncate) == (0.2, (0.5, 1.0), 0.5, 6.0)
+    assert (c.brightness_p, c.brightness_range) == (0.15, (0.75, 1.25))
+    assert (c.contrast_p, c.contrast_range) == (0.15, (0.75, 1.25))
+    assert (c.lowres_p, c.lowres_range, c.lowres_p_per_channel) == (0.25, (0.5, 1.0), 0.5)
+    assert (c.gamma_inverted_p, c.gamma_p, c.gamma_range) == (0.1, 0.3, (0.7, 1.5))
+    assert c.mirror_p == 0.5
+
+
+def test_noise_std_is_drawn_uniformly_not_its_square_root():
+    aug = Augmenter(replace(OFF, noise_p=1.0))
+    stds = np.array([aug.draw(np.random.default_rng(i)).noise_std for i in range(3000)])
+    assert stds.min() >= 0 and stds.max() <= 0.1
+    assert abs(stds.mean() - 0.05) < 0.003            # sqrt(U(0, 0.1)) would average 0.21
+
+
+def test_blur_acts_on_axis_0_also_in_dummy_2d_and_uses_nnunets_kernel():
+    cfg = replace(build_augmenter_config("nnunet", [8, 40, 40]), blur_p=1.0, blur_p_per_channel=1.0)
+    assert cfg.dummy_2d
+    sigmas = np.array([Augmenter(cfg).draw(np.random.default_rng(i)).blur_sigma for i in range(200)])
+    assert (sigmas >= 0.5).all() and (sigmas <= 1.0).all() and sigmas[:, 0].std() > 0.1
+    delta = torch.zeros(1, 1, 9, 9, 9)
+    delta[0, 0, 4, 4, 4] = 1
+    out = gaussian_blur(delta, np.array([1.0, 0.0, 0.0]))[0, 0, :, 4, 4]
+    # sigma 1: round_to_odd(6.5) = 7 taps at -3..3, normalised
+    w = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    assert np.allclose(out[1:8].numpy(), w / w.sum(), atol=1e-6) and float(out[0]) == 0
+    edge = torch.arange(5.0).view(1, 1, 5, 1, 1)
+    # reflect padding: the value beyond index 0 is index 1 (replicate would repeat index 0)
+    blurred = gaussian_blur(edge, np.array([0.5, 0.0, 0.0]))[0, 0, :, 0, 0]
+    k = np.exp(-0.5 * (np.arange(-1, 2) / 0.5) ** 2)
+    k /= k.sum()                                         # round_to_odd(3.5) = 3 taps
+    assert float(blurred[0]) == pytest.approx(k[0] * 1 + k[1] * 0 + k[2] * 1, abs=1e-6)
+
+
+def test_low_resolution_downsamples_by_nearest_exact_and_upsamples_linearly():
+    x = torch.arange(4.0).view(1, 1, 1, 1, 4)
+    out = simulate_low_resolution(x, np.array([1.0, 1.0, 0.5]))[0, 0, 0, 0]
+    # nearest-exact keeps indices 1 and 3; linear (half-pixel centres) back to 4: 1, 1.5, 2.5, 3
+    assert torch.allclose(out, torch.tensor([1.0, 1.5, 2.5, 3.0]))
+
+
+def test_gamma_follows_batchgenerators_formula():
+    x = torch.tensor([0.0, 1.0, 2.0, 4.0])
+    g = 1.5
+    y = ((x - 0) / 4) ** g * 4
+    expected = (y - y.mean()) * (x.std() / y.std()) + x.mean()
+    assert torch.allclose(gamma_keep_stats(x, g), expected, atol=1e-6)
+    flat = torch.full((5,), 3.0)                         # zero range and std: eps keeps it finite
+    assert torch.equal(gamma_keep_stats(flat, 0.8), flat)
+
+
+def test_rotation_matrix_is_rz_ry_rx_with_batchgenerators_signs():
+    a0, a1, a2 = 0.3, -0.2, 0.5
+    c, s = np.cos, np.sin
+    rx = np.array([[1, 0, 0], [0, c(a0), -s(a0)], [0, s(a0), c(a0)]])
+    ry = np.array([[c(a1), 0, s(a1)], [0, 1, 0], [-s(a1), 0, c(a1)]])
+    rz = np.array([[c(a2), -s(a2), 0], [s(a2), c(a2), 0], [0, 0, 1]])
+    assert np.allclose(rotation_matrix(np.array([a0, a1, a2])), rz @ ry @ rx)
+
+
+def _grid_at(points):
+    """A (1, n, 1, 1, 3) grid_sample grid for (z, y, x) points given in normalised coordinates."""
+    return torch.tensor(points, dtype=torch.float32).flip(-1).view(1, len(points), 1, 1, 3)
+
+
+def test_labels_are_interpolated_as_one_hot_scores_not_nearest_neighbour():
+    lab = torch.full((1, 1, 2, 2, 2), 2, dtype=torch.int16)
+    lab[0, 0, :, 0, 0] = 1
+    # index (0, 0.4, 0.4): nearest is the label-1 voxel, but label 2 holds 0.64 of the weight
+    # (align_corners=True on a size-2 axis: index i is at 2 i - 1)
+    out = resample_labels(lab, _grid_at([[-1.0, -0.2, -0.2], [-1.0, -0.8, -0.8]]))
+    assert out.flatten().tolist() == [2, 1]
+    # a tie (0.5 / 0.5) goes to the nearest-neighbour label; past the edge is -1 ("outside")
+    line = torch.tensor([1, 2], dtype=torch.int16).view(1, 1, 1, 1, 2)
+    tie = resample_labels(line, _grid_at([[0.0, 0.0, 0.0], [0.0, 0.0, 3.0]]))
+    nearest = torch.nn.functional.grid_sample(line.float(), _grid_at([[0.0, 0.0, 0.0]]), mode="nearest",
+                                              align_corners=True)
+    assert tie.flatten().tolist() == [int(nearest.item()), -1]
+
+
+def test_outside_label_becomes_background_after_augmentation():
+    img = torch.ones(1, 1, 6, 6, 6)
+    lab = torch.full((1, 1, 6, 6, 6), 3, dtype=torch.int16)
+    lab[..., 0, :, :] = -1                                # a slab outside the image
+    aug = Augmenter(OFF)
+    out_img, out_lab = aug([img[0]], [lab[0]], [SampleParams(matrix=np.diag([1.5, 1.0, 1.0]))], [6, 6, 6], _gen())
+    assert out_lab.min() == 0 and (out_lab[0, 0, 0] == 0).all() and (out_lab[0, 0, 3] == 3).all()
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("batch", [2, 4, 8, 16, 64])
+def test_forced_foreground_per_global_batch_is_nnunets_whatever_the_gpu_count(world, batch):
+    if batch < world:
+        with pytest.raises(ValueError, match="cannot be split"):
+            forced_foreground_counts(batch, world, 0.33)
+        return
+    counts = forced_foreground_counts(batch, world, 0.33)
+    assert sum(counts) == batch - round(batch * (1 - 0.33))
+    assert all(0 <= c <= local_batch(batch, r, world) for r, c in enumerate(counts))
+    # the forced samples are the LAST ones of the global batch: only trailing ranks have them
+    first = next((r for r, c in enumerate(counts) if c), world)
+    assert all(c == local_batch(batch, r, world) for r, c in enumerate(counts) if r > first)
+
+
+def test_forced_counts_of_the_issue_table():
+    assert sum(forced_foreground_counts(2, 2, 0.33)) == 1          # p288 bs 2 on 2 GPUs (was 0)
+    assert forced_foreground_counts(2, 2, 0.33) == [0, 1]
+    assert sum(forced_foreground_counts(16, 4, 0.33)) == 5         # was 4
+    assert sum(forced_foreground_counts(64, 8, 0.33)) == 21        # was 24
+    assert forced_foreground_counts(8, 4, 0.33) == [0, 0, 1, 2]    # model B: 3 of 8 (was 4)
+
+
+def test_initial_box_bounds_follow_get_bbox():
+    # case larger than the patch: pad = initial - patch = 14, 18, 9 split in halves
+    lo, hi = box_bounds(np.array([40, 60, 50]), np.array([30, 38, 33]), np.array([16, 24, 24]))
+    assert lo.tolist() == [-7, -7, -4] and hi.tolist() == [40 + 7 - 30, 60 + 7 - 38, 50 + 4 + 1 - 33]
+    # smaller than the patch on axis 0: padded to the initial patch, one position (centred)
+    lo, hi = box_bounds(np.array([10, 60, 50]), np.array([30, 38, 33]), np.array([16, 24, 24]))
+    assert lo[0] == hi[0] == -10
+
+
+def _one_voxel_case(tmp_path, shape, voxel):
+    img = np.zeros(shape, np.float32)
+    seg = np.zeros(shape, np.uint8)
+    seg[tuple(voxel)] = 1
+    img[tuple(voxel)] = 5.0
+    np.save(tmp_path / "c_img.npy", img)
+    np.save(tmp_path / "c_seg.npy", seg)
+    (tmp_path / "c.json").write_text(json.dumps({"class_locations": {"1": [list(voxel)]}}))
+
+
+@pytest.mark.parametrize("voxel, where", [((10, 20, 20), "centre"), ((1, 2, 2), "clamped low"),
+                                          ((19, 38, 38), "past the upper edge")])
+def test_forced_patch_is_centred_on_the_voxel_clamped_only_below(tmp_path, voxel, where):
+    shape, patch = (20, 40, 40), [8, 16, 16]
+    _one_voxel_case(tmp_path, shape, voxel)
+    sampler = PatchSampler(tmp_path, ["c"], patch, 1, 1.0, np.random.default_rng(0))
+    assert sampler.n_forced == 1
+    initial = np.array(initial_patch_size(patch))
+    raw = sampler.draw_batch()
+    lab = raw.labels[0][0].numpy()
+    lo, _ = box_bounds(np.array(shape), initial, np.array(patch))
+    start = np.maximum(lo, np.array(voxel) - initial // 2) + initial // 2 - np.array(patch) // 2
+    found = np.argwhere(lab == 1)
+    assert found.tolist() == [(np.array(voxel) - start).tolist()]
+    if where == "centre":
+        assert found[0].tolist() == [p // 2 for p in patch]
+    if where == "past the upper edge":                 # no upper clamp: the patch reaches past the image
+        assert (start + np.array(patch) > np.array(shape)).all()
+
+
+def test_two_groups_force_the_same_samples_per_global_batch_as_one(pipeline):
+    one = _sampler(pipeline, 2, 0.33)
+    halves = [_sampler(pipeline, 1, 0.33, global_batch=2, group=g, groups=2) for g in (0, 1)]
+    assert one.n_forced == sum(h.n_forced for h in halves) == 1
+    for _ in range(10):
+        _, lab = halves[1].next_batch()
+        assert bool((lab > 0).any())                    # group 1 holds the forced sample
+    with pytest.raises(ValueError, match="holds 1 samples"):
+        _sampler(pipeline, 2, 0.33, global_batch=2, group=0, groups=2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from seggrid.engine.train import local_batch
+from seggrid.engine.sampling import local_batch
 
 
 def test_global_batch_is_split_over_ranks():

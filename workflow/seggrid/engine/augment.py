@@ -1,38 +1,49 @@
-"""nnU-Net's training augmentation, written as batched torch operations.
+"""nnU-Net 2.8.1's training augmentation (``nnUNetTrainer.get_training_transforms`` built from
+batchgeneratorsv2 0.3), written as batched torch operations.
 
 Parameters are drawn on the CPU from the sampler's NumPy generator (so a checkpoint that
 stores that generator resumes the exact same augmentation stream); the arrays are then
 transformed on whatever device they live on (CPU here, the GPU in a cluster job), so the
 augmentation is no longer a CPU-worker bottleneck.
 
-Order and probabilities of the ``nnunet`` preset (STUDY.md §2), per sample:
+Order, probabilities and ranges of the ``nnunet`` preset, per sample, each checked against
+batchgeneratorsv2's transform (file under ``batchgeneratorsv2/transforms/``):
 
 =================  =====  ==========================================================
 transform          p      parameters
 =================  =====  ==========================================================
-rotation           0.2    each axis U(-30, 30) deg; in "dummy 2D" only about axis 0,
-                          U(-180, 180) deg
-scaling            0.2    one factor U(0.7, 1.4); > 1 samples a larger region (zoom out)
-gaussian noise     0.1    variance U(0, 0.1)
-gaussian blur      0.2    x 0.5 per channel; sigma U(0.5, 1) per axis
+rotation           0.2    each axis U(-30, 30) deg, matrix Rz @ Ry @ Rx
+                          (``spatial/spatial.py``, ``create_affine_matrix_3d``); dummy 2D:
+                          one in-plane angle U(-180, 180) deg
+scaling            0.2    one factor U(0.7, 1.4) for every axis (y and x in dummy 2D);
+                          > 1 samples a larger region (zoom out)
+(spatial)                 image linear, zeros outside; label: each label's indicator
+                          interpolated linearly (x 1000, float16), argmax, ties to the
+                          nearest-neighbour label; outside the image/box label -1, set
+                          to 0 at the end (``mode_seg='bilinear'``, ``padding_value_seg=-1``,
+                          ``RemoveLabelTansform(-1, 0)``)
+gaussian noise     0.1    std U(0, 0.1) (``intensity/gaussian_noise.py``: the range is
+                          named ``noise_variance`` but the drawn value is the std)
+gaussian blur      0.2    x 0.5 per channel; sigma U(0.5, 1) drawn per axis, on ALL axes
+                          (also axis 0 in dummy 2D); kernel of round_to_odd(6 sigma + 0.5)
+                          taps, reflect padding (``noise/gaussian_blur.py``)
 brightness         0.15   multiply by m
 contrast           0.15   (x - mean) * m + mean, clipped to the old range
-low resolution     0.25   x 0.5 per channel; nearest downsampling by one U(0.5, 1) for
-                          all axes, linear upsampling
-gamma, inverted    0.1    gamma g; mean and std kept
+low resolution     0.25   x 0.5 per channel; one zoom U(0.5, 1) for all axes (axis 0 left
+                          alone in dummy 2D); 'nearest-exact' down, trilinear up
+gamma, inverted    0.1    gamma g of -x, mean and std kept (``intensity/gamma.py``)
 gamma              0.3    same, image not inverted
 mirroring          0.5    per axis
 =================  =====  ==========================================================
 
-m is U(0.75, 1) or U(1, 1.25) with equal chance, g likewise from (0.7, 1) or (1, 1.5).
-The probabilities are STUDY.md's; the per-channel factors 0.5, the uniform scale and the
-180-degree dummy-2D rotation are what nnU-Net 2.8.1's trainer does beyond them.
-"Dummy 2D" (max(patch) / patch[0] > 3): rotation and scaling act in the (y, x) plane only and
-low resolution and blur leave axis 0 alone. Spatial transforms resample the image linearly and the
-label with nearest neighbour, around the patch centre, from a source crop just large enough
-for that sample's rotation and scale (nnU-Net cuts from a fixed larger "initial patch");
-samples without a spatial transform are cut directly, so they are exact copies of the data.
-Low resolution upsamples linearly where nnU-Net uses cubic (torch has no 3D cubic).
+m is U(0.75, 1) or U(1, 1.25) with equal chance, g likewise from (0.7, 1) or (1, 1.5)
+(``BGContrast``). "Dummy 2D" (max(patch) / patch[0] > 3, ``ANISO_THRESHOLD``): rotation and
+scaling act in the (y, x) plane only and low resolution leaves axis 0 alone; blur does not.
+A spatially transformed sample is resampled from the sampler's whole initial-patch box
+(:func:`initial_patch_size`) around its centre, as nnU-Net's ``SpatialTransform`` does
+(``random_crop=False``): where a zoom-out reaches past that box the image is 0 and the label 0,
+as in nnU-Net. Samples without a spatial transform are cut directly (exact copies of the data).
+Every probability and range is a field of :class:`AugmentConfig`, whose defaults are nnU-Net's.
 """
 
 from __future__ import annotations
@@ -55,10 +66,11 @@ class AugmentConfig:
     scale_p: float = 0.2
     scale_range: tuple[float, float] = (0.7, 1.4)
     noise_p: float = 0.1
-    noise_variance: tuple[float, float] = (0.0, 0.1)
+    noise_std: tuple[float, float] = (0.0, 0.1)       # nnU-Net's ``noise_variance=(0, 0.1)``, used as the std
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.5, 1.0)
     blur_p_per_channel: float = 0.5
+    blur_truncate: float = 6.0                       # kernel taps: round_to_odd(sigma * truncate + 0.5)
     brightness_p: float = 0.15
     brightness_range: tuple[float, float] = (0.75, 1.25)
     contrast_p: float = 0.15
@@ -84,22 +96,56 @@ PRESETS: dict[str, AugmentConfig] = {
 }
 
 
+def degrees_to_radians(deg: float) -> float:
+    """deg / 360 * 2 pi, in nnU-Net's order of operations (so the float is bit-equal to its)."""
+    return deg / 360 * 2.0 * np.pi
+
+
+def is_dummy_2d(patch: list[int]) -> bool:
+    """nnU-Net's "dummy 2D" augmentation: max(patch) / patch[0] > 3."""
+    return max(patch) / patch[0] > ANISO_THRESHOLD
+
+
 def build_augmenter_config(name: str, patch: list[int]) -> AugmentConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown augmentation '{name}'; known: {sorted(PRESETS)}")
-    return replace(PRESETS[name], dummy_2d=max(patch) / patch[0] > ANISO_THRESHOLD)
+    return replace(PRESETS[name], dummy_2d=is_dummy_2d(patch))
+
+
+def axis_rotation(axis: int, angle: float) -> np.ndarray:
+    """3x3 rotation about array axis ``axis`` (radians), with batchgeneratorsv2's signs: about
+    axis 0 and 2 the (-sin) is above the diagonal, about axis 1 below it."""
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i] = r[j, j] = c
+    r[i, j], r[j, i] = (s, -s) if axis == 1 else (-s, s)
+    return r
 
 
 def rotation_matrix(angles: np.ndarray) -> np.ndarray:
-    """3x3 rotation (z, y, x) = R_0(a0) @ R_1(a1) @ R_2(a2), R_k rotating about axis k (radians)."""
-    out = np.eye(3)
-    for axis, a in enumerate(angles):
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i] = r[j, j] = math.cos(a)
-        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
-        out = out @ r
-    return out
+    """R_2(a2) @ R_1(a1) @ R_0(a0) (:func:`axis_rotation`): nnU-Net's ``Rz @ Ry @ Rx``, its
+    "x" being array axis 0."""
+    return axis_rotation(2, angles[2]) @ axis_rotation(1, angles[1]) @ axis_rotation(0, angles[0])
+
+
+def initial_patch_size(patch: list[int]) -> list[int]:
+    """The box nnU-Net's training loader cuts before augmentation (``get_patch_size`` in
+    ``training/data_augmentation/compute_initial_patch_size.py``, called by
+    ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``): the patch vector rotated by
+    the largest rotation (30 deg, or 180 deg capped at 90 in dummy 2D) about each axis in turn,
+    the largest absolute extent per axis (and the patch itself), divided by 0.85 and truncated;
+    in dummy 2D axis 0 keeps the patch's size."""
+    dummy = is_dummy_2d(patch)
+    angle = min(degrees_to_radians(180.0 if dummy else 30.0), degrees_to_radians(90.0))
+    v = np.asarray(patch, dtype=float)
+    extent = v.copy()
+    for axis in range(3):
+        extent = np.maximum(extent, np.abs(v @ axis_rotation(axis, angle)))
+    out = (extent / 0.85).astype(int)
+    if dummy:
+        out[0] = patch[0]
+    return [int(n) for n in out]
 
 
 @dataclass
@@ -134,19 +180,17 @@ class Augmenter:
         if rotate or scale:
             angles = np.zeros(3)
             if rotate and c.dummy_2d:
-                lim = math.radians(c.rotation_deg_dummy_2d)
-                angles[0] = rng.uniform(-lim, lim)
+                lim = degrees_to_radians(c.rotation_deg_dummy_2d)
+                angles[0] = rng.uniform(-lim, lim)          # in the (y, x) plane
             elif rotate:
-                lim = math.radians(c.rotation_deg)
+                lim = degrees_to_radians(c.rotation_deg)
                 angles = rng.uniform(-lim, lim, size=3)
             s = float(rng.uniform(*c.scale_range)) if scale else 1.0
             p.matrix = rotation_matrix(angles) @ np.diag([1.0 if c.dummy_2d else s, s, s])
         if rng.random() < c.noise_p:
-            p.noise_std = math.sqrt(rng.uniform(*c.noise_variance))
+            p.noise_std = float(rng.uniform(*c.noise_std))
         if rng.random() < c.blur_p and rng.random() < c.blur_p_per_channel:
             p.blur_sigma = rng.uniform(*c.blur_sigma, size=3)
-            if c.dummy_2d:
-                p.blur_sigma[0] = 0.0
         if rng.random() < c.brightness_p:
             p.brightness = _split_at_one(rng, *c.brightness_range)
         if rng.random() < c.contrast_p:
@@ -163,38 +207,34 @@ class Augmenter:
         return p
 
     @staticmethod
-    def source_size(params: SampleParams, patch: list[int]) -> list[int]:
-        """Smallest crop (per axis, same parity as the patch) that holds the transformed patch."""
-        if params.matrix is None:
-            return list(patch)
-        half = np.abs(params.matrix) @ ((np.asarray(patch) - 1) / 2)
-        need = [int(math.ceil(2 * h + 1)) + 2 for h in half]          # +2: room for interpolation
-        return [max(n + ((n - p) % 2), p) for n, p in zip(need, patch)]
+    def sampling_grid(matrices: list[np.ndarray], source: list[int], patch: list[int],
+                      device: torch.device) -> torch.Tensor:
+        """grid_sample grid (B, *patch, 3) (align_corners=True) that reads output voxel j from source
+        index (S - 1) / 2 + M (j - (P - 1) / 2): each sample's matrix M about the centres of its
+        source box S and the patch P, as batchgeneratorsv2's ``SpatialTransform`` maps it.
 
-    def spatial(self, images: torch.Tensor, labels: torch.Tensor, matrices: list[np.ndarray],
-                patch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resample (B, 1, S...) source crops onto (B, 1, patch) with each sample's matrix.
-
-        With output offsets d (voxels from the patch centre) and source index c + M d, the
-        normalised source coordinate (align_corners=True) is diag(1/(S-1)) M diag(P-1) u, u
-        the normalised output coordinate: one linear map per sample, which affine_grid builds.
-        """
-        src = images.shape[2:]
-        theta = np.stack([np.diag(1 / np.maximum(np.asarray(src) - 1, 1)) @ m @ np.diag(np.asarray(patch) - 1.0)
+        With u the normalised output coordinate, the normalised source coordinate is
+        diag(1/(S-1)) M diag(P-1) u: one linear map per sample."""
+        theta = np.stack([np.diag(1 / np.maximum(np.asarray(source) - 1, 1)) @ m @ np.diag(np.asarray(patch) - 1.0)
                           for m in matrices])
-        theta = torch.as_tensor(theta, dtype=torch.float32, device=images.device)      # (B, 3, 3)
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=device)      # (B, 3, 3)
         # the grid is separable in u: sum over output axes j of theta[:, :, j] * u_j (broadcast),
         # much cheaper than affine_grid's per-voxel matrix product on a CPU
-        grid = torch.zeros((len(matrices), *patch, 3), device=images.device)
+        grid = torch.zeros((len(matrices), *patch, 3), device=device)
         for j, n in enumerate(patch):
-            u = torch.linspace(-1, 1, n, device=images.device) if n > 1 else torch.zeros(1, device=images.device)
+            u = torch.linspace(-1, 1, n, device=device) if n > 1 else torch.zeros(1, device=device)
             shape = [1, 1, 1]
             shape[j] = n
             grid = grid + theta[:, None, None, None, :, j] * u.view(1, *shape, 1)
-        grid = grid.flip(-1)                                          # (z, y, x) -> grid's (x, y, z)
+        return grid.flip(-1)                                          # (z, y, x) -> grid's (x, y, z)
+
+    def spatial(self, images: torch.Tensor, labels: torch.Tensor, matrices: list[np.ndarray],
+                patch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample (B, 1, S...) source boxes onto (B, 1, patch) with each sample's matrix: the
+        image linearly (0 outside the box), the label by :func:`resample_labels` (-1 outside)."""
+        grid = self.sampling_grid(matrices, list(images.shape[2:]), patch, images.device)
         img = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        lab = F.grid_sample(labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
-        return img, lab.to(labels.dtype)
+        return img, resample_labels(labels, grid)
 
     def intensity(self, images: torch.Tensor, params: list[SampleParams],
                   generator: torch.Generator) -> torch.Tensor:
@@ -204,7 +244,7 @@ class Augmenter:
             if p.noise_std > 0:
                 x[b] += p.noise_std * torch.randn(x[b].shape, generator=generator, device=x.device)
             if p.blur_sigma is not None:
-                x[b] = gaussian_blur(x[b:b + 1], p.blur_sigma)[0]
+                x[b] = gaussian_blur(x[b:b + 1], p.blur_sigma, self.cfg.blur_truncate)[0]
         scale = torch.tensor([p.brightness for p in params], device=x.device).view(-1, 1, 1, 1, 1)
         x = x * scale
         for b, p in enumerate(params):
@@ -221,21 +261,23 @@ class Augmenter:
 
     def __call__(self, images: list[torch.Tensor], labels: list[torch.Tensor], params: list[SampleParams],
                  patch: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sample b, ``images[b]`` (1, S...) float and ``labels[b]`` (1, S...) integer, cut
-        centred on its patch: S == patch for samples without a spatial transform, one common
-        S >= :meth:`source_size` for those with one -> augmented (B, 1, patch) image and label."""
+        """Per sample b, ``images[b]`` (1, S...) float and ``labels[b]`` (1, S...) signed integer
+        (-1 = outside the image): the patch itself for samples without a spatial transform (or a
+        box that the patch is cut from at ``S // 2 - patch // 2``), the sampler's initial-patch box
+        (one common S) for those with one -> augmented (B, 1, patch) image and label (>= 0)."""
         out_img = torch.empty((len(params), 1, *patch), dtype=images[0].dtype, device=images[0].device)
         out_lab = torch.empty((len(params), 1, *patch), dtype=labels[0].dtype, device=labels[0].device)
         moved = [b for b, p in enumerate(params) if p.matrix is not None]
         for b, p in enumerate(params):
             if p.matrix is None:
                 src = list(images[b].shape[1:])
-                box = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(src, patch))
+                box = tuple(slice(s // 2 - n // 2, s // 2 - n // 2 + n) for s, n in zip(src, patch))
                 out_img[b], out_lab[b] = images[b][(slice(None),) + box], labels[b][(slice(None),) + box]
         if moved:
             img, lab = self.spatial(torch.stack([images[b] for b in moved]), torch.stack([labels[b] for b in moved]),
                                     [params[b].matrix for b in moved], patch)
             out_img[moved], out_lab[moved] = img, lab
+        out_lab.clamp_(min=0)                                  # -1 ("outside") -> 0, nnU-Net's RemoveLabelTansform
         out_img = self.intensity(out_img, params, generator)
         for b, p in enumerate(params):
             if p.mirror:
@@ -244,37 +286,80 @@ class Augmenter:
         return out_img, out_lab
 
 
-def gaussian_blur(x: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
-    """Separable Gaussian blur of (1, 1, z, y, x) with per-axis sigma in voxels (0 = skip axis);
-    borders replicate the edge value."""
+def resample_labels(labels: torch.Tensor, grid: torch.Tensor, scale: float = 1000.0) -> torch.Tensor:
+    """Labels (B, 1, S...) integer, -1 = outside the image -> (B, 1, *grid) on ``grid``, as
+    batchgeneratorsv2's ``SpatialTransform(mode_seg='bilinear', seg_tiebreak='nearest')``:
+    every label's indicator (x ``scale``) is interpolated linearly and rounded to float16, the
+    highest score wins (the lowest label on a tie), and where the nearest-neighbour label has the
+    top score it is taken. Outside the source box counts as label -1."""
+    values = sorted(set(torch.unique(labels).tolist()) | {-1})
+    # nearest neighbour with -1 outside: shift so that zeros padding reads -1
+    nearest = F.grid_sample(labels.float() + 1, grid, mode="nearest", padding_mode="zeros",
+                            align_corners=True).round_().to(labels.dtype) - 1
+    best = best_label = nearest_score = None
+    for u in values:
+        indicator = (labels == u).float()
+        if u == -1:            # 1 outside the box as well: sample (indicator - 1) and add 1 back
+            score = F.grid_sample(indicator.sub_(1).mul_(scale), grid, mode="bilinear", padding_mode="zeros",
+                                  align_corners=True).add_(scale).half()
+        else:
+            score = F.grid_sample(indicator.mul_(scale), grid, mode="bilinear", padding_mode="zeros",
+                                  align_corners=True).half()
+        if best is None:
+            best, best_label = score, torch.full_like(nearest, u)
+            nearest_score = torch.where(nearest == u, score, torch.full_like(score, -math.inf))
+            continue
+        better = score > best
+        best_label[better] = u
+        best = torch.maximum(best, score)
+        nearest_score = torch.where(nearest == u, score, nearest_score)
+    return torch.where(nearest_score == best, nearest, best_label)
+
+
+def _round_to_odd(n: float) -> int:
+    """The odd integer nearest to ``n`` (Python rounding first; a tie of two odd neighbours goes the
+    way ``n`` lies from its rounded value), batchgeneratorsv2's ``_round_to_nearest_odd``."""
+    r = round(n)
+    if r % 2 == 1:
+        return r
+    return r + 1 if n - r >= 0 else r - 1
+
+
+def gaussian_blur(x: torch.Tensor, sigma: np.ndarray, truncate: float = 6.0) -> torch.Tensor:
+    """Separable Gaussian blur of (1, 1, z, y, x), axis by axis with per-axis sigma in voxels
+    (0 = skip the axis): ``round_to_odd(sigma * truncate + 0.5)`` taps, normalised, borders
+    reflected (batchgeneratorsv2's ``blur_dimension``)."""
     for axis, s in enumerate(sigma):
         if s <= 0:
             continue
-        radius = max(1, int(math.ceil(3 * s)))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-0.5 * (t / s) ** 2)
-        k = (k / k.sum()).view([1, 1] + [len(t) if a == axis else 1 for a in range(3)])
+        taps = _round_to_odd(float(s) * truncate + 0.5)
+        half = (taps - 1) * 0.5
+        t = torch.linspace(-half, half, taps, dtype=x.dtype, device=x.device)
+        k = torch.exp(-0.5 * (t / float(s)) ** 2)
+        k = (k / k.sum()).view([1, 1] + [taps if a == axis else 1 for a in range(3)])
         pad = [0, 0] * 3
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k)
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = taps // 2
+        x = F.conv3d(F.pad(x, pad, mode="reflect"), k)
     return x
 
 
 def simulate_low_resolution(x: torch.Tensor, zoom: np.ndarray) -> torch.Tensor:
-    """Nearest downsampling of (1, 1, z, y, x) by ``zoom`` per axis, then linear upsampling back."""
+    """(1, 1, z, y, x) down to round(shape * zoom) per axis by 'nearest-exact', then trilinear back
+    (batchgeneratorsv2's ``SimulateLowResolutionTransform``)."""
     shape = x.shape[2:]
-    small = [max(1, int(round(s * z))) for s, z in zip(shape, zoom)]
+    small = [max(1, round(s * float(z))) for s, z in zip(shape, zoom)]
     if list(small) == list(shape):
         return x
-    down = F.interpolate(x, size=small, mode="nearest")
+    down = F.interpolate(x, size=small, mode="nearest-exact")
     return F.interpolate(down, size=tuple(shape), mode="trilinear", align_corners=False)
 
 
 def gamma_keep_stats(x: torch.Tensor, gamma: float, eps: float = 1e-7) -> torch.Tensor:
-    """Rescale x to [0, 1], raise to ``gamma``, map back to its range, then restore its mean/std."""
+    """batchgeneratorsv2's ``GammaTransform`` with ``p_retain_stats=1``: x rescaled to [0, 1] (range
+    clamped to >= eps), raised to ``gamma``, mapped back to its range, then shifted and scaled to its
+    old mean and std (the new std clamped to >= eps)."""
     mean, std = x.mean(), x.std()
-    lo, hi = x.min(), x.max()
+    lo, hi = torch.aminmax(x)
     rng = hi - lo
-    y = ((x - lo) / (rng + eps)) ** gamma * (rng + eps) + lo
-    y = (y - y.mean()) / (y.std() + 1e-8) * std + mean
-    return y
+    y = ((x - lo) / torch.clamp(rng, min=eps)) ** gamma * rng + lo
+    return (y - y.mean()) * (std / torch.clamp(y.std(), min=eps)) + mean

@@ -1,9 +1,19 @@
 """Patch sampling from preprocessed cases: nnU-Net's foreground oversampling, then augmentation.
 
-A batch holds ``batch`` patches of the plan's effective patch (z, y, x). The last
-``round(batch * foreground_fraction)`` samples are forced to contain foreground (a random
-class present in the case, a random voxel of it, placed at a random position in the patch);
-the others are placed uniformly. Regions outside the image are zero (label 0).
+A batch holds ``batch`` patches of the plan's effective patch (z, y, x), placed as nnU-Net 2.8.1's
+data loader places them (``nnUNetDataLoader.get_bbox``, ``nnUNetTrainer._set_batch_size_and_oversample``):
+
+- Foreground quota per GLOBAL batch: sample i of the global batch is forced to contain foreground
+  when ``i >= round(global_batch * (1 - foreground_fraction))``; under data parallelism every rank
+  (every spatial group) holds a contiguous slice of the global batch, so it forces the samples of
+  its slice (:func:`forced_foreground_counts`), whatever the number of GPUs.
+- Placement: the loader cuts the *initial patch* (:func:`seggrid.engine.augment.initial_patch_size`,
+  larger than the patch so that rotation has data to sample) and the spatial transform takes the
+  patch from its centre. A random box starts uniformly in ``[-pad // 2, shape + pad // 2 + pad % 2 -
+  initial]`` with ``pad = initial - patch`` (``initial - shape`` when the case is smaller than the
+  patch); a forced box is CENTRED on a random stored voxel of a random class present in the case,
+  ``start = max(lower bound, voxel - initial // 2)`` (no upper clamp: it may reach past the image).
+  Outside the image the crop is 0 (image) and -1 (label, "outside", 0 after augmentation).
 
 Two options from Ma et al. 2020 ("training 20x faster"):
 
@@ -21,7 +31,6 @@ the step's thread copies them to the device without blocking and augments them t
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -31,7 +40,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seggrid.engine.augment import Augmenter
+from seggrid.data.locations import load_class_locations
+from seggrid.engine.augment import Augmenter, initial_patch_size
+
+
+def local_batch(global_batch: int, rank: int, ranks: int) -> int:
+    """Samples of a global batch held by data-parallel rank ``rank`` of ``ranks`` (the first
+    ``global_batch % ranks`` ranks hold one more, as nnU-Net splits it)."""
+    return global_batch // ranks + (1 if rank < global_batch % ranks else 0)
+
+
+def forced_foreground_counts(global_batch: int, ranks: int, fraction: float) -> list[int]:
+    """Forced-foreground samples of each rank, nnU-Net 2.8.1's rule: sample i of the GLOBAL batch
+    is forced when ``not i < round(global_batch * (1 - fraction))``, and rank r holds the
+    contiguous slice of the global batch after ranks 0..r-1 (:func:`local_batch` samples); each
+    rank forces the last ones of its own batch. The counts sum to
+    ``global_batch - round(global_batch * (1 - fraction))`` for every number of ranks."""
+    if ranks < 1 or global_batch < ranks:
+        raise ValueError(f"a global batch of {global_batch} cannot be split over {ranks} rank(s)")
+    n_random = round(global_batch * (1 - fraction))
+    counts, start = [], 0
+    for r in range(ranks):
+        size = local_batch(global_batch, r, ranks)
+        counts.append(sum(1 for i in range(start, start + size) if not i < n_random))
+        start += size
+    return counts
+
+
+def box_bounds(shape: np.ndarray, initial: np.ndarray, patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (lowest, highest) start of the initial-patch box in a case of ``shape`` (z, y, x):
+    nnU-Net's ``get_bbox`` bounds, padding by ``initial - patch`` (or to the initial patch when the
+    case is smaller than the patch), half on each side."""
+    pad = initial - patch
+    pad = np.where(pad + shape < initial, initial - shape, pad)
+    return -(pad // 2), shape + pad // 2 + pad % 2 - initial
 
 
 def adaptive_foreground_fraction(counts: np.ndarray, gamma: float = 1.0) -> float:
@@ -108,14 +150,27 @@ class SmartCache:
 
 
 class PatchSampler:
+    """Batches of one data-parallel group: ``batch`` samples of its slice of a ``global_batch``
+    (default: the whole batch, one group). ``initial_patch`` is the box the loader cuts before
+    augmentation (default nnU-Net's :func:`initial_patch_size` of ``patch``; nnU-Net's validation
+    loader uses the patch itself)."""
+
     def __init__(self, preprocessed: str | Path, case_ids: list[str], patch: list[int], batch: int,
                  foreground_fraction: float, rng: np.random.Generator, augmenter: Augmenter | None = None,
-                 device: torch.device | str = "cpu", cache_cases: int = 0, cache_replace: float = 0.1):
+                 device: torch.device | str = "cpu", cache_cases: int = 0, cache_replace: float = 0.1, *,
+                 global_batch: int | None = None, group: int = 0, groups: int = 1,
+                 initial_patch: list[int] | None = None):
         if not case_ids:
             raise ValueError("PatchSampler needs at least one case")
         root = Path(preprocessed)
         self.patch = np.asarray(patch)
+        self.initial = np.asarray(initial_patch if initial_patch is not None else initial_patch_size(patch))
         self.batch = batch
+        self.global_batch = global_batch if global_batch is not None else batch
+        self.group, self.groups = group, groups
+        if local_batch(self.global_batch, group, groups) != batch:
+            raise ValueError(f"group {group} of {groups} holds {local_batch(self.global_batch, group, groups)} "
+                             f"samples of a global batch of {self.global_batch}, not {batch}")
         self.foreground_fraction = foreground_fraction
         self.rng = rng
         self.augmenter = augmenter
@@ -123,8 +178,7 @@ class PatchSampler:
         self.case_ids = list(case_ids)
         self.images = [np.load(root / f"{c}_img.npy", mmap_mode="r") for c in self.case_ids]
         self.labels = [np.load(root / f"{c}_seg.npy", mmap_mode="r") for c in self.case_ids]
-        self.locations = [{int(k): np.asarray(v) for k, v in json.loads((root / f"{c}.json").read_text())
-                           ["class_locations"].items()} for c in self.case_ids]
+        self.locations = [load_class_locations(root, c) for c in self.case_ids]
         self.cache = None
         if cache_cases:
             self.cache = SmartCache(lambda i: (np.array(self.images[i]), np.array(self.labels[i])),
@@ -133,7 +187,8 @@ class PatchSampler:
 
     @property
     def n_forced(self) -> int:
-        return int(round(self.batch * self.foreground_fraction))
+        """Forced-foreground samples of this group's batch (its share of the global quota)."""
+        return forced_foreground_counts(self.global_batch, self.groups, self.foreground_fraction)[self.group]
 
     def start_epoch(self) -> None:
         if self.cache is not None:
@@ -149,19 +204,25 @@ class PatchSampler:
             return self.cache.data[i]
         return self.images[i], self.labels[i]
 
-    def _corner(self, shape: np.ndarray, force_fg: bool, locs: dict) -> np.ndarray:
-        if force_fg and locs:
-            cls = self.rng.choice(sorted(locs))
-            voxel = locs[cls][self.rng.integers(len(locs[cls]))]
-            return voxel - self.rng.integers(0, self.patch)          # voxel lands inside the patch
-        lo = np.minimum(0, shape - self.patch)
-        hi = np.maximum(0, shape - self.patch)
+    def _box_start(self, shape: np.ndarray, force_fg: bool, locs: dict) -> np.ndarray:
+        """Start (z, y, x) of the initial-patch box (see the module docstring)."""
+        lo, hi = box_bounds(shape, self.initial, self.patch)
+        eligible = sorted(c for c, v in locs.items() if len(v)) if force_fg else []
+        if eligible:
+            cls = eligible[self.rng.integers(len(eligible))]
+            voxel = np.asarray(locs[cls][self.rng.integers(len(locs[cls]))])
+            return np.maximum(lo, voxel - self.initial // 2)
         return np.array([self.rng.integers(a, b + 1) for a, b in zip(lo, hi)])
 
+    def patch_start(self, box_start: np.ndarray) -> np.ndarray:
+        """Start of the patch that a sample without spatial transform takes from the box (its
+        centre, as batchgeneratorsv2's ``crop_tensor`` cuts it: ``initial // 2 - patch // 2``)."""
+        return box_start + self.initial // 2 - self.patch // 2
+
     @staticmethod
-    def crop(array: np.ndarray, corner: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """``size`` voxels from ``corner`` (may lie outside the array: zero-filled there)."""
-        out = np.zeros(tuple(size), dtype=array.dtype)
+    def crop(array: np.ndarray, corner: np.ndarray, size: np.ndarray, fill: int = 0, dtype=None) -> np.ndarray:
+        """``size`` voxels from ``corner`` (may lie outside the array: ``fill`` there)."""
+        out = np.full(tuple(size), fill, dtype=dtype or array.dtype)
         src, dst = [], []
         for c, p, s in zip(corner, size, array.shape):
             a, b = max(c, 0), min(c + p, s)
@@ -179,19 +240,22 @@ class PatchSampler:
         for b in range(self.batch):
             i = self._case()
             image, _ = self._arrays(i)
-            corner = self._corner(np.asarray(image.shape), b >= self.batch - n_forced, self.locations[i])
+            start = self._box_start(np.asarray(image.shape), b >= self.batch - n_forced, self.locations[i])
             params = self.augmenter.draw(self.rng) if self.augmenter else None
-            picks.append((i, corner, params))
-        spatial = [Augmenter.source_size(p, self.patch.tolist()) for _, _, p in picks if p and p.matrix is not None]
-        common = np.max(spatial, axis=0) if spatial else self.patch
+            picks.append((i, start, params))
         pin = self.device.type == "cuda"
         images, labels = [], []
-        for i, corner, params in picks:
-            size = common if params is not None and params.matrix is not None else self.patch
-            margin = (size - self.patch) // 2
+        for i, start, params in picks:
             image, label = self._arrays(i)
-            img = torch.from_numpy(self.crop(image, corner - margin, size)[None])
-            lab = torch.from_numpy(self.crop(label, corner - margin, size)[None])
+            if params is not None and params.matrix is not None:
+                # the whole initial box: the spatial transform samples around its centre; outside the
+                # image the label is -1 ("outside"), which the augmentation turns into 0 at the end
+                img = torch.from_numpy(self.crop(image, start, self.initial)[None])
+                lab = torch.from_numpy(self.crop(label, start, self.initial, fill=-1, dtype=np.int16)[None])
+            else:
+                corner = self.patch_start(start)
+                img = torch.from_numpy(self.crop(image, corner, self.patch)[None])
+                lab = torch.from_numpy(self.crop(label, corner, self.patch, dtype=np.int16)[None])
             images.append(img.pin_memory() if pin else img)
             labels.append(lab.pin_memory() if pin else lab)
         seed = int(self.rng.integers(2**63)) if self.augmenter is not None else None

@@ -49,7 +49,7 @@ from seggrid.engine.network import (MODEL_FORMAT, build_network, deep_supervisio
                              head_scales)
 from seggrid.engine.progress import ProgressWriter
 from seggrid.engine.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
-from seggrid.engine.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction
+from seggrid.engine.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction, local_batch
 from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
@@ -136,10 +136,6 @@ def train_step(forward, model, loss_fn, optimizer, scaler, images: torch.Tensor,
     return loss.detach()
 
 
-def local_batch(global_batch: int, rank: int, world: int) -> int:
-    return global_batch // world + (1 if rank < global_batch % world else 0)
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated since the last reset, or the process's peak RSS on CPU."""
     if device.type == "cuda":
@@ -206,12 +202,16 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     fold_split = splits["folds"][fold]
     rng = np.random.default_rng([seed, fold, dp_index])
     adaptive = s["foreground_sampling"] == "adaptive"
+    # this group's slice of the global batch and its share of the global foreground quota (nnU-Net's)
+    group = dict(global_batch=s["batch"], group=dp_index, groups=dp_size)
     sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], dp_index, dp_size),
                            0.5 if adaptive else s["oversample_foreground"], rng,
                            Augmenter(build_augmenter_config(s["augmentation"], patch)), device,
-                           s["cache_cases"], s["cache_replace"])
+                           s["cache_cases"], s["cache_replace"], **group)
+    # nnU-Net's validation loader cuts the patch itself (no initial-patch margin)
     val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], dp_index, dp_size),
-                               s["oversample_foreground"], np.random.default_rng(0), None, device)
+                               s["oversample_foreground"], np.random.default_rng(0), None, device,
+                               initial_patch=patch, **group)
     net = build_network(plan).to(device)
     memory_format = torch.channels_last_3d if s.get("channels_last") else torch.contiguous_format
     net = net.to(memory_format=memory_format)
