@@ -89,10 +89,11 @@ rule preprocess:
     params:
         dataset=dataset_args(),
         spacing=target_spacing_arg(),
+        normalization=config["preprocessing"]["normalization"],
         seed=config["seed"],
     shell:
         "python -m seggrid preprocess {params.dataset} --fingerprint {input} {params.spacing} "
-        "--seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+        "--normalization {params.normalization} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule plan:

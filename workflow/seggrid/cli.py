@@ -109,7 +109,7 @@ def cmd_preprocess(a):
     from seggrid.data.preprocess import preprocess_dataset
 
     preprocess_dataset(a.dataset, _read(a.fingerprint), a.target_spacing, a.out, a.mr_case_id_min, a.seed,
-                       a.threads, a.modalities)
+                       a.threads, a.modalities, normalization_option=a.normalization)
 
 
 def cmd_split(a):
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_args(sp)
     sp.add_argument("--fingerprint", required=True)
     sp.add_argument("--target-spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    sp.add_argument("--normalization", choices=["channel_name", "ct", "zscore", "per_modality"],
+                    default="channel_name", help="intensity scheme (config key preprocessing.normalization)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)

@@ -9,7 +9,7 @@ data loader places them (``nnUNetDataLoader.get_bbox``, ``nnUNetTrainer._set_bat
   its slice (:func:`forced_foreground_counts`), whatever the number of GPUs.
 - Placement: the loader cuts the *initial patch* (:func:`seggrid.engine.augment.initial_patch_size`,
   larger than the patch so that rotation has data to sample) and the spatial transform takes the
-  patch from its centre. A random box starts uniformly in ``[-pad // 2, shape + pad // 2 + pad % 2 -
+  patch from its centre. A random box starts uniformly in ``[(-pad) // 2, shape + pad // 2 + pad % 2 -
   initial]`` with ``pad = initial - patch`` (``initial - shape`` when the case is smaller than the
   patch); a forced box is CENTRED on a random stored voxel of a random class present in the case,
   ``start = max(lower bound, voxel - initial // 2)`` (no upper clamp: it may reach past the image).
@@ -73,7 +73,7 @@ def box_bounds(shape: np.ndarray, initial: np.ndarray, patch: np.ndarray) -> tup
     case is smaller than the patch), half on each side."""
     pad = initial - patch
     pad = np.where(pad + shape < initial, initial - shape, pad)
-    return -(pad // 2), shape + pad // 2 + pad % 2 - initial
+    return (-pad) // 2, shape + pad // 2 + pad % 2 - initial        # (-pad) // 2 rounds down, as get_bbox
 
 
 def adaptive_foreground_fraction(counts: np.ndarray, gamma: float = 1.0) -> float:
