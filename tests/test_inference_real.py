@@ -116,3 +116,39 @@ def test_probability_averaging_and_postprocessing_before_models_are_averaged(tmp
     assert mean_class_score(paths, 2)[5, 5, 5] == 0
     unprocessed = [paths[0], member("B_raw", b, None)]
     assert torch.stack([mean_class_score(unprocessed, c) for c in range(3)]).argmax(0)[5, 5, 5] == 1
+
+
+def test_logits_give_one_softmax_and_labels_where_removed_voxels_are_background(real_dataset, tmp_path):
+    """``seggrid predict`` writes the softmax of its averaged logits (once) as the quantised map,
+    and the labels from the logits; voxels the postprocessing removed are background in both."""
+    from seggrid.inference.maps import remove_from_logits, write_file_labels, write_quantised_softmax
+
+    d, cid = real_dataset, "amos_0001"
+    props = json.loads((d["pre"] / f"{cid}.json").read_text())
+    seg = torch.as_tensor(np.load(d["pre"] / f"{cid}_seg.npy"), dtype=torch.long)
+    noise = torch.randn((16, *seg.shape), generator=torch.Generator().manual_seed(0))
+    logits = 4.0 * F.one_hot(seg, 16).permute(3, 0, 1, 2).float() + 0.25 * noise
+    organ = int(torch.bincount(seg[seg > 0]).argmax())
+    removed = (logits.argmax(0) == organ).numpy()         # as if the decision removed this whole class
+
+    write_quantised_softmax(tmp_path / "p.npy", logits, removed)
+    q = np.load(tmp_path / "p.npy")
+    expected = (torch.softmax(logits, 0) * 255).round().numpy()
+    assert q.dtype == np.uint8 and q.shape == tuple(logits.shape)
+    assert np.abs(q[:, ~removed].astype(int) - expected[:, ~removed]).max() <= 1
+    assert (q[0][removed] == 255).all() and (q[1:, removed] == 0).all()
+
+    image = d["root"] / "imagesTr" / f"{cid}.nii.gz"
+    write_file_labels(tmp_path / "all.nii.gz", lambda c: logits[c], 16, props, image)
+    before = logits.clone()
+    remove_from_logits(logits, removed)
+    assert torch.equal(logits[:, ~removed], before[:, ~removed])
+    assert torch.equal(logits[0][removed], before[:, removed].amax(0))
+    assert torch.equal(logits[organ][removed], before[:, removed].amin(0))
+    write_file_labels(tmp_path / "pp.nii.gz", lambda c: logits[c], 16, props, image)
+    everything = np.asarray(nib.load(tmp_path / "all.nii.gz").dataobj)
+    processed = np.asarray(nib.load(tmp_path / "pp.nii.gz").dataobj)
+    assert (everything == organ).sum() > 100 and not (processed == organ).any()
+    kept = everything != organ
+    assert (processed[kept] == everything[kept]).mean() > 0.999
+    assert (processed[~kept] == 0).all()

@@ -1,7 +1,8 @@
 """The files a prediction leaves for later steps, each small, each read one class at a time.
 
 * Quantised probabilities, ``<case>.npy``: uint8 (C, z, y, x) at the target spacing, value
-  ``round(255 p)``. A plain ``.npy``, so one class is one contiguous read
+  ``round(255 p)``; ``seggrid predict`` writes the softmax of its averaged logits
+  (:func:`write_quantised_softmax`). A plain ``.npy``, so one class is one contiguous read
   (:func:`read_quantised_class`) and an ensemble never holds a whole map. 16 classes at
   AMOS size (150 x 558 x 558): 0.75 GB, against 1.2 GB for float16 (and 3 GB for float32).
   Quantisation error is at most 1/510 per class, below what changes an argmax in practice.
@@ -29,6 +30,29 @@ def write_quantised(path: Path, probs: torch.Tensor) -> None:
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(probs.shape))
     for c in range(probs.shape[0]):
         out[c] = (probs[c].float() * QUANT_MAX).round_().clamp_(0, QUANT_MAX).to(torch.uint8).cpu().numpy()
+    out.flush()
+    del out
+
+
+def write_quantised_softmax(path: Path, logits: torch.Tensor, background: np.ndarray | None = None) -> None:
+    """Write the softmax over axis 0 of (C, z, y, x) ``logits`` as :func:`write_quantised` does,
+    one class at a time (``logits`` is left as it is; the peak is three (z, y, x) float32
+    volumes). Where ``background`` (bool (z, y, x)) is true, the probabilities are 1 for class 0
+    and 0 for the others (voxels the postprocessing removed)."""
+    top = logits.amax(0)
+    total = torch.zeros_like(top)
+    for c in range(logits.shape[0]):
+        total += torch.exp(logits[c] - top)
+    removed = None
+    if background is not None and bool(background.any()):
+        removed = torch.from_numpy(background).to(logits.device)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(logits.shape))
+    for c in range(logits.shape[0]):
+        prob = torch.exp(logits[c] - top).div_(total)
+        if removed is not None:
+            prob.masked_fill_(removed, 1.0 if c == 0 else 0.0)
+        out[c] = prob.mul_(QUANT_MAX).round_().clamp_(0, QUANT_MAX).to(torch.uint8).cpu().numpy()
+        del prob
     out.flush()
     del out
 
@@ -77,9 +101,27 @@ def read_target_labels(path: Path) -> np.ndarray:
 
 def write_file_labels(path: Path, score_of, n_classes: int, props: dict, reference_image: str | Path) -> None:
     """Labels in the input image's exact geometry from per-class scores at the target spacing
-    (``score_of(c)``, None for a class that is 0 everywhere); the NIfTI header is the input's."""
+    (``score_of(c)``: probabilities or logits, (z, y, x); None for a class whose probability is
+    0 everywhere); the NIfTI header is the input's."""
     labels = scores_to_file_labels(score_of, n_classes, props)
     save_label_nifti(labels, Geometry.from_dict(props["geometry"]), path, load_nifti(reference_image))
+
+
+def remove_from_logits(logits: torch.Tensor, background: np.ndarray) -> torch.Tensor:
+    """(C, z, y, x) logits, in place, where ``background`` (bool (z, y, x): voxels the
+    postprocessing removed) is true: class 0 takes the voxel's highest logit, every other class
+    its lowest. The logit counterpart of probability (1, 0, ..., 0): background wins there, and
+    when the logits are resampled, such a voxel favours background and no foreground class over
+    another, so a removed component cannot come back in the file's grid."""
+    mask = torch.from_numpy(background).to(logits.device)
+    if bool(mask.any()):
+        values = logits[:, mask]
+        highest, lowest = values.amax(0), values.amin(0)
+        del values
+        logits[0][mask] = highest
+        for c in range(1, logits.shape[0]):
+            logits[c][mask] = lowest
+    return logits
 
 
 def remove_from_probabilities(probs: torch.Tensor, before: np.ndarray, after: np.ndarray) -> torch.Tensor:

@@ -1,22 +1,31 @@
-"""Inference: sliding window (MONAI, Gaussian importance weighting, sigma = patch/8) with
-mirroring test-time augmentation, over every fold model of one setting at once.
+"""Inference: nnU-Net 2.8.1's sliding window (its tile starts, its Gaussian importance map,
+mirroring test-time augmentation per tile; :mod:`seggrid.inference.sliding_window`), over every
+fold model of one setting at once.
 
 One ``seggrid predict`` job predicts one model: a single fold, or all folds of a 5-fold model,
-whose softmax maps are averaged in memory (on the GPU when there is one) while the job runs,
-as nnU-Net's multi-fold predictor does. What it writes, per case, is only what a later step
-reads (see :mod:`seggrid.inference.maps`):
+whose LOGITS are averaged (over tiles, mirrorings and folds, in float32, on the GPU when there
+is one) while the job runs, as nnU-Net's multi-fold predictor does; the softmax, or the
+argmax, is applied once, to the averaged logits. What it writes, per case, is only what a
+later step reads (see :mod:`seggrid.inference.maps`):
 
-* ``--labels-out``: ``<case>.nii.gz`` labels in the input image's exact geometry, after the
-  model's postprocessing decision (``--postprocessing``) when one is given;
-* ``--probabilities-out``: ``<case>.npy``, the (postprocessed) map quantised to uint8, for an
-  ensemble of several models (the A & B ensemble);
+* ``--labels-out``: ``<case>.nii.gz`` labels in the input image's exact geometry: the averaged
+  logits are resampled class by class and the argmax kept as it goes (the argmax of resampled
+  logits is nnU-Net's label), after the model's postprocessing decision
+  (``--postprocessing``) when one is given;
+* ``--probabilities-out``: ``<case>.npy``, the softmax of the averaged logits (postprocessed),
+  quantised to uint8, for an ensemble of several models (the A & B ensemble, which averages
+  probabilities as ``nnUNetv2_ensemble`` does);
 * ``--target-labels-out``: ``<case>.npz``, uint8 labels at the target spacing, for the
   postprocessing decision on out-of-fold predictions.
+
+The postprocessing decision is applied at the target spacing (where it was made); a voxel it
+removes has background probability 1 in the quantised map, and in the logits that make the
+written labels background takes its highest logit and every other class its lowest
+(:func:`seggrid.inference.maps.remove_from_logits`).
 """
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import time
 from contextlib import ExitStack
@@ -24,28 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, read_json, write_json
 from seggrid.engine.network import MODEL_FORMAT, build_network
-from seggrid.inference.maps import remove_from_probabilities, write_file_labels, write_quantised, write_target_labels
+from seggrid.inference.maps import remove_from_logits, write_file_labels, write_quantised_softmax, write_target_labels
 from seggrid.inference.postprocess import apply
-from seggrid.engine.recipe import autocast, effective_precision
+from seggrid.inference.sliding_window import SIGMA_SCALE, sliding_window_logits
+from seggrid.engine.recipe import effective_precision
 from seggrid.engine.train import peak_memory_mb
-
-SPATIAL_AXES = (2, 3, 4)
-
-
-def tta_flips(n: int) -> list[tuple[int, ...]]:
-    """Axis sets to mirror: 1 = none; 2 = none + left-right (x); 8 = every subset of (z, y, x)."""
-    if n == 1:
-        return [()]
-    if n == 2:
-        return [(), (4,)]
-    if n == 8:
-        return [c for r in range(4) for c in itertools.combinations(SPATIAL_AXES, r)]
-    raise ValueError(f"tta_flips must be 1, 2 or 8, got {n}")
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, int | None]:
@@ -63,43 +59,6 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
         raise SeggridError(f"{path}: not a readable seggrid model ({type(exc).__name__}: {exc})") from exc
     model.eval()
     return model, ckpt["plan"], ckpt.get("seed")
-
-
-def _softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over axis 0 in place (no second copy of a (C, z, y, x) map)."""
-    logits.sub_(logits.amax(0, keepdim=True)).exp_()
-    return logits.div_(logits.sum(0, keepdim=True))
-
-
-@torch.no_grad()
-def predict_probabilities(models: torch.nn.Module | list[torch.nn.Module], image: np.ndarray, patch: list[int],
-                          step: float, flips: int, device: torch.device, precision: str = "fp32") -> torch.Tensor:
-    """Softmax probabilities (C, z, y, x) of one preprocessed image (z, y, x), averaged over the
-    models (the folds of one setting) and the mirrorings; float32 on ``device``.
-
-    Peak: MONAI's output buffer of one pass plus the running sum (two (C, z, y, x) float32 maps);
-    the mirrored pass is added back one class at a time."""
-    models = models if isinstance(models, list) else [models]
-    x = torch.from_numpy(np.ascontiguousarray(image))[None, None].float().to(device)
-    total, n = None, 0
-    for model in models:
-        for axes in tta_flips(flips):
-            xf = torch.flip(x, axes) if axes else x
-            with autocast(device, precision):
-                out = sliding_window_inference(xf, roi_size=tuple(patch), sw_batch_size=2, predictor=model,
-                                               overlap=1 - step, mode="gaussian", sigma_scale=0.125,
-                                               padding_mode="constant", cval=0.0)
-            probs = _softmax_(out[0].float())
-            del out, xf
-            back = tuple(a - 2 for a in axes)
-            if total is None:
-                total = torch.flip(probs, back) if back else probs
-            else:
-                for c in range(total.shape[0]):
-                    total[c] += torch.flip(probs[c], back) if back else probs[c]
-            del probs
-            n += 1
-    return total.div_(n)
 
 
 def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: list[str], *,
@@ -139,26 +98,30 @@ def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: l
             if not img_path.exists():
                 raise SeggridError(f"{img_path}: not found (is {preprocessed} the preprocessed folder?)")
             props = read_json(props_path)
-            probs = predict_probabilities(models, np.load(img_path), patch, step, flips, device, precision)
+            logits = sliding_window_logits(models, np.load(img_path), patch, step, flips, device, precision)
+            removed = None
             if decision or "target_labels" in dirs:
-                target_labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
+                target_labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
             if decision:
                 after = apply(target_labels, decision)
-                probs = remove_from_probabilities(probs, target_labels, after)
+                removed = (target_labels > 0) & (after == 0)
                 target_labels = after
+                remove_from_logits(logits, removed)
             if "target_labels" in dirs:
                 write_target_labels(dirs["target_labels"] / f"{cid}.npz", target_labels)
             if "probabilities" in dirs:
-                write_quantised(dirs["probabilities"] / f"{cid}.npy", probs)
+                write_quantised_softmax(dirs["probabilities"] / f"{cid}.npy", logits, removed)
             if "labels" in dirs:
-                write_file_labels(dirs["labels"] / f"{cid}.nii.gz", lambda c: probs[c], len(probs), props,
+                write_file_labels(dirs["labels"] / f"{cid}.nii.gz", logits.__getitem__, len(logits), props,
                                   dataset.case(cid).image)
-            del probs
+            del logits, removed
             timings[cid] = {"seconds": time.perf_counter() - t0, "peak_mem_mb": peak_memory_mb(device)}
             elapsed = time.perf_counter() - t_start
             print(f"[predict] {i}/{len(case_ids)} {cid} {timings[cid]['seconds']:.1f}s ({len(models)} folds x "
                   f"{flips} mirrorings); ETA {elapsed / i * (len(case_ids) - i):.0f}s", flush=True)
         record = {"models": [str(p) for p in model_paths], "tta_flips": flips, "step": step,
+                  "sliding_window": {"rule": "nnunet-2.8.1", "gaussian_sigma_scale": SIGMA_SCALE,
+                                     "averaged": "logits", "accumulator": "float32"},
                   "postprocessing": decision, "device": str(device), "cases": timings}
         for d in dirs.values():
             write_json(d / "inference.json", {**record, "provenance": provenance(seed, plan)})
