@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
 
 SPACING = [2.0, 0.68825001, 0.68825001]
 #: (patch, batch, classes, batch_dice, classes present in the target)
