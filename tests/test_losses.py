@@ -48,7 +48,7 @@ def test_dice_ce_value_by_hand():
     logits = torch.zeros(1, 2, 1, 1, 2, dtype=torch.float64)    # p = 0.5 everywhere
     value = build_loss("dice_ce")(logits, target).item()
     ce = math.log(2)
-    dice = 1 - (2 * 0.5 + 1e-5) / (1.0 + 1 + 1e-5)             # foreground: tp 0.5, sum p 1, sum g 1
+    dice = -(2 * 0.5 + 1e-5) / (1.0 + 1 + 1e-5)             # foreground: tp 0.5, sum p 1, sum g 1
     assert value == pytest.approx(ce + dice, rel=1e-6)
 
 
@@ -117,7 +117,7 @@ def _reference_terms(batch_dice: bool):
         onehot = F.one_hot(t[:, 0], logits.shape[1]).movedim(-1, 1).to(p.dtype)
         dims = (0, 2, 3, 4) if batch_dice else (2, 3, 4)
         tp, s, g = (p * onehot).sum(dims), p.sum(dims), onehot.sum(dims)
-        return 1 - ((2 * tp + 1e-5) / (s + g + 1e-5))[..., 1:].mean()
+        return -((2 * tp + 1e-5) / (s + g + 1e-5))[..., 1:].mean()
 
     def focal(logits, t):
         log_p = torch.log_softmax(logits, 1).gather(1, t)

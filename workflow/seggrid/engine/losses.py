@@ -12,8 +12,9 @@ memory-efficient Dice + CE keeps all three). tests/test_losses.py checks values 
 gradients against plain autograd formulas and finite differences.
 
 Terms
-- ``dice``: soft Dice over the foreground classes, smooth s = 1e-5: 1 - mean_c (2 TP_c + s) /
-  (sum p_c + sum g_c + s). Per sample and class, or with ``batch_dice`` over the whole batch
+- ``dice``: soft Dice over the foreground classes, smooth s = 1e-5: -mean_c (2 TP_c + s) /
+  (sum p_c + sum g_c + s) (nnU-Net's ``-dc``, so a logged loss equals nnU-Net's; 1 - dc has the same
+  gradient but reads 1 higher). Per sample and class, or with ``batch_dice`` over the whole batch
   per class. Under torchrun the batch-Dice sums are all-reduced over ranks in the forward
   pass, so the loss is that of the GLOBAL batch; the backward pass scales the local gradient
   by the world size, so DDP's average equals the single-process gradient. (A collective in
@@ -129,7 +130,7 @@ class _SoftmaxLoss(torch.autograd.Function):
                 tp, s, g = sums.unbind(0)
             tp, denom = tp[:, 1:], (s[:, 1:] + g[:, 1:] + smooth).clamp_min(1e-8)
             ctx.dice = (tp, denom, smooth, world)
-            total = total + 1 - ((2 * tp + smooth) / denom).mean()
+            total = total - ((2 * tp + smooth) / denom).mean()
         del probs
         selected = torch.empty(0)
         if voxel is not None:
