@@ -347,7 +347,8 @@ def simulate_low_resolution(x: torch.Tensor, zoom: np.ndarray) -> torch.Tensor:
     """(1, 1, z, y, x) down to round(shape * zoom) per axis by 'nearest-exact', then trilinear back
     (batchgeneratorsv2's ``SimulateLowResolutionTransform``)."""
     shape = x.shape[2:]
-    small = [max(1, round(s * float(z))) for s, z in zip(shape, zoom)]
+    # the zoom as a float32 value, as bgv2 keeps it in a float32 tensor (so a size near .5 rounds alike)
+    small = [max(1, round(s * float(np.float32(z)))) for s, z in zip(shape, zoom)]
     if list(small) == list(shape):
         return x
     down = F.interpolate(x, size=small, mode="nearest-exact")
