@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from seggrid.config import (load_config, prediction_sets, resolve_setting, training_jobs, validate_config)
+from seggrid.config import (load_config, parse_prediction_set_id, prediction_set_seed, prediction_sets,
+                            resolve_setting, row_prediction_sets, single_model_set, training_dir, training_jobs,
+                            validate_config)
 from seggrid.errors import SeggridError
 
 DEMO = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -30,10 +32,40 @@ def test_shared_settings_train_once():
     cfg = validate_config(demo())
     jobs = training_jobs(cfg)
     assert len(jobs) == len(set(jobs))
-    assert ("p24_bs2_ce", 0) in jobs and ("p24_bs8_ce", 4) in jobs
-    # 10 single-fold settings + 4 more folds of A + 5 folds of B
-    assert len(jobs) == 10 + 4 + 5
-    assert len(prediction_sets(cfg)) == 10 + 3
+    assert ("p24_bs2_ce", 0, 12345) in jobs and ("p24_bs8_ce", 4, 12345) in jobs
+    # 10 single-fold settings + 4 more folds of A + 5 folds of B, + Table 3's 4 rows with its second seed
+    seeds = cfg["tables"]["table3"]["training_seeds"]
+    assert seeds[0] == cfg["seed"] and len(seeds) == 2 and "training_seeds" not in cfg["tables"]["table1"]
+    assert len(jobs) == 10 + 4 + 5 + 4
+    assert {s for s, f, seed in jobs if seed == seeds[1]} == {"p32_bs2_ce", "p32_bs2_focal", "p32_bs2_topk",
+                                                               "p32_bs2_perimeter"}
+    assert len(prediction_sets(cfg)) == 10 + 3 + 4
+    # p32_bs2_ce (Table 1 with one seed, Table 3 with two) is trained once per seed
+    assert [j for j in jobs if j[0] == "p32_bs2_ce"] == [("p32_bs2_ce", 0, 12345), ("p32_bs2_ce", 0, seeds[1])]
+
+
+def test_training_seeds_make_one_prediction_set_per_seed_and_five_fold_rows_keep_one():
+    cfg = demo()
+    cfg["training_seeds"] = [12345, 7]            # every table's single-fold rows...
+    cfg["tables"]["table2"]["training_seeds"] = [3, 4, 5]   # ...unless the table gives its own
+    del cfg["tables"]["table3"]["training_seeds"]
+    validate_config(cfg)
+    t1, t2, t4 = (cfg["tables"][t] for t in ("table1", "table2", "table4"))
+    assert row_prediction_sets(cfg, t1, t1["rows"][0]) == [(12345, "p24_bs2_ce__f0"), (7, "p24_bs2_ce__f0__s7")]
+    assert [p for _, p in row_prediction_sets(cfg, t2, t2["rows"][1])] == [
+        "p24_bs4_ce__f0__s3", "p24_bs4_ce__f0__s4", "p24_bs4_ce__f0__s5"]
+    assert row_prediction_sets(cfg, t4, t4["rows"][2]) == [(12345, "p24_bs8_ce+p32_bs4_focal__f0-1-2-3-4")]
+    # the base seed keeps today's paths; another seed adds a seed_<S> component
+    assert training_dir(cfg, "p24_bs2_ce", 0, 12345) == "train/p24_bs2_ce/fold_0"
+    assert training_dir(cfg, "p24_bs2_ce", 0, 7) == "train/p24_bs2_ce/seed_7/fold_0"
+    assert parse_prediction_set_id("a+b__f0-1__s7") == (["a", "b"], [0, 1])
+    assert prediction_set_seed(cfg, "a+b__f0-1__s7") == 7 and prediction_set_seed(cfg, "a+b__f0-1") == 12345
+    assert single_model_set(cfg, "a+b__f0-1__s7", "b") == "b__f0-1__s7"
+    jobs = training_jobs(cfg)
+    # Tables 1 and 3 (8 settings, Table 1 and 3 share one) x 2 seeds, Table 2's 4 rows x 3 seeds, A and B x 5 folds
+    assert len(jobs) == 7 * 2 + 4 * 3 + 10 + 1   # + Figure 1: bs 16, base seed
+    assert ("p24_bs2_ce", 0, 12345) in jobs           # Figure 1's fold-0 curves: the base seed
+    assert all(seed == 12345 for s, f, seed in jobs if f > 0)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -45,6 +77,11 @@ def test_shared_settings_train_once():
     (lambda c: c["tables"]["table4"]["rows"][0].update(folds=[7]), "fold out of range"),
     (lambda c: c["settings"]["p24_bs4_ce"].update(gpus=8), "8 GPUs but global batch 4"),
     (lambda c: c.update(seed="x"), "key 'seed': 'x' is not of type 'integer'"),
+    (lambda c: c.update(training_seeds=[1, 1]), "key 'training_seeds': [1, 1] has non-unique elements"),
+    (lambda c: c["tables"]["table3"].update(training_seeds=[]),
+     "key 'tables.table3.training_seeds': [] should be non-empty"),
+    (lambda c: c["tables"]["table4"].update(training_seeds=[1, 2]),
+     "key 'tables.table4.training_seeds': the table has no single-fold row (a 5-fold row keeps the base seed 12345)"),
     (lambda c: c.pop("tables"), "'tables' is a required property"),
     (lambda c: c["figures"].update(fig1_settings=["ghost"]), "unknown setting 'ghost'"),
 ])

@@ -36,9 +36,10 @@ def test_status_of_the_amos_grid_with_nothing_run(tmp_path, monkeypatch, capsys)
     config = load_config(cfg)
     lines = status_lines(capsys, cfg)
     jobs = training_jobs(config)
-    rows = [line for line in lines if re.match(r"\S+\s+\d+\s+(pending|running|done|failed)\s", line)]
+    rows = [line for line in lines if re.match(r"\S+\s+\d+\s+\d+\s+(pending|running|done|failed)\s", line)]
     assert len(rows) == len(jobs) == 21          # fold 0 of 13 settings + folds 1-4 of Table 4's two 5-fold models
-    assert all(line.split()[2] == "pending" and line.split()[3] == f"0/{config['recipe']['epochs']}" for line in rows)
+    # one training seed by default: the base seed on every line
+    assert all(line.split()[2:5] == ["12345", "pending", f"0/{config['recipe']['epochs']}"] for line in rows)
     assert f"training: 0 done, 0 running, 0 failed, {len(jobs)} pending" in lines
     assert f"prediction sets: 0 of {len(prediction_sets(config))} evaluated" in lines
     assert f"tables: 0 of {len(config['tables'])} done" in lines
@@ -75,12 +76,12 @@ def test_status_of_a_half_run_grid_running_then_killed(pipeline, tmp_path, monke
         lines = status_lines(capsys, cfg)
         finished = job_line(lines, "finished")
         summary = json.loads((res / "train" / "finished" / "fold_0" / "summary.json").read_text())
-        assert finished[2:4] == ["done", "2/2"] and finished[4] == f"{summary['final_pseudo_dice_ema']:.4f}"
+        assert finished[2:5] == ["5", "done", "2/2"] and finished[5] == f"{summary['final_pseudo_dice_ema']:.4f}"
         running = job_line(lines, "killed")
-        assert running[2] == "running" and running[3] in ("1/3", "2/3")
-        assert running[4] == f"{progress['pseudo_dice_ema']:.4f}" or running[3] == "2/3"
-        assert running[6] != "-"                                          # an ETA
-        assert job_line(lines, "waiting")[2:4] == ["pending", "0/2"]
+        assert running[3] == "running" and running[4] in ("1/3", "2/3")
+        assert running[5] == f"{progress['pseudo_dice_ema']:.4f}" or running[4] == "2/3"
+        assert running[7] != "-"                                          # an ETA
+        assert job_line(lines, "waiting")[3:5] == ["pending", "0/2"]
         assert "training: 1 done, 1 running, 0 failed, 1 pending" in lines
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -89,7 +90,7 @@ def test_status_of_a_half_run_grid_running_then_killed(pipeline, tmp_path, monke
     epoch = json.loads((out / "progress.json").read_text())["epoch"]
     lines = status_lines(capsys, cfg)
     killed = job_line(lines, "killed")
-    assert killed[2:4] == ["failed", f"{epoch}/3"]
+    assert killed[3:5] == ["failed", f"{epoch}/3"]
     assert f"stopped at epoch {epoch}/3" in " ".join(killed)
     assert "training: 1 done, 0 running, 1 failed, 1 pending" in lines
     assert "prediction sets: 0 of 3 evaluated" in lines and "tables: 0 of 1 done" in lines
@@ -115,3 +116,25 @@ def test_a_job_on_another_host_is_running_until_its_outputs_go_stale(tmp_path):
     os.utime(log, (written, written))
     assert training_job_status(tmp_path, setting, 0, now=written + 4000)["detail"] == (
         "seggrid: error: setting 's' fold 0: non-finite loss")
+
+
+def test_status_knows_the_training_seed_of_each_job(tmp_path, capsys):
+    """Table t's rows are trained with seeds 5 (the base seed: train/<s>/fold_0) and 9
+    (train/<s>/seed_9/fold_0): one line per (setting, seed); each state read from its own folder."""
+    cfg = tiny_grid_config(tmp_path, settings={"x": {}, "y": {}},
+                           tables={"t": {"training_seeds": [5, 9], "rows": [{"setting": "x"}, {"setting": "y"}]}},
+                           figures={"slices": False})
+    res = tmp_path / "results"
+    for folder, ema in ((res / "train" / "x" / "fold_0", 0.25), (res / "train" / "x" / "seed_9" / "fold_0", 0.75)):
+        folder.mkdir(parents=True)
+        (folder / "model.pt").write_bytes(b"weights")
+        (folder / "summary.json").write_text(json.dumps({"final_pseudo_dice_ema": ema, "wall_seconds": 4.0}))
+    (res / "metrics").mkdir()
+    (res / "metrics" / "x__f0__s9.json").write_text("{}")
+    lines = status_lines(capsys, cfg)
+    assert "grid in " + str(res) + ": 4 training jobs (base seed 5; fold f of seed S trains with S + f)" in lines
+    x = [line.split() for line in lines if re.match(r"x\s+0\s", line)]
+    assert [r[2:6] for r in x] == [["5", "done", "2/2", "0.2500"], ["9", "done", "2/2", "0.7500"]]
+    assert [line.split()[2:4] for line in lines if re.match(r"y\s+0\s", line)] == [["5", "pending"], ["9", "pending"]]
+    assert "training: 2 done, 0 running, 0 failed, 2 pending" in lines
+    assert "prediction sets: 1 of 4 evaluated" in lines and "  evaluated  x__f0__s9" in lines

@@ -31,7 +31,9 @@ def minimal_config(tmp: Path) -> Path:
                   # a's training with each sample split into 2 slabs, one gloo rank each
                   "d": {"gpus": 2, "spatial_partitions": 2}},
         tables={
-            "table1": {"title": "patch", "varied": "patch", "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
+            # two training seeds (5 = the base seed, 105): mean, SD and the seed-spread test
+            "table1": {"title": "patch", "varied": "patch", "training_seeds": [5, 105],
+                       "rows": [{"label": "small", "setting": "a"}, {"label": "big", "setting": "b"}]},
             "table2": {"title": "batch", "varied": "batch", "rows": [{"label": "2", "setting": "a"}, {"label": "3", "setting": "c"}]},
             "table4": {"title": "final", "rows": [{"label": "A", "setting": "a", "folds": "all"},
                                                   {"label": "A&B", "models": ["a", "b"], "folds": "all"}]},
@@ -40,6 +42,39 @@ def minimal_config(tmp: Path) -> Path:
         },
         figures={"fig1_settings": ["a", "c"], "slices_table": "table4"},
     )
+
+
+def check_seed_columns(res: Path, t1: pd.DataFrame, t2: pd.DataFrame, md: str, md2: str) -> None:
+    """Table 1 was trained with seeds 5 and 105: mean over seeds, SD between them, and the
+    seed-spread test of row 2 against row 1, each from the per-seed metrics; Table 2 has one
+    seed and says so."""
+    assert t1["seeds"].tolist() == ["5,105", "5,105"] and t1["n_seeds"].tolist() == [2, 2]
+    for i, setting in enumerate(("a", "b")):
+        runs = [json.loads((res / "metrics" / f"{setting}__f0{sfx}.json").read_text()) for sfx in ("", "__s105")]
+        per_seed = {m: [r[m] for r in runs] for m in ("dsc", "nsd")}
+        for m, values in per_seed.items():
+            assert t1.loc[i, m] == pytest.approx(sum(values) / 2, abs=1e-6)
+            assert t1.loc[i, f"{m}_seed_sd"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-6)
+        if i == 0:
+            base = per_seed
+            assert t1.loc[0, ["dsc_diff", "p_seed_dsc", "dsc_beyond_seeds"]].isna().all()
+            continue
+        for m in ("dsc", "nsd"):
+            diff = sum(per_seed[m]) / 2 - sum(base[m]) / 2
+            assert t1.loc[1, f"{m}_diff"] == pytest.approx(diff, abs=1e-6)
+            assert 0 <= t1.loc[1, f"p_seed_{m}"] <= 1
+            assert t1.loc[1, f"{m}_beyond_seeds"] == ("yes" if t1.loc[1, f"p_seed_{m}"] < 0.05 else "no")
+    assert "DSC SD (seeds)" in md and "seed spread)" in md and "two-sample t-test" in md
+    assert t2["n_seeds"].tolist() == [1, 1] and t2["dsc_seed_sd"].isna().all()
+    assert t2["dsc_beyond_seeds"].tolist()[1] == "one seed each" and "(no test: 1 seed each)" in md2
+    # every per-seed result records its own seed
+    train = json.loads((res / "train" / "a" / "seed_105" / "fold_0" / "summary.json").read_text())
+    assert train["provenance"]["seed"] == 105
+    assert json.loads((res / "metrics" / "a__f0__s105.json").read_text())["provenance"]["seed"] == 105
+    assert json.loads((res / "metrics" / "a__f0.json").read_text())["provenance"]["seed"] == 5
+    assert json.loads((res / "predictions" / "b__f0__s105" / "inference.json").read_text())["provenance"]["seed"] == 105
+    prov = json.loads((res / "tables" / "table1.provenance.json").read_text())
+    assert prov["row_training_seeds"] == [{"row": "small", "seeds": [5, 105]}, {"row": "big", "seeds": [5, 105]}]
 
 
 @pytest.mark.slow
@@ -73,7 +108,8 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (figures / name).stat().st_size > 10_000
     assert "\\begin{tabular}" in (tables / "table4.tex").read_text()
     assert {p.name for p in (tables / "per_organ").glob("*.csv")} == {"a__f0.csv", "b__f0.csv", "c__f0.csv", "d__f0.csv",
-                                                                       "a__f0-1.csv", "a+b__f0-1.csv"}
+                                                                       "a__f0-1.csv", "a+b__f0-1.csv",
+                                                                       "a__f0__s105.csv", "b__f0__s105.csv"}
     # setting d is setting a on 2 spatial partitions: same samples, same maths, so (up to float
     # rounding) the same model and scores; its saved model is the plain network a predicts with
     t5 = pd.read_csv(tables / "table5.csv")
@@ -95,6 +131,8 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     assert not list(res.glob("probabilities/*/*.npy")) and not list(res.glob("predict_cv/*/*/*.npz"))
     assert not list(res.glob("predictions/*/*.npy")) and not list(res.glob("predictions/*/*.npz"))
     assert (t1["dsc_ci_low"] <= t1["dsc"] + 1e-9).all() and t1["p_dsc"].isna().tolist() == [True, False]
+    check_seed_columns(res, t1, pd.read_csv(tables / "table2.csv"), (tables / "table1.md").read_text(),
+                       (tables / "table2.md").read_text())
     # the self-contained report with every table and figure
     report = tmp_path / "report.html"
     proc = snakemake("--configfile", cfg, "--report", report)
@@ -108,14 +146,19 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli("status", "--configfile", cfg) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "training: 6 done, 0 running, 0 failed, 0 pending" in lines
-    assert "prediction sets: 6 of 6 evaluated" in lines
+    assert "training: 8 done, 0 running, 0 failed, 0 pending" in lines
+    assert "prediction sets: 8 of 8 evaluated" in lines
     assert "tables: 4 of 4 done: table1, table2, table4, table5" in lines
     for setting, fold in (("a", 0), ("b", 0), ("c", 0), ("d", 0), ("a", 1), ("b", 1)):
         row = next(line.split() for line in lines if re.match(rf"{setting}\s+{fold}\s", line))
         ema = json.loads((res / "train" / setting / f"fold_{fold}" / "summary.json").read_text())["final_pseudo_dice_ema"]
-        assert row[2:4] == ["done", "2/2"] and row[4] == f"{ema:.4f}", row
+        assert row[2:5] == ["5", "done", "2/2"] and row[5] == f"{ema:.4f}", row
         assert (res / "train" / setting / f"fold_{fold}" / "progress.png").read_bytes()[:4] == b"\x89PNG"
+    for setting in ("a", "b"):                       # Table 1's second seed: its own line and folder
+        row = [line.split() for line in lines if re.match(rf"{setting}\s+0\s+105\s", line)]
+        ema = json.loads((res / "train" / setting / "seed_105" / "fold_0" / "summary.json").read_text())[
+            "final_pseudo_dice_ema"]
+        assert len(row) == 1 and row[0][3:6] == ["done", "2/2", f"{ema:.4f}"], lines
 
 
 @pytest.mark.parametrize("name, trainings, resources", [

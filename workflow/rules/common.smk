@@ -14,11 +14,12 @@ sys.path.insert(0, str(PACKAGE_DIR))
 
 from seggrid.config import (  # noqa: E402
     parse_prediction_set_id,
-    prediction_set_id,
+    prediction_set_seed,
     prediction_sets,
     resolve_setting,
-    row_folds,
-    row_models,
+    row_prediction_sets,
+    single_model_set,
+    training_dir,
     training_jobs,
     validate_config,
 )
@@ -71,8 +72,32 @@ def dataset_input(wildcards):
     return [f"{DATA['root']}/dataset.json"] if DATA["demo"] else []
 
 
+# A train job's `setting` wildcard is `<setting>` (the base seed) or `<setting>/seed_<S>`.
+SETTING_AND_SEED = r"[A-Za-z0-9][A-Za-z0-9_-]*(/seed_[0-9]+)?"
+
+
+def setting_name(wildcards):
+    """The setting of a job (without a train job's seed_<S> component)."""
+    return wildcards.setting.split("/")[0]
+
+
 def setting(wildcards):
-    return resolve_setting(config, wildcards.setting)
+    return resolve_setting(config, setting_name(wildcards))
+
+
+def plan_input(wildcards):
+    return f"{OUT}/plans/{setting_name(wildcards)}.json"
+
+
+def train_seed(wildcards):
+    """The training seed of a train job: the base seed, or S of its seed_S path component."""
+    parts = wildcards.setting.split("/")
+    return int(parts[1].removeprefix("seed_")) if len(parts) > 1 else config["seed"]
+
+
+def pset_seed(wildcards):
+    """The training seed of a prediction set's models (recorded in its provenance)."""
+    return prediction_set_seed(config, wildcards.pset)
 
 
 def setting_json(wildcards):
@@ -106,7 +131,8 @@ def model_inputs(wildcards):
     models, folds = parse_prediction_set_id(wildcards.pset)
     if len(models) != 1:
         raise WorkflowError(f"{wildcards.pset}: a prediction job predicts one setting's folds")
-    inputs = {"models": [f"{OUT}/train/{models[0]}/fold_{f}/model.pt" for f in folds]}
+    seed = prediction_set_seed(config, wildcards.pset)
+    inputs = {"models": [f"{OUT}/{training_dir(config, models[0], f, seed)}/model.pt" for f in folds]}
     if config["inference"]["postprocessing"] and uses_all_folds(folds):
         inputs["postprocessing"] = f"{OUT}/postprocessing/{models[0]}.json"
     return inputs
@@ -122,9 +148,9 @@ def member_sets():
     models reads (e.g. model A and model B of Table 4's A & B row)."""
     out = []
     for pset in prediction_sets(config):
-        models, folds = parse_prediction_set_id(pset)
+        models = parse_prediction_set_id(pset)[0]
         if len(models) > 1:
-            out += [prediction_set_id([m], folds) for m in models]
+            out += [single_model_set(config, pset, m) for m in models]
     return list(dict.fromkeys(out))
 
 
@@ -136,8 +162,8 @@ def member_regex():
 
 
 def ensemble_members(wildcards):
-    models, folds = parse_prediction_set_id(wildcards.pset)
-    return [f"{OUT}/probabilities/{prediction_set_id([m], folds)}" for m in models]
+    models = parse_prediction_set_id(wildcards.pset)[0]
+    return [f"{OUT}/probabilities/{single_model_set(config, wildcards.pset, m)}" for m in models]
 
 
 def inference_runtime(wildcards):
@@ -148,7 +174,7 @@ def inference_runtime(wildcards):
 def table_inputs(wildcards):
     files = [f"{OUT}/metrics/{p}.{ext}" for p in prediction_sets(config) for ext in ("json", "csv")]
     files += [f"{OUT}/plans/{s}.json" for s in config["settings"]]
-    files += [f"{OUT}/train/{s}/fold_{f}/summary.json" for s, f in training_jobs(config)]
+    files += [f"{OUT}/{training_dir(config, s, f, seed)}/summary.json" for s, f, seed in training_jobs(config)]
     return files
 
 
@@ -162,7 +188,7 @@ def fig1_label(name):
 
 
 def tables_json():
-    keep = {k: config[k] for k in ("tables", "folds", "seed", "settings", "recipe")}
+    keep = {k: config[k] for k in ("tables", "folds", "seed", "training_seeds", "settings", "recipe")}
     return shlex.quote(json.dumps(keep, sort_keys=True))
 
 
@@ -170,8 +196,8 @@ def slices_pset():
     """The prediction set Figures 2-3 show: the last row of `figures.slices_table` (default:
     the last table), e.g. Table 4's A & B ensemble."""
     name = config["figures"].get("slices_table") or list(config["tables"])[-1]
-    row = config["tables"][name]["rows"][-1]
-    return prediction_set_id(row_models(row), row_folds(config, row))
+    table = config["tables"][name]
+    return row_prediction_sets(config, table, table["rows"][-1])[0][1]
 
 
 def trend_tables():

@@ -35,12 +35,12 @@ rule ensemble:
     benchmark:
         f"{OUT}/benchmarks/ensemble/{{pset}}.tsv"
     wildcard_constraints:
-        pset=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)+__f[0-9-]+",
+        pset=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)+__f[0-9-]+(__s[0-9]+)?",
     conda:
         ENV
     params:
         dataset=dataset_args(),
-        seed=config["seed"],
+        seed=pset_seed,
     shell:
         "python -m seggrid ensemble --members {input.members} --preprocessed {input.preprocessed} "
         "{params.dataset} --seed {params.seed} --out {output} > {log} 2>&1"
@@ -62,7 +62,7 @@ rule evaluate:
     threads: config["metrics"]["threads"]
     params:
         dataset=dataset_args(),
-        seed=config["seed"],
+        seed=pset_seed,
         metrics=shlex.quote(json.dumps(config["metrics"], sort_keys=True)),
     shell:
         "python -m seggrid evaluate --predictions {input.predictions} {params.dataset} "

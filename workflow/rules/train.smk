@@ -1,4 +1,6 @@
-# Training one (setting, fold) and predicting the evaluation cases with it. Resources come
+# Training one (setting, fold, training seed) and predicting the evaluation cases with it.
+# A seed S other than the base `seed` adds /seed_S to the paths (seggrid/config.py): the
+# `setting` wildcard of this rule is <setting> or <setting>/seed_<S>. Resources come
 # from the setting (gpus, threads, mem_mb, runtime_min); `gpu` is Snakemake's standard
 # resource, which the SLURM executor turns into --gpus. A multi-node setting gets nodes,
 # gres (GPUs per node) and the executor's mpi/tasks resources instead (engine/launch.py).
@@ -6,7 +8,7 @@
 
 rule train:
     input:
-        plan=f"{OUT}/plans/{{setting}}.json",
+        plan=plan_input,
         preprocessed=f"{OUT}/preprocessed",
         splits=f"{OUT}/dataset/splits.json",
     output:
@@ -17,6 +19,8 @@ rule train:
         f"{OUT}/logs/train/{{setting}}/fold_{{fold}}.log",
     benchmark:
         f"{OUT}/benchmarks/train/{{setting}}/fold_{{fold}}.tsv"
+    wildcard_constraints:
+        setting=SETTING_AND_SEED,
     conda:
         lambda w: env_for(setting(w)["gpus"])
     threads: lambda w: setting(w)["threads"]
@@ -32,7 +36,7 @@ rule train:
     params:
         launcher=launcher,
         outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
-        seed=config["seed"],
+        seed=train_seed,
     shell:
         "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "
         "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --out {params.outdir} > {log} 2>&1"
@@ -42,7 +46,7 @@ rule train:
 # for every prediction set; quantised probabilities (temp) only for the models an ensemble of
 # several models averages; target-spacing labels (temp) of each fold's out-of-fold cases for
 # the postprocessing decision. A 5-fold model is ONE job, its folds averaged in memory.
-SINGLE_MODEL_SET = r"[A-Za-z0-9][A-Za-z0-9_-]*__f[0-9-]+"
+SINGLE_MODEL_SET = r"[A-Za-z0-9][A-Za-z0-9_-]*__f[0-9-]+(__s[0-9]+)?"
 
 
 rule predict_cv:

@@ -4,11 +4,20 @@ A *setting* is a named dict of overrides of ``recipe``; :func:`resolve_setting` 
 full recipe. A table *row* names one or more settings and the folds whose models are
 averaged; its prediction set id (:func:`prediction_set_id`) is shared by identical rows,
 so a setting compared in two tables is trained, predicted and evaluated once.
+
+Seeds are a grid axis: every row that does not use all folds (a single-fold row of Tables
+1-3) is trained once per *training seed* (``training_seeds``, top level or per table; default
+the base ``seed``). A model trained with the base seed lives in ``train/<setting>/fold_<f>``
+and its prediction set is ``<models>__f<folds>``; one trained with another seed S lives in
+``train/<setting>/seed_S/fold_<f>`` and its prediction set is ``<models>__f<folds>__sS``.
+Fold f of a model trained with seed S uses seed S + f (engine/train.py). 5-fold rows keep
+the base seed.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +107,11 @@ def _check_references(config: dict, source: str) -> None:
         if parts > 1:
             problems += [f"key 'settings.{name}.spatial_partitions': {p}" for p in partition_problems(s)]
     for tname, table in config["tables"].items():
+        all_folds = list(range(config["folds"]))
+        if "training_seeds" in table and all(row_folds(config, r) == all_folds for r in table["rows"]
+                                             if ("setting" in r) != ("models" in r)):
+            problems.append(f"key 'tables.{tname}.training_seeds': the table has no single-fold row "
+                            f"(a 5-fold row keeps the base seed {config['seed']})")
         for i, row in enumerate(table["rows"]):
             where = f"tables.{tname}.rows.{i}"
             if ("setting" in row) == ("models" in row):
@@ -165,31 +179,90 @@ def row_folds(config: dict, row: dict) -> list[int]:
     return list(range(config["folds"])) if folds == "all" else sorted(set(folds))
 
 
-def prediction_set_id(models: list[str], folds: list[int]) -> str:
-    """Name of the averaged prediction of ``models`` x ``folds``, e.g. ``A+B__f01234``."""
-    return "+".join(models) + "__f" + "-".join(str(f) for f in folds)
+def base_seed(config: dict) -> int:
+    """The top-level ``seed`` (the schema's default when a hand-written config lacks it)."""
+    return config["seed"] if "seed" in config else load_schema()["properties"]["seed"]["default"]
+
+
+def table_seeds(config: dict, table: dict) -> list[int]:
+    """The training seeds of a table's single-fold rows: the table's ``training_seeds``, else
+    the top-level ``training_seeds``, else the base ``seed`` alone."""
+    seeds = table.get("training_seeds")
+    if seeds is None:
+        seeds = config.get("training_seeds")
+    return [base_seed(config)] if seeds is None else list(seeds)
+
+
+def row_seeds(config: dict, table: dict, row: dict) -> list[int]:
+    """The training seeds of one row: the table's seeds, or the base seed for a row whose
+    models use every fold (a 5-fold model keeps one seed)."""
+    if row_folds(config, row) == list(range(config["folds"])):
+        return [base_seed(config)]
+    return table_seeds(config, table)
+
+
+def seed_dir(config: dict, seed: int) -> str:
+    """The path component of a training seed under ``train/<setting>``: '' for the base
+    ``seed`` (today's ``train/<setting>/fold_<f>``), ``/seed_<S>`` for another seed S."""
+    return "" if seed == base_seed(config) else f"/seed_{seed}"
+
+
+def training_dir(config: dict, setting: str, fold: int, seed: int) -> str:
+    """``train/<setting>[/seed_<S>]/fold_<f>``, relative to ``outdir``."""
+    return f"train/{setting}{seed_dir(config, seed)}/fold_{fold}"
+
+
+_SEED_SUFFIX = re.compile(r"__s([0-9]+)$")
+
+
+def prediction_set_id(models: list[str], folds: list[int], seed: int | None = None) -> str:
+    """Name of the averaged prediction of ``models`` x ``folds``, e.g. ``A+B__f01234``;
+    ``seed``: a training seed other than the base seed (None: the base seed), ``a__f0__s7``."""
+    return "+".join(models) + "__f" + "-".join(str(f) for f in folds) + ("" if seed is None else f"__s{seed}")
 
 
 def parse_prediction_set_id(pset: str) -> tuple[list[str], list[int]]:
-    models, folds = pset.rsplit("__f", 1)
+    """(models, folds) of a prediction set id (its seed: :func:`prediction_set_seed`)."""
+    models, folds = _SEED_SUFFIX.sub("", pset).rsplit("__f", 1)
     return models.split("+"), [int(f) for f in folds.split("-")]
 
 
+def single_model_set(config: dict, pset: str, model: str) -> str:
+    """The prediction set of one ``model`` with the folds and training seed of ``pset`` (an
+    ensemble's member)."""
+    seed = prediction_set_seed(config, pset)
+    return prediction_set_id([model], parse_prediction_set_id(pset)[1], None if seed == base_seed(config) else seed)
+
+
+def prediction_set_seed(config: dict, pset: str) -> int:
+    """The training seed of a prediction set's models (the base ``seed`` without a suffix)."""
+    m = _SEED_SUFFIX.search(pset)
+    return int(m.group(1)) if m else base_seed(config)
+
+
+def row_prediction_sets(config: dict, table: dict, row: dict) -> list[tuple[int, str]]:
+    """(training seed, prediction set id) of each seed a row is trained with."""
+    models, folds, base = row_models(row), row_folds(config, row), base_seed(config)
+    return [(s, prediction_set_id(models, folds, None if s == base else s)) for s in row_seeds(config, table, row)]
+
+
 def prediction_sets(config: dict) -> list[str]:
+    """Every prediction set the tables need (one per row and training seed), each once."""
     out: list[str] = []
     for table in config["tables"].values():
         for row in table["rows"]:
-            pid = prediction_set_id(row_models(row), row_folds(config, row))
-            if pid not in out:
-                out.append(pid)
+            for _, pid in row_prediction_sets(config, table, row):
+                if pid not in out:
+                    out.append(pid)
     return out
 
 
-def training_jobs(config: dict) -> list[tuple[str, int]]:
-    """Every (setting, fold) the tables and figures need, each once."""
-    jobs: list[tuple[str, int]] = []
+def training_jobs(config: dict) -> list[tuple[str, int, int]]:
+    """Every (setting, fold, training seed) the tables and figures need, each once."""
+    jobs: list[tuple[str, int, int]] = []
     for pset in prediction_sets(config):
         models, folds = parse_prediction_set_id(pset)
-        jobs += [(m, f) for m in models for f in folds]
-    jobs += [(s, 0) for s in config["figures"]["fig1_settings"]]
+        seed = prediction_set_seed(config, pset)
+        jobs += [(m, f, seed) for m in models for f in folds]
+    jobs += [(s, 0, base_seed(config)) for s in config["figures"]["fig1_settings"]]
     return list(dict.fromkeys(jobs))

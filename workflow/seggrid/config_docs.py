@@ -32,7 +32,10 @@ A `--configfile` replaces the demo config; keys it leaves out take the defaults 
 A *setting* is a named set of overrides of `recipe`; every training job's resources
 (`gpus`, `threads`, `mem_mb`, `runtime_min`) are recipe keys too, so a setting can change
 them. A table row names one setting (`setting:`) or several whose probabilities are averaged
-(`models:`), and the folds of each (`folds: [0]` or `all`).
+(`models:`), and the folds of each (`folds: [0]` or `all`). A row that does not use all folds
+is trained once per training seed (`training_seeds`, top level or per table; default: `seed`
+alone); its table row gives the mean over seeds, the SD between seeds, and whether its
+difference from the first row exceeds the seed-to-seed spread.
 """
 
 

@@ -2,10 +2,17 @@
 prediction set.
 
 Columns of a table (one row per table row, in config order):
-``dsc``/``nsd`` are the paper's statistic (mean over organs of per-organ means over cases);
+``dsc``/``nsd`` are the paper's statistic (mean over organs of per-organ means over cases),
+averaged over the row's training seeds (``seeds``, ``n_seeds``; config ``training_seeds``);
+``*_seed_sd`` the sample SD of that statistic between seeds (NaN with one seed);
 ``*_ci_low``/``*_ci_high`` a 95 % bootstrap CI over cases; ``p_dsc``/``p_nsd`` a paired
-Wilcoxon test against the table's first (baseline) row; ``dice_global`` and ``hd95`` extra
-metrics; ``paper_dsc``/``paper_nsd`` the values the paper reports, when the config gives them.
+Wilcoxon test against the table's first (baseline) row (per-case scores averaged over seeds);
+``*_diff`` the difference of seed means from the first row, ``p_seed_*`` a pooled two-sample
+t-test of that difference against the seed-to-seed spread and ``*_beyond_seeds`` its verdict
+(``yes``/``no`` at 5 %, ``one seed each`` when neither row has a spread; evaluation/stats.py);
+``dice_global`` and ``hd95`` extra metrics (mean over seeds); ``paper_dsc``/``paper_nsd`` the
+values the paper reports, when the config gives them; ``train_hours`` one training of the row
+(its models x folds), mean over seeds.
 """
 
 from __future__ import annotations
@@ -16,31 +23,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seggrid.config import prediction_set_id, row_folds, row_models
+from seggrid.config import row_folds, row_models, row_prediction_sets, training_dir
 from seggrid.io import atomic_path, provenance, write_json
-from seggrid.evaluation.stats import bootstrap_ci, paired_wilcoxon
+from seggrid.evaluation.stats import (SEED_TEST_ALPHA, bootstrap_ci_over_seeds, paired_wilcoxon, seed_sd,
+                                      seed_spread_test)
 
-TABLE_COLUMNS = ["row", "settings", "patch_requested", "patch_effective", "batch", "loss", "folds", "n_cases",
-                 "dsc", "dsc_ci_low", "dsc_ci_high", "p_dsc", "nsd", "nsd_ci_low", "nsd_ci_high", "p_nsd",
+TABLE_COLUMNS = ["row", "settings", "patch_requested", "patch_effective", "batch", "loss", "folds", "seeds",
+                 "n_seeds", "n_cases",
+                 "dsc", "dsc_seed_sd", "dsc_ci_low", "dsc_ci_high", "p_dsc", "dsc_diff", "p_seed_dsc",
+                 "dsc_beyond_seeds",
+                 "nsd", "nsd_seed_sd", "nsd_ci_low", "nsd_ci_high", "p_nsd", "nsd_diff", "p_seed_nsd",
+                 "nsd_beyond_seeds",
                  "dice_global", "hd95", "paper_dsc", "paper_nsd", "train_hours"]
+METRICS = ("dsc", "nsd")
+#: the seed-spread verdict when both rows have one seed (not "n/a": pandas reads that back as NaN)
+ONE_SEED_EACH = "one seed each"
 
 
 def _fmt_patch(p) -> str:
     return "(" + ", ".join(str(int(v)) for v in p) + ")"
 
 
+def _verdict(test: dict) -> str:
+    return ONE_SEED_EACH if test["exceeds"] is None else ("yes" if test["exceeds"] else "no")
+
+
 def table_rows(config: dict, table: dict, outdir: Path, seed: int = 0) -> pd.DataFrame:
+    """One row per configured row: its prediction sets (one per training seed) read from
+    ``outdir/metrics``, plans from ``outdir/plans``, training times from ``outdir/train``."""
     rows, baseline = [], None
     for i, row in enumerate(table["rows"]):
         models, folds = row_models(row), row_folds(config, row)
-        pset = prediction_set_id(models, folds)
-        summary = json.loads((outdir / "metrics" / f"{pset}.json").read_text())
-        cases = pd.read_csv(outdir / "metrics" / f"{pset}.csv")
-        if baseline is None:
-            baseline = cases
+        runs = row_prediction_sets(config, table, row)                  # [(training seed, pset)]
+        summaries = [json.loads((outdir / "metrics" / f"{p}.json").read_text()) for _, p in runs]
+        cases = [pd.read_csv(outdir / "metrics" / f"{p}.csv") for _, p in runs]
+        pooled_cases = pd.concat(cases, ignore_index=True)              # case_by_organ averages over seeds
         plans = [json.loads((outdir / "plans" / f"{m}.json").read_text()) for m in models]
-        train_s = sum(json.loads((outdir / "train" / m / f"fold_{f}" / "summary.json").read_text())["wall_seconds"]
-                      for m in models for f in folds)
+        train_s = [sum(json.loads((outdir / training_dir(config, m, f, s) / "summary.json").read_text())[
+            "wall_seconds"] for m in models for f in folds) for s, _ in runs]
         out = {
             "row": row.get("label", " & ".join(models)),
             "settings": " & ".join(models),
@@ -49,14 +69,28 @@ def table_rows(config: dict, table: dict, outdir: Path, seed: int = 0) -> pd.Dat
             "batch": " & ".join(str(p["setting"]["batch"]) for p in plans),
             "loss": " & ".join(p["setting"]["loss"] for p in plans),
             "folds": ",".join(str(f) for f in folds),
-            "n_cases": summary["n_cases"], "dice_global": summary.get("dice_global", np.nan),
-            "hd95": summary.get("hd95", np.nan), "train_hours": train_s / 3600,
+            "seeds": ",".join(str(s) for s, _ in runs), "n_seeds": len(runs),
+            "n_cases": summaries[0]["n_cases"],
+            "dice_global": float(pd.Series([x.get("dice_global", np.nan) for x in summaries], dtype=float).mean()),
+            "hd95": float(pd.Series([x.get("hd95", np.nan) for x in summaries], dtype=float).mean()),
+            "train_hours": float(np.mean(train_s)) / 3600,
             "paper_dsc": row.get("paper", {}).get("dsc", np.nan), "paper_nsd": row.get("paper", {}).get("nsd", np.nan),
         }
-        for metric in ("dsc", "nsd"):
-            out[metric] = summary[metric]
-            out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bootstrap_ci(cases, metric, seed=seed + i)
-            out[f"p_{metric}"] = np.nan if i == 0 else paired_wilcoxon(cases, baseline, metric)[0]
+        per_seed = {m: [x[m] for x in summaries] for m in METRICS}
+        for metric in METRICS:
+            out[metric] = float(np.mean(per_seed[metric]))
+            out[f"{metric}_seed_sd"] = seed_sd(per_seed[metric])
+            out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bootstrap_ci_over_seeds(cases, metric, seed=seed + i)
+            if baseline is None:
+                out[f"p_{metric}"] = out[f"{metric}_diff"] = out[f"p_seed_{metric}"] = np.nan
+                out[f"{metric}_beyond_seeds"] = ""
+                continue
+            out[f"p_{metric}"] = paired_wilcoxon(pooled_cases, baseline["cases"], metric)[0]
+            test = seed_spread_test(per_seed[metric], baseline[metric])
+            out[f"{metric}_diff"], out[f"p_seed_{metric}"] = test["diff"], test["p"]
+            out[f"{metric}_beyond_seeds"] = _verdict(test)
+        if baseline is None:
+            baseline = {"cases": pooled_cases, **per_seed}
         rows.append(out)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -67,26 +101,49 @@ def _score(r, metric: str) -> str:
     return text + ("" if np.isnan(p) else f" (p={p:.3g})")
 
 
+def _seed_sd(r, metric: str) -> str:
+    sd = r[f"{metric}_seed_sd"]
+    return "n/a (1 seed)" if np.isnan(sd) else f"{sd:.4f}"
+
+
+def _vs_first(r, metric: str) -> str:
+    verdict = r[f"{metric}_beyond_seeds"]
+    if not isinstance(verdict, str) or not verdict:          # the first row (a CSV reads "" back as NaN)
+        return "(first row)"
+    diff = f"{r[f'{metric}_diff']:+.4f}"
+    if verdict == ONE_SEED_EACH:
+        return f"{diff} (no test: 1 seed each)"
+    word = "exceeds" if verdict == "yes" else "within"
+    return f"{diff} (p={r[f'p_seed_{metric}']:.3g}: {word} seed spread)"
+
+
 def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     paper = df["paper_dsc"].notna().any()
-    head = ["Setting", "Patch (requested)", "Patch (effective)", "Batch", "Loss", "Folds", "Cases",
-            "DSC Score", "NSD Score", "Dice global", "HD95 (mm)", "Training time (h)"]
+    head = ["Setting", "Patch (requested)", "Patch (effective)", "Batch", "Loss", "Folds", "Seeds", "Cases",
+            "DSC Score", "DSC SD (seeds)", "DSC vs first (seeds)", "NSD Score", "NSD SD (seeds)",
+            "NSD vs first (seeds)", "Dice global", "HD95 (mm)", "Training time (h)"]
     if paper:
-        head[9:9] = ["Paper DSC", "Paper NSD"]
+        head[14:14] = ["Paper DSC", "Paper NSD"]
     body = []
     for _, r in df.iterrows():
         vals = [str(r["row"]), r["patch_requested"], r["patch_effective"], str(r["batch"]), r["loss"], r["folds"],
-                str(r["n_cases"]), _score(r, "dsc"), _score(r, "nsd"), f"{r['dice_global']:.4f}",
+                str(r["n_seeds"]), str(r["n_cases"]), _score(r, "dsc"), _seed_sd(r, "dsc"), _vs_first(r, "dsc"),
+                _score(r, "nsd"), _seed_sd(r, "nsd"), _vs_first(r, "nsd"), f"{r['dice_global']:.4f}",
                 f"{r['hd95']:.1f}", f"{r['train_hours']:.3g}"]
         if paper:
-            vals[9:9] = [f"{r['paper_dsc']:.4f}" if pd.notna(r["paper_dsc"]) else "",
-                         f"{r['paper_nsd']:.4f}" if pd.notna(r["paper_nsd"]) else ""]
+            vals[14:14] = [f"{r['paper_dsc']:.4f}" if pd.notna(r["paper_dsc"]) else "",
+                           f"{r['paper_nsd']:.4f}" if pd.notna(r["paper_nsd"]) else ""]
         body.append(vals)
     return head, body
 
 
-NOTE = ("DSC/NSD: mean over organs of per-organ means over cases, [95 % bootstrap CI over cases], "
-        "(p: paired Wilcoxon signed-rank test against the first row).")
+NOTE = ("DSC/NSD: mean over organs of per-organ means over cases, averaged over the row's training seeds "
+        "(Seeds), [95 % bootstrap CI over cases], (p: paired Wilcoxon signed-rank test against the first row "
+        "on the per-case scores averaged over seeds). SD (seeds): sample standard deviation of the score "
+        "between training seeds (n/a with 1 seed). vs first (seeds): difference of seed means from the first "
+        "row and a two-sided two-sample t-test with the seed variance pooled over both rows "
+        f"(df = n1 + n2 - 2): 'exceeds seed spread' when p < {SEED_TEST_ALPHA:g}; no test when both rows "
+        "have 1 seed. Training time: one training of the row, mean over seeds.")
 
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:
@@ -123,7 +180,10 @@ def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | P
         tmp.write_text(to_markdown(df, title))
     with atomic_path(tables_dir / f"{name}.tex") as tmp:
         tmp.write_text(to_latex(df, title))
-    write_json(tables_dir / f"{name}.provenance.json", provenance(config.get("seed"), config))
+    record = provenance(config.get("seed"), config)
+    record["row_training_seeds"] = [{"row": str(r["row"]), "seeds": [int(v) for v in str(r["seeds"]).split(",")]}
+                                    for _, r in df.iterrows()]
+    write_json(tables_dir / f"{name}.provenance.json", record)
     print(f"[tables] {name}: {len(df)} rows", flush=True)
     return df
 

@@ -3,7 +3,8 @@
 It reads what the jobs leave in ``outdir`` (nothing from Snakemake or SLURM), so it works
 from a login node while Snakemake runs on the cluster, after a crash, and before anything ran.
 
-One line per training job (setting, fold):
+One line per training job (setting, fold, training seed; a seed other than the base ``seed``
+trains in ``train/<setting>/seed_<S>/fold_<f>``):
 
 - ``done``: ``model.pt`` is there (its ``summary.json`` gives the final EMA pseudo-Dice and
   the mean seconds per epoch);
@@ -27,7 +28,8 @@ import socket
 import time
 from pathlib import Path
 
-from seggrid.config import parse_prediction_set_id, prediction_sets, resolve_setting, training_jobs
+from seggrid.config import (base_seed, parse_prediction_set_id, prediction_sets, resolve_setting, seed_dir,
+                            training_jobs)
 
 #: a job with no output for this long (and 3 epochs) is taken to be gone when its host is another
 STALE_S = 900.0
@@ -63,14 +65,16 @@ def _last_error(log: Path) -> str | None:
     return errors[-1][:160] if errors else None
 
 
-def training_job_status(outdir: Path, setting: dict, fold: int, now: float | None = None) -> dict:
-    """The state of one training job: state, epoch, epochs, ema, s_per_epoch, eta_s, detail."""
+def training_job_status(outdir: Path, setting: dict, fold: int, now: float | None = None, seed: int | None = None,
+                        seed_path: str = "") -> dict:
+    """The state of one training job: setting, fold, seed, state, epoch, epochs, ema, s_per_epoch,
+    eta_s, detail. ``seed_path``: '' for the base seed, ``/seed_<S>`` for another seed S."""
     now = time.time() if now is None else now
     name, epochs = setting["name"], setting["epochs"]
-    folder = outdir / "train" / name / f"fold_{fold}"
-    log = outdir / "logs" / "train" / name / f"fold_{fold}.log"
-    row = {"setting": name, "fold": fold, "state": "pending", "epoch": 0, "epochs": epochs, "ema": None,
-           "s_per_epoch": None, "eta_s": None, "detail": ""}
+    folder = outdir / "train" / f"{name}{seed_path}" / f"fold_{fold}"
+    log = outdir / "logs" / "train" / f"{name}{seed_path}" / f"fold_{fold}.log"
+    row = {"setting": name, "fold": fold, "seed": seed, "state": "pending", "epoch": 0, "epochs": epochs,
+           "ema": None, "s_per_epoch": None, "eta_s": None, "detail": ""}
     summary = _read_json(folder / "summary.json")
     if (folder / "model.pt").exists() and summary is not None:
         row.update(state="done", epoch=epochs, ema=summary.get("final_pseudo_dice_ema"),
@@ -110,11 +114,13 @@ def prediction_set_status(outdir: Path, pset: str) -> str:
 
 def grid_status(config: dict, now: float | None = None) -> dict:
     outdir = Path(config["outdir"])
-    training = [training_job_status(outdir, resolve_setting(config, s), f, now) for s, f in training_jobs(config)]
+    training = [training_job_status(outdir, resolve_setting(config, s), f, now, seed, seed_dir(config, seed))
+                for s, f, seed in training_jobs(config)]
     psets = [{"pset": p, "state": prediction_set_status(outdir, p), "models": len(parse_prediction_set_id(p)[0])}
              for p in prediction_sets(config)]
     tables = [{"table": t, "done": (outdir / "tables" / f"{t}.csv").exists()} for t in config["tables"]]
-    return {"outdir": str(outdir), "training": training, "prediction_sets": psets, "tables": tables}
+    return {"outdir": str(outdir), "base_seed": base_seed(config), "training": training, "prediction_sets": psets,
+            "tables": tables}
 
 
 def _duration(seconds: float | None) -> str:
@@ -133,12 +139,17 @@ def _duration(seconds: float | None) -> str:
 def format_status(status: dict) -> str:
     training = status["training"]
     width = max([len("setting")] + [len(r["setting"]) for r in training])
-    lines = [f"grid in {status['outdir']}: {len(training)} training jobs", "",
-             f"{'setting':<{width}}  fold  {'state':<8} {'epoch':>11}  {'EMA Dice':>8}  {'s/epoch':>8}  {'ETA':>7}  detail"]
-    for r in training:
+    seeds = [str(r.get("seed", "-")) for r in training]
+    sw = max([len("seed")] + [len(s) for s in seeds])
+    lines = [f"grid in {status['outdir']}: {len(training)} training jobs (base seed {status.get('base_seed', '-')}; "
+             "fold f of seed S trains with S + f)", "",
+             f"{'setting':<{width}}  fold  {'seed':>{sw}}  {'state':<8} {'epoch':>11}  {'EMA Dice':>8}  "
+             f"{'s/epoch':>8}  {'ETA':>7}  detail"]
+    for r, seed in zip(training, seeds):
         ema = "-" if r["ema"] is None or not math.isfinite(r["ema"]) else f"{r['ema']:.4f}"
         spe = "-" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}"
-        lines.append(f"{r['setting']:<{width}}  {r['fold']:>4}  {r['state']:<8} {r['epoch']:>5}/{r['epochs']:<5}  "
+        lines.append(f"{r['setting']:<{width}}  {r['fold']:>4}  {seed:>{sw}}  {r['state']:<8} "
+                     f"{r['epoch']:>5}/{r['epochs']:<5}  "
                      f"{ema:>8}  {spe:>8}  {_duration(r['eta_s']):>7}  {r['detail']}".rstrip())
     counts = {s: sum(r["state"] == s for r in training) for s in ("done", "running", "failed", "pending")}
     lines += ["", "training: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
