@@ -87,9 +87,10 @@ def test_perfect_probabilities_map_back_to_the_ground_truth(real_dataset, tmp_pa
 def test_probability_averaging_and_postprocessing_before_models_are_averaged(tmp_path):
     """Two 'models' over one case: the ensemble averages their quantised maps; model B's
     postprocessing (applied by its predict job) removes its class-1 island (its second class-1
-    component) before the average, so the island, which both models predicted, is background."""
+    component) before the average, so the island, which both models predicted, is background.
+    The members are written as predict writes them: the softmax of logits (here log p)."""
     from seggrid.inference.ensemble import mean_class_score
-    from seggrid.inference.maps import remove_from_probabilities, write_quantised
+    from seggrid.inference.maps import write_quantised_softmax
     from seggrid.inference.postprocess import apply
 
     shape = (3, 6, 6, 6)
@@ -101,11 +102,12 @@ def test_probability_averaging_and_postprocessing_before_models_are_averaged(tmp
     b[:, 1:3, 1:3, 1:3] = np.array([0.2, 0.4, 0.4])[:, None, None, None] + [[[[0.0]]], [[[0.1]]], [[[-0.1]]]]
 
     def member(name, probs, decision):
-        probs = torch.from_numpy(probs.copy())
+        logits = torch.from_numpy(probs).clamp_min(1e-12).log()
+        removed = None
         if decision:
-            labels = probs.argmax(0).numpy().astype(np.uint8)
-            probs = remove_from_probabilities(probs, labels, apply(labels, decision))
-        write_quantised(tmp_path / f"{name}.npy", probs)
+            labels = logits.argmax(0).numpy().astype(np.uint8)
+            removed = (labels > 0) & (apply(labels, decision) == 0)
+        write_quantised_softmax(tmp_path / f"{name}.npy", logits, removed)
         return tmp_path / f"{name}.npy"
 
     paths = [member("A", a, None), member("B", b, {"per_class": [1]})]
