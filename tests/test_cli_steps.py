@@ -172,10 +172,13 @@ def test_predict_writes_labels_and_quantised_probabilities(pipeline):
         total = probs.astype(np.int32).sum(0)                  # round(255 p) per class sums to ~255
         assert np.all(np.abs(total - 255) <= 8)
         assert np.array_equal(read_quantised_class(probs_dir / f"{cid}.npy", 5), probs[5])
-        # labels written directly equal the ensemble of the one quantised member, up to ties
+        # labels written directly come from resampled LOGITS (nnU-Net's order: resample, then one
+        # argmax); the one-member ensemble resamples its quantised PROBABILITIES (as nnUNetv2_ensemble
+        # averages probabilities). The two agree except where this 2-iteration model is uncertain
+        # (measured 3.3 % and 4.1 % of voxels)
         direct = np.asarray(nib.load(labels_dir / f"{cid}.nii.gz").dataobj)
         via_member = np.asarray(nib.load(pipeline["ensemble"] / f"{cid}.nii.gz").dataobj)
-        assert direct.shape == via_member.shape and (direct != via_member).mean() < 0.01
+        assert direct.shape == via_member.shape and (direct != via_member).mean() < 0.06
     timing = json.loads((probs_dir / "inference.json").read_text())
     assert timing["tta_flips"] == 2 and set(timing["cases"]) == {"amos_0004", "amos_0503"}
     assert sorted(p.name for p in labels_dir.iterdir()) == ["amos_0004.nii.gz", "amos_0503.nii.gz",

@@ -10,9 +10,10 @@ A candidate is kept only if it raises the mean Dice over classes (each class's D
 over cases, NaN when a class is absent from both masks) and makes no class worse. The
 decision is a small JSON (:func:`decide`) that :func:`apply` replays on test predictions.
 
-Applied before ensembling (as the paper does for models A and B): a model's probability map
-gets background probability 1 wherever its postprocessing removed a voxel
-(:func:`seggrid.inference.maps.remove_from_probabilities`), and the models' maps are then averaged.
+Applied before ensembling (as the paper does for models A and B): where a model's postprocessing
+removed a voxel, its quantised softmax map is background 1
+(:func:`seggrid.inference.maps.write_quantised_softmax`) and its logits favour background
+(:func:`seggrid.inference.maps.remove_from_logits`); the models' maps are then averaged.
 
 The decision needs one pass over the cases, one case in memory at a time
 (:func:`candidate_dice`), so its peak does not grow with the number of cases.
