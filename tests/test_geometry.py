@@ -37,6 +37,11 @@ def test_internal_order_is_ras_zyx_and_inverts(name, codes):
     assert x_world(file_idx) > x_world(file_idx0)
 
 
+
+def _norm(modality: str, ct_stats: dict | None = None) -> dict:
+    """preprocess_case's normalisation: nnU-Net's CT scheme for CT, per-image z-score otherwise."""
+    return {"scheme": "ct" if modality == "CT" else "zscore", "ct_stats": ct_stats, "use_mask": False}
+
 @pytest.mark.parametrize("name, modality", [("ct", "CT"), ("mr", "MR")])
 def test_perfect_prediction_maps_back_exactly(tmp_path, name, modality):
     """Preprocess at the native spacing, feed the one-hot label as probabilities: the written
@@ -47,7 +52,7 @@ def test_perfect_prediction_maps_back_exactly(tmp_path, name, modality):
     nib.save(nib.Nifti1Image(seg.astype(np.uint8), seg_img.affine), str(lab_path))
     case = Case("c", SAMPLE / f"{name}.nii.gz", lab_path, modality)
     stats = {"percentile_00_5": -1000, "percentile_99_5": 1000, "mean": 0, "std": 100}
-    props = preprocess_case(case, [3.0, 3.0, 3.0], stats, 4, tmp_path, seed=0)
+    props = preprocess_case(case, [3.0, 3.0, 3.0], _norm(modality, stats), 4, tmp_path, seed=0)
     pre = np.load(tmp_path / "c_seg.npy")
     onehot = F.one_hot(torch.as_tensor(pre, dtype=torch.long), 4).permute(3, 0, 1, 2).float().numpy()
     back = to_original_geometry(onehot, props)
@@ -65,7 +70,7 @@ def test_resampled_round_trip_overlays_input(tmp_path):
     lab_path = tmp_path / "lab.nii.gz"
     nib.save(nib.Nifti1Image(amos, seg_img.affine), str(lab_path))
     case = Case("c", SAMPLE / "mr.nii.gz", lab_path, "MR")
-    props = preprocess_case(case, [4.5, 4.5, 4.5], None, 16, tmp_path, seed=0)
+    props = preprocess_case(case, [4.5, 4.5, 4.5], _norm("MR"), 16, tmp_path, seed=0)
     pre = np.load(tmp_path / "c_seg.npy")
     onehot = F.one_hot(torch.as_tensor(pre, dtype=torch.long), 16).permute(3, 0, 1, 2).float().numpy()
     back = to_original_geometry(onehot, props)
@@ -89,7 +94,7 @@ def test_real_ct_preprocessing_spacing_orientation_and_intensities(tmp_path):
     stats = {"percentile_00_5": float(np.percentile(fg, 0.5)), "percentile_99_5": float(np.percentile(fg, 99.5)),
              "mean": float(fg.mean()), "std": float(fg.std())}
     case = Case("ct", SAMPLE / "ct.nii.gz", tmp_path / "lab.nii.gz", "CT")
-    props = preprocess_case(case, [3.0, 3.0, 3.0], stats, 16, tmp_path, seed=0)
+    props = preprocess_case(case, [3.0, 3.0, 3.0], _norm("CT", stats), 16, tmp_path, seed=0)
     pre = np.load(tmp_path / "ct_img.npy")
     internal, _, _ = file_to_internal(img, data)
     box = nonzero_bbox(internal)
@@ -102,7 +107,7 @@ def test_real_ct_preprocessing_spacing_orientation_and_intensities(tmp_path):
     lo, hi = [(stats[k] - stats["mean"]) / stats["std"] for k in ("percentile_00_5", "percentile_99_5")]
     assert pre.min() >= lo - 1e-5 and pre.max() <= hi + 1e-5 and np.isclose(pre.min(), lo, atol=1e-5)
 
-    props2 = preprocess_case(case, [5.0, 1.5, 2.0], stats, 16, tmp_path, seed=0)
+    props2 = preprocess_case(case, [5.0, 1.5, 2.0], _norm("CT", stats), 16, tmp_path, seed=0)
     assert props2["separate_z"]                                  # 5 / 1.5 > 3
     shape = props2["shape_cropped"]
     assert props2["shape_preprocessed"] == [round(shape[0] * 3 / 5), round(shape[1] * 3 / 1.5), round(shape[2] * 3 / 2)]
@@ -124,7 +129,7 @@ def _sagittal_volume(tmp_path):
 
 def test_coarsest_axis_is_transposed_first_and_maps_back_exactly(tmp_path):
     case, label = _sagittal_volume(tmp_path)
-    props = preprocess_case(case, [1.0, 1.0, 4.0], None, 3, tmp_path, seed=0)     # target (z, y, x)
+    props = preprocess_case(case, [1.0, 1.0, 4.0], _norm("MR"), 3, tmp_path, seed=0)     # target (z, y, x)
     assert props["transpose"] == [2, 0, 1] and props["spacing"] == [4.0, 1.0, 1.0]
     pre = np.load(tmp_path / "s_seg.npy")
     assert pre.shape == (10, 20, 24)                                 # (x, z, y)
@@ -134,7 +139,7 @@ def test_coarsest_axis_is_transposed_first_and_maps_back_exactly(tmp_path):
 
 def test_anisotropic_resampling_uses_nearest_out_of_plane(tmp_path):
     case, _ = _sagittal_volume(tmp_path)
-    props = preprocess_case(case, [2.0, 2.0, 8.0], None, 3, tmp_path, seed=0)     # 10 x-slices -> 5
+    props = preprocess_case(case, [2.0, 2.0, 8.0], _norm("MR"), 3, tmp_path, seed=0)     # 10 x-slices -> 5
     assert props["separate_z"] and props["shape_preprocessed"][0] == 5
     pre = np.load(tmp_path / "s_img.npy")
     # each stored slice along the coarse axis is one original slice (z-scored), never a blend
