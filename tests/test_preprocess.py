@@ -215,3 +215,120 @@ def test_preprocess_dataset_applies_and_records_the_scheme(tmp_path, channel, op
         assert {c: len(v) for c, v in locs.items()} == {1: 136, 2: 8}  # every voxel of these small classes
         for c, v in locs.items():
             assert np.all(seg[tuple(np.asarray(v).T)] == c)
+
+
+# ---------------------------------------------------------------- resampling (nnU-Net 2.8.1's grid)
+# Facts from nnunetv2/preprocessing/resampling/default_resampling.py, skimage's resize (order 3,
+# mode 'edge', no anti-aliasing, clip) and batchgenerators' resize_segmentation (order 1,
+# argmax with the 'nearest' tie-break); every expected value below is worked out by hand.
+
+def test_new_shape_rounds_spacing_over_target_times_shape_as_nnunet():
+    from seggrid.data.preprocess import new_shape
+
+    # compute_new_shape: round(old_spacing / new_spacing * shape); 0.75 / 0.9 * 9 = 7.4999... -> 7
+    # (9 * 0.75 / 0.9 = 7.5 -> 8), 0.7 / 3.0 * 15 = 3.4999... -> 3
+    assert new_shape([9, 15, 100], [0.75, 0.7, 3.0], [0.9, 3.0, 2.0]) == [7, 3, 150]
+
+
+@pytest.mark.parametrize("current, new, axis", [
+    ([5.0, 0.7, 0.7], [2.0, 0.69, 0.69], 0),      # original anisotropic: its coarse axis
+    ([1.0, 1.0, 5.0], [2.0, 1.0, 1.0], 2),        # ... whichever axis that is
+    ([1.2, 1.0, 1.0], [4.0, 1.0, 1.0], 0),        # only the target anisotropic: its coarse axis
+    ([6.0, 1.0, 1.0], [1.0, 1.0, 6.0], 0),        # both: the current spacing decides
+    ([3.0, 1.0, 1.0], [1.0, 1.0, 1.0], None),     # exactly 3x is not anisotropic (> 3)
+    ([5.0, 5.0, 1.0], [1.0, 1.0, 1.0], None),     # two coarse axes: no separate axis ...
+    ([5.0, 5.0, 1.0], [1.0, 1.0, 6.0], None),     # ... and the new spacing is not consulted
+    ([1.0, 1.0, 1.0], [1.0, 1.0, 3.5], 2),
+    ([2.5, 0.75, 0.75], [2.0, 0.688, 0.688], 0),     # 3.33x: AMOS slices of 2.5 mm
+    ([2.0, 0.7, 0.7], [2.0, 0.688, 0.688], None),  # 2.9x
+])
+def test_separate_axis_is_nnunets_rule(current, new, axis):
+    from seggrid.data.preprocess import separate_z
+    from seggrid.data.resampling import separate_axis
+
+    assert separate_axis(current, new) == axis
+    assert separate_z(current, new) == (axis is not None)
+
+
+def test_nearest_indices_use_the_half_voxel_grid_and_round_halves_up():
+    from seggrid.data.resampling import nearest_indices
+
+    # output j reads (j + 0.5) n / m - 0.5, rounded with floor(c + 0.5), clamped
+    assert nearest_indices(6, 3).tolist() == [1, 3, 5]                 # 0.5, 2.5, 4.5
+    assert nearest_indices(4, 8).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # -0.25, 0.25, ..., 3.25
+    assert nearest_indices(10, 4).tolist() == [1, 3, 6, 8]             # 0.75, 3.25, 5.75, 8.25
+    assert nearest_indices(7, 7).tolist() == list(range(7))
+
+
+def test_linear_scores_use_the_half_voxel_grid_with_edge_values_outside():
+    import torch
+
+    from seggrid.data.resampling import resample_scores
+
+    ramp = torch.tensor([0.0, 10.0, 20.0, 30.0]).view(1, 1, 4)
+    up = resample_scores(ramp, [1, 1, 8])                        # positions -0.25, 0.25, ..., 3.25
+    assert torch.allclose(up.flatten(), torch.tensor([0.0, 2.5, 7.5, 12.5, 17.5, 22.5, 27.5, 30.0]))
+    down = resample_scores(torch.arange(6.0).view(1, 1, 6), [1, 1, 4])   # positions 0.25, 1.75, 3.25, 4.75
+    assert torch.allclose(down.flatten(), torch.tensor([0.25, 1.75, 3.25, 4.75]))
+    # separate axis 0: nearest there (6 -> 3 reads slices 1, 3, 5), linear in-plane
+    vol = torch.arange(6.0).view(6, 1, 1) * 100 + torch.tensor([0.0, 10.0]).view(1, 1, 2)
+    out = resample_scores(vol, [3, 1, 4], axis=0)
+    assert torch.allclose(out[:, 0], torch.tensor([[100.0, 102.5, 107.5, 110.0], [300.0, 302.5, 307.5, 310.0],
+                                                   [500.0, 502.5, 507.5, 510.0]]))
+
+
+def test_cubic_image_resampling_is_on_the_half_voxel_grid_and_clipped_to_the_input_range():
+    from seggrid.data.preprocess import resample_image
+
+    n = 40
+    ramp = np.broadcast_to(np.arange(n, dtype=np.float32) * 3.0, (2, 2, n)).copy()
+    up = resample_image(ramp, [2, 2, 2 * n])
+    pos = (np.arange(2 * n) + 0.5) / 2 - 0.5                    # half-voxel positions
+    inner = slice(10, 2 * n - 10)                               # a cubic spline reproduces a line away from the ends
+    assert np.allclose(up[0, 0, inner], 3.0 * pos[inner], atol=1e-3)
+    step = np.zeros((4, 4, 12), np.float32)
+    step[..., 6:] = 100.0                                       # cubic overshoots a step; the result is clipped
+    out = resample_image(step, [4, 4, 17])
+    assert out.max() == 100.0 and out.min() == 0.0 and (out > 99.0).any()
+    # separate axis 0: each output slice is one input slice (6 -> 3 reads 1, 3, 5) resampled in-plane
+    # and clipped to ITS OWN range
+    slices = np.stack([np.full((8, 8), float(k)) for k in range(6)]).astype(np.float32)
+    slices[:, :, 4:] += 50.0
+    aniso = resample_image(slices, [3, 8, 13], axis=0)
+    for j, k in enumerate([1, 3, 5]):
+        assert aniso[j].min() == k and aniso[j].max() == k + 50.0
+
+
+def test_label_ties_go_to_the_nearest_label_when_it_is_tied_else_the_lowest():
+    from seggrid.data.preprocess import resample_labels
+
+    # 1 2 1 2 -> 2 samples at 0.5 and 2.5: each a 1/2-1/2 tie between 1 and 2; nearest indices
+    # floor(1.0) = 1 and floor(3.0) = 3 are both label 2 (argmax alone would give 1)
+    line = np.array([1, 2, 1, 2], np.uint8).reshape(1, 1, 4)
+    assert resample_labels(line, [1, 1, 2], 3).flatten().tolist() == [2, 2]
+    assert resample_labels(np.array([2, 1, 2, 1], np.uint8).reshape(1, 1, 4), [1, 1, 2], 3).flatten().tolist() == [1, 1]
+    # a 2x2x2 block read at its centre: labels 1 and 2 score 3/8 each, 3 scores 2/8
+    block = np.array([3, 1, 1, 1, 2, 2, 2, 3], np.uint8).reshape(2, 2, 2)
+    assert resample_labels(block, [1, 1, 1], 4).item() == 1      # nearest (block[1,1,1] = 3) lost: lowest tied
+    block[1, 1, 0], block[1, 1, 1] = 3, 2
+    assert resample_labels(block, [1, 1, 1], 4).item() == 2      # nearest (2) is tied: it wins
+    # in-plane per slice along a separate axis 0, with the same rule
+    two = np.stack([line[0], line[0][:, ::-1]])                  # slices 1 2 1 2 and 2 1 2 1
+    assert resample_labels(two, [2, 1, 2], 3, axis=0)[:, 0].tolist() == [[2, 2], [1, 1]]
+
+
+def test_label_resampling_holds_a_few_slices_not_the_one_hot():
+    import tracemalloc
+
+    from seggrid.data.preprocess import resample_labels
+
+    rng = np.random.default_rng(0)                              # 16 classes in every slice: the worst case
+    labels = np.repeat(np.repeat(rng.integers(0, 16, (20, 10, 10)), 2, 0), 4, 1).repeat(4, 2).astype(np.uint8)
+    for axis in (None, 0):
+        tracemalloc.start()
+        out = resample_labels(labels, [60, 44, 44], 16, axis=axis)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        one_hot_float64 = 16 * out.size * 8                     # 14.9 MB
+        assert peak < one_hot_float64 / 8                       # under two classes' volumes (measured: 1/16, 1/85)
+        assert set(np.unique(out)) <= set(np.unique(labels))

@@ -2,9 +2,10 @@
 
 Axis order: arrays are first RAS-aligned (z, y, x) (``geometry.py``), then transposed so the
 coarsest axis of the target spacing comes first (nnU-Net's rule; identity for axial CT/MR,
-where z is coarsest). Resampling is cubic for images and linear on the one-hot encoding for
-labels; when the original or target spacing is anisotropic (max/min > 3), the in-plane
-axes are resampled that way slice by slice and the out-of-plane axis 0 with nearest neighbour.
+where z is coarsest). Resampling is nnU-Net 2.8.1's (``data/resampling.py``: its half-voxel
+grid): cubic for images, linear per label with an argmax for labels; when the original or
+target spacing is anisotropic (max/min > 3, one coarsest axis), the in-plane axes are
+resampled that way slice by slice and the coarse axis with nearest neighbour.
 
 Normalisation (``data/normalization.py``) runs on the cropped image before resampling, as in
 nnU-Net; ``preprocessing.normalization`` picks the scheme per case.
@@ -26,90 +27,72 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from seggrid.data.dataset import Case, load_dataset
 from seggrid.data.fingerprint import crop, nonzero_bbox
 from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
 from seggrid.data.locations import locations_file, sample_class_locations
 from seggrid.data import normalization
+from seggrid.data.resampling import nearest_indices, resample_scores, scores_to_labels, separate_axis
+from seggrid.data.resampling import resample_image as _resample_image
+from seggrid.data.resampling import resample_labels as _resample_labels
 from seggrid.io import atomic_path, write_json
 from seggrid.engine.planner import coarsest_first
 
-ANISO_THRESHOLD = 3.0
-
-
 def separate_z(spacing: list[float], target: list[float]) -> bool:
-    """Resample axis 0 separately (nearest) when it is the coarse axis of an anisotropic grid."""
-    for sp in (spacing, target):
-        if max(sp) / min(sp) > ANISO_THRESHOLD and int(np.argmax(sp)) == 0:
-            return True
-    return False
+    """Whether going from ``spacing`` to ``target`` resamples one axis separately (nearest
+    neighbour; nnU-Net's rule, :func:`seggrid.data.resampling.separate_axis`)."""
+    return separate_axis(spacing, target) is not None
+
+
+def _axis(anisotropic: bool, axis: int | None) -> int | None:
+    """The separately resampled axis: ``axis``, or 0 for the older ``anisotropic=True``."""
+    return axis if axis is not None else (0 if anisotropic else None)
 
 
 def nearest_along_axis0(t: torch.Tensor, n: int, axis: int = 0) -> torch.Tensor:
-    """Nearest-neighbour resampling of ``axis`` onto ``n`` samples, corner centres aligned."""
+    """Nearest-neighbour resampling of ``axis`` onto ``n`` samples on the half-voxel grid
+    (input index ``floor((j + 0.5) old / n)``, clamped; :func:`nearest_indices`)."""
     old = t.shape[axis]
     if old == n:
         return t
-    idx = torch.round(torch.arange(n, dtype=torch.float64) * ((old - 1) / max(n - 1, 1))).long().to(t.device)
-    return t.index_select(axis, idx)
+    return t.index_select(axis, torch.from_numpy(nearest_indices(old, n)).to(t.device))
 
 
 def new_shape(shape, spacing, target) -> list[int]:
-    return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target)]
+    """Voxels per axis at the ``target`` spacing: ``round(spacing / target * shape)`` (nnU-Net's
+    ``compute_new_shape``, same operation order), at least 1."""
+    return [max(1, int(round(sp / t * s))) for s, sp, t in zip(shape, spacing, target)]
 
 
-def resample_image(image: np.ndarray, shape: list[int], anisotropic: bool = False) -> np.ndarray:
-    """Cubic resampling onto ``shape`` (corner voxel centres aligned, as scipy's zoom does);
-    with ``anisotropic``, cubic in-plane and nearest along axis 0."""
-    if list(image.shape) == list(shape):
-        return image.astype(np.float32)
-    zoom = [n / o for n, o in zip(shape, image.shape)]
-    if anisotropic:
-        out = ndimage.zoom(image, [1.0, zoom[1], zoom[2]], order=3, mode="nearest", grid_mode=False)
-        out = nearest_along_axis0(torch.from_numpy(np.ascontiguousarray(out)), shape[0]).numpy()
-    else:
-        out = ndimage.zoom(image, zoom, order=3, mode="nearest", grid_mode=False)
-    if list(out.shape) != list(shape):
-        raise AssertionError(f"zoom gave {out.shape}, wanted {shape}")
-    return out.astype(np.float32)
+def resample_image(image: np.ndarray, shape: list[int], anisotropic: bool = False,
+                   axis: int | None = None) -> np.ndarray:
+    """Cubic resampling onto ``shape`` on nnU-Net's half-voxel grid, float32; with ``axis``
+    (or ``anisotropic``: axis 0), cubic per slice and nearest along that axis
+    (:func:`seggrid.data.resampling.resample_image`)."""
+    return _resample_image(image, shape, _axis(anisotropic, axis))
 
 
-def resample_probabilities(probs: np.ndarray | torch.Tensor, shape: list[int],
-                           anisotropic: bool = False) -> torch.Tensor:
-    """Linear resampling of (C, z, y, x) class scores onto ``shape`` (same grid as
-    resample_image); with ``anisotropic``, bilinear in-plane and nearest along z."""
+def resample_probabilities(probs: np.ndarray | torch.Tensor, shape: list[int], anisotropic: bool = False,
+                           axis: int | None = None) -> torch.Tensor:
+    """Linear resampling of (C, z, y, x) class scores onto ``shape`` (half-voxel grid, one
+    class at a time); with ``axis`` (or ``anisotropic``: axis 0), linear per slice and nearest
+    along that axis (:func:`seggrid.data.resampling.resample_scores`)."""
     t = torch.as_tensor(probs, dtype=torch.float32)
     if list(t.shape[1:]) == list(shape):
         return t
-    if anisotropic:
-        inplane = F.interpolate(t.movedim(1, 0), size=tuple(shape[1:]), mode="bilinear", align_corners=True)
-        return nearest_along_axis0(inplane.movedim(0, 1), shape[0], axis=1)
-    return F.interpolate(t[None], size=tuple(shape), mode="trilinear", align_corners=True)[0]
+    return torch.stack([resample_scores(t[c], shape, _axis(anisotropic, axis)) for c in range(t.shape[0])])
 
 
-def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int, anisotropic: bool = False) -> np.ndarray:
-    """Labels resampled as the argmax of their linearly resampled one-hot encoding, built one
-    class at a time: the peak is a few float32 volumes, not ``n_classes`` of them (16 classes at
-    AMOS size: 12 GB for the whole one-hot). Classes absent from ``labels`` are skipped (their
-    score is 0 everywhere); ties keep the lowest class, as ``argmax`` does."""
-    if list(labels.shape) == list(shape):
-        return labels.astype(np.uint8)
-    present = [int(c) for c in np.unique(labels) if c < n_classes]
-    out = np.zeros(shape, dtype=np.uint8)
-    best = None
-    for c in present:
-        score = resample_probabilities((labels == c)[None].astype(np.float32), shape, anisotropic)[0]
-        if best is None:
-            best, out[...] = score, c
-            continue
-        better = score > best
-        out[better.numpy()] = c
-        torch.maximum(best, score, out=best)
-        del score, better
-    return out
+def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int, anisotropic: bool = False,
+                    axis: int | None = None) -> np.ndarray:
+    """Labels resampled as nnU-Net's ``resize_segmentation`` order 1 does: each class's
+    indicator linearly, the highest score wins, ties go to the nearest-neighbour label when it
+    is among them (else the lowest). Slice by slice, so the peak is the output and a few
+    float64 slices, not the whole one-hot (16 classes at AMOS size: 12 GB in float32). With
+    ``axis`` (or ``anisotropic``: axis 0), nearest along that axis
+    (:func:`seggrid.data.resampling.resample_labels`)."""
+    return _resample_labels(labels, shape, n_classes, _axis(anisotropic, axis))
 
 
 def preprocess_case(case: Case, target: list[float], norm: dict, n_classes: int, out_dir: Path,
@@ -124,17 +107,18 @@ def preprocess_case(case: Case, target: list[float], norm: dict, n_classes: int,
     box = nonzero_bbox(image)
     image = normalization.normalise(crop(image, box), norm["scheme"], norm["ct_stats"], norm["use_mask"])
     shape = new_shape(image.shape, spacing, target)
-    aniso = separate_z(spacing, target)
+    axis = separate_axis(spacing, target)
     props = {"case_id": case.case_id, "modality": case.modality, "geometry": geom.to_dict(), "transpose": order,
              "spacing_original": list(spacing), "crop_box": box, "shape_cropped": list(image.shape),
-             "shape_preprocessed": shape, "spacing": list(target), "separate_z": aniso,
+             "shape_preprocessed": shape, "spacing": list(target), "separate_z": axis is not None,
+             "separate_axis": axis,
              "has_label": case.label is not None,
              "normalization": {"scheme": norm["scheme"], "use_mask": norm["use_mask"]}}
-    np.save(out_dir / f"{case.case_id}_img.npy", resample_image(image, shape, aniso))
+    np.save(out_dir / f"{case.case_id}_img.npy", resample_image(image, shape, axis=axis))
     if case.label is not None:
         lab_img = load_nifti(case.label)
         seg, _, _ = file_to_internal(lab_img, read_array(lab_img, case.label, dtype=np.uint8))
-        seg = resample_labels(crop(seg.transpose(order), box), shape, n_classes, aniso)
+        seg = resample_labels(crop(seg.transpose(order), box), shape, n_classes, axis=axis)
         np.save(out_dir / f"{case.case_id}_seg.npy", seg)
         locations, rows, counts = sample_class_locations(seg, np.random.default_rng(seed), n_classes)
         np.save(out_dir / locations_file(case.case_id), locations)
@@ -232,27 +216,18 @@ def to_original_geometry(probs: np.ndarray | torch.Tensor, props: dict) -> np.nd
 def scores_to_file_labels(score_of, n_classes: int, props: dict) -> np.ndarray:
     """Labels in the file's grid from per-class scores at the target spacing.
 
-    ``score_of(c)`` gives class ``c``'s (z, y, x) scores (any device), or None when the class
-    scores 0 everywhere. Each class is resampled to the cropped shape on its own and the argmax
-    is kept as it goes (ties keep the lower class), so the peak is about three float32 volumes
-    of the cropped shape whatever the number of classes. The result is pasted into the crop
-    box, then the transposition and the orientation are undone."""
-    shape, aniso = props["shape_cropped"], props.get("separate_z", False)
-    cropped, best = None, None
-    for c in range(n_classes):
-        score = score_of(c)
-        if score is None:
-            continue
-        r = resample_probabilities(score[None], shape, aniso)[0]
-        if best is None:
-            best = r.clone()            # r may share memory with the caller's scores
-            cropped = torch.full(r.shape, c, dtype=torch.uint8, device=r.device)
-            continue
-        cropped[r > best] = c
-        torch.maximum(best, r, out=best)
-        del r
-    cropped = np.zeros(shape, np.uint8) if cropped is None else cropped.cpu().numpy()
-    del best
+    ``score_of(c)`` gives class ``c``'s (z, y, x) scores (probabilities or logits, any device),
+    or None when the class scores 0 everywhere. As nnU-Net 2.8.1's
+    ``convert_predicted_logits_to_segmentation_with_correct_shape``: each class is resampled
+    linearly to the cropped shape on the half-voxel grid, with the separate (nearest) axis
+    decided from the target spacing to the original one (:func:`separate_axis`, in that
+    order), and the argmax is kept as it goes (ties keep the lower class), so the peak is
+    about three float32 volumes of the cropped shape whatever the number of classes. The
+    result is pasted into the crop box, then the transposition and the orientation are undone."""
+    axis = separate_axis(props["spacing"], props["spacing_original"])
+    cropped = scores_to_labels(score_of, n_classes, props["shape_cropped"], axis)
+    if cropped is None:
+        cropped = np.zeros(props["shape_cropped"], np.uint8)
     return cropped_to_file_grid(cropped, props)
 
 
