@@ -74,15 +74,16 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.clip(np.floor(source_coordinates(n_in, n_out) + 0.5), 0, n_in - 1).astype(np.int64)
 
 
-def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Linear interpolation along one axis: lower and upper input index (clamped to the input,
-    i.e. edge values repeat) and the upper sample's weight (float64) per output sample."""
+    i.e. edge values repeat) and their weights (float64) per output sample, computed as scipy
+    computes them: ``w_low = 1 - frac``, ``w_high = 1 - w_low`` (frac = coordinate - floor)."""
     coord = source_coordinates(n_in, n_out)
     start = np.floor(coord)
-    weight = coord - start
+    w_low = 1.0 - (coord - start)
     low = np.clip(start, 0, n_in - 1).astype(np.int64)
     high = np.clip(start + 1, 0, n_in - 1).astype(np.int64)
-    return low, high, weight
+    return low, high, w_low, 1.0 - w_low
 
 
 def skimage_resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
@@ -169,34 +170,37 @@ def resample_label_slice(labels: np.ndarray, shape: Sequence[int], n_classes: in
 
 
 def _labels_3d(labels: np.ndarray, shape: list[int], n_classes: int) -> np.ndarray:
-    """3D linear label resampling as :func:`resample_label_slice` does in 2D, one output slice
-    at a time: in-plane scores of the (at most two) input slices it reads, cached, then
-    blended along axis 0 with that slice's linear weights (float64)."""
-    low, high, weight = linear_taps(labels.shape[0], shape[0])
+    """3D linear label resampling, one output slice at a time, with the same floating-point
+    operations as ``ndimage.zoom(order=1)`` (what skimage's ``resize`` runs): each label's score
+    is the sum, over the 8 taps in (z, y, x) order, of ``(w_z * w_y) * w_x`` where the tap holds
+    that label; so the scores, and the ties the nearest-neighbour rule settles, are bit for bit
+    skimage's. Peak: the output plus a few float64 slices."""
+    (z0, z1, *wz), (y0, y1, *wy), (x0, x1, *wx) = (linear_taps(n, m) for n, m in zip(labels.shape, shape))
     iz = nearest_indices(labels.shape[0], shape[0])
     iy, ix = nearest_indices(labels.shape[1], shape[1]), nearest_indices(labels.shape[2], shape[2])
+    rows, cols = (y0, y1), (x0, x1)
+    row_w, col_w = [w[:, None] for w in wy], [w[None, :] for w in wx]
     out = np.empty(shape, dtype=np.uint8)
-    cache: dict[int, dict[int, np.ndarray]] = {}
+    cache: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}   # input slice -> 4 in-plane tap planes, labels
 
-    def inplane(s: int) -> dict[int, np.ndarray]:
+    def taps(s: int) -> tuple[list[np.ndarray], np.ndarray]:
         if s not in cache:
-            plane = labels[s]
-            cache[s] = {c: skimage_resize((plane == c).astype(np.float64), shape[1:], 1)
-                        for c in _present(plane, n_classes)}
+            cache[s] = ([labels[s][np.ix_(r, c)] for r in rows for c in cols],
+                        np.bincount(labels[s].ravel(), minlength=n_classes)[:n_classes] > 0)
         return cache[s]
 
     for j in range(shape[0]):
-        for s in [s for s in cache if s < low[j]]:
+        for s in [s for s in cache if s < z0[j]]:
             del cache[s]
-        a, b, w = inplane(int(low[j])), inplane(int(high[j])), float(weight[j])
+        (low, in_low), (high, in_high) = taps(int(z0[j])), taps(int(z1[j]))
+        planes, present = low + high, in_low | in_high
+        weights = [(w * row_w[b]) * col_w[c] for w in (wz[0][j], wz[1][j]) for b in (0, 1) for c in (0, 1)]
         vote = _ArgmaxNearestTie(labels[iz[j]][np.ix_(iy, ix)])
-        for c in sorted(set(a) | set(b)):
+        for c in np.flatnonzero(present):
             score = np.zeros(shape[1:], dtype=np.float64)
-            if c in a:
-                score += (1.0 - w) * a[c]
-            if c in b:
-                score += w * b[c]
-            vote.add(c, np.clip(score, 0.0, 1.0, out=score))
+            for plane, weight in zip(planes, weights):
+                score += (plane == c) * weight
+            vote.add(int(c), np.clip(score, 0.0, 1.0, out=score))
         out[j] = vote.labels()
     return out
 
@@ -225,7 +229,7 @@ def _linear_along(t: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
     """Linear resampling of ``t`` along ``dim`` onto ``n_out`` samples, half-voxel grid."""
     if t.shape[dim] == n_out:
         return t
-    low, high, weight = linear_taps(t.shape[dim], n_out)
+    low, high, _, weight = linear_taps(t.shape[dim], n_out)
     view = [1] * t.dim()
     view[dim] = n_out
     w = torch.from_numpy(weight.astype(np.float32)).to(t.device).view(view)
