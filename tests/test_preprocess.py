@@ -275,6 +275,13 @@ def test_linear_scores_use_the_half_voxel_grid_with_edge_values_outside():
     out = resample_scores(vol, [3, 1, 4], axis=0)
     assert torch.allclose(out[:, 0], torch.tensor([[100.0, 102.5, 107.5, 110.0], [300.0, 302.5, 307.5, 310.0],
                                                    [500.0, 502.5, 507.5, 510.0]]))
+    # the same along a separate axis 2 (nnU-Net separates whichever axis is coarse)
+    out2 = resample_scores(vol.permute(1, 2, 0), [1, 4, 3], axis=2)
+    assert torch.allclose(out2[0], out[:, 0].T)
+    # built a few output slices at a time: the chunking is invisible
+    rnd = torch.randn(9, 11, 13, generator=torch.Generator().manual_seed(0))
+    for axis, shape in ((None, [14, 7, 20]), (0, [4, 15, 9]), (1, [12, 5, 13])):
+        assert torch.equal(resample_scores(rnd, shape, axis, chunk=1), resample_scores(rnd, shape, axis, chunk=64))
 
 
 def test_cubic_image_resampling_is_on_the_half_voxel_grid_and_clipped_to_the_input_range():

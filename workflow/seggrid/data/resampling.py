@@ -234,32 +234,43 @@ def _linear_along(t: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
     view[dim] = n_out
     w = torch.from_numpy(weight.astype(np.float32)).to(t.device).view(view)
     a = t.index_select(dim, torch.from_numpy(low).to(t.device))
-    b = t.index_select(dim, torch.from_numpy(high).to(t.device))
-    return a.lerp_(b, w)
+    return a.lerp_(t.index_select(dim, torch.from_numpy(high).to(t.device)), w)
 
 
-def resample_scores(score: torch.Tensor, shape: Sequence[int], axis: int | None = None) -> torch.Tensor:
+def resample_scores(score: torch.Tensor, shape: Sequence[int], axis: int | None = None,
+                    chunk: int = 4) -> torch.Tensor:
     """One class's (z, y, x) scores (probabilities or logits, float32, any device) onto
-    ``shape``: linear on the half-voxel grid, axis by axis (nnU-Net's order 1, which it runs in
-    float64; here float32 with float64 positions, so values agree to ~1e-7 relative); with
-    ``axis``, nearest neighbour along it (only the input slices that are picked are resampled
-    in-plane). May return ``score`` itself when the shape matches."""
+    ``shape``: linear on the half-voxel grid (nnU-Net's order 1, which it runs in float64; here
+    float32 with float64 positions, so values agree to ~1e-7 relative); with ``axis``, nearest
+    neighbour along it. Built ``chunk`` output slices at a time (along ``axis``, else axis 0):
+    the input slices they read are resampled in-plane, then blended (or picked), so besides the
+    output only chunk-sized temporaries exist. May return ``score`` itself when the shape matches."""
     t = torch.as_tensor(score, dtype=torch.float32)
     shape = [int(s) for s in shape]
     if list(t.shape) == shape:
         return t
-    dims = list(range(t.dim()))
-    if axis is not None:
-        pick = nearest_indices(t.shape[axis], shape[axis])
-        needed, where = np.unique(pick, return_inverse=True)
-        t = t.index_select(axis, torch.from_numpy(needed).to(t.device))
-        dims.remove(axis)
-    # shrinking axes first keeps the intermediates small
-    for d in sorted(dims, key=lambda d: shape[d] / t.shape[d]):
-        t = _linear_along(t, d, shape[d])
-    if axis is not None:
-        t = t.index_select(axis, torch.from_numpy(where.astype(np.int64)).to(t.device))
-    return t
+    lead = 0 if axis is None else axis
+    src, target = t.movedim(lead, 0), _moved(shape, lead)
+    if axis is None:
+        low, high, _, weight = linear_taps(src.shape[0], target[0])
+    else:
+        low = high = nearest_indices(src.shape[0], target[0])
+        weight = np.zeros(target[0])
+    inplane = sorted((1, 2), key=lambda d: target[d] / src.shape[d])     # shrinking axis first
+    out = torch.empty(target, dtype=torch.float32, device=t.device)
+    for j0 in range(0, target[0], chunk):
+        part = slice(j0, min(j0 + chunk, target[0]))
+        needed = np.unique(np.concatenate([low[part], high[part]]))
+        planes = src.index_select(0, torch.from_numpy(needed).to(t.device))
+        for d in inplane:
+            planes = _linear_along(planes, d, target[d])
+        a = planes.index_select(0, torch.from_numpy(np.searchsorted(needed, low[part])).to(t.device))
+        if axis is None:
+            b = planes.index_select(0, torch.from_numpy(np.searchsorted(needed, high[part])).to(t.device))
+            a.lerp_(b, torch.from_numpy(weight[part].astype(np.float32)).to(t.device).view(-1, 1, 1))
+        out[part] = a
+        del planes, a
+    return out.movedim(0, lead)
 
 
 def scores_to_labels(score_of: Callable[[int], torch.Tensor | None], n_classes: int, shape: Sequence[int],
@@ -277,6 +288,7 @@ def scores_to_labels(score_of: Callable[[int], torch.Tensor | None], n_classes: 
         if best is None:
             best = r.clone()            # r may share memory with the caller's scores
             labels = torch.full(r.shape, c, dtype=torch.uint8, device=r.device)
+            del r                       # not alive while the next class is resampled
             continue
         labels[r > best] = c
         torch.maximum(best, r, out=best)
