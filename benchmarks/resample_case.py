@@ -56,8 +56,9 @@ def ours(image_path: str, label_path: str) -> dict:
     del out_img, out_lab
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        stats = {"percentile_00_5": -1000, "percentile_99_5": 1000, "mean": 0, "std": 300}
-        preprocess_case(Case("c", Path(image_path), Path(label_path), "CT"), TARGET, stats, 16, Path(tmp), 0)
+        norm = {"scheme": "ct", "use_mask": False,
+                "ct_stats": {"percentile_00_5": -1000, "percentile_99_5": 1000, "mean": 0, "std": 300}}
+        preprocess_case(Case("c", Path(image_path), Path(label_path), "CT"), TARGET, norm, 16, Path(tmp), 0)
         whole = time.perf_counter() - t0
     return {"side": "seggrid", "shape_in": list(image.shape), "shape_out": shape, "seconds": round(seconds, 2),
             "peak_rss_mb_resample": round(peak_resample, 1), "preprocess_case_seconds": round(whole, 2),
