@@ -292,7 +292,9 @@ def resample_labels(labels: torch.Tensor, grid: torch.Tensor, scale: float = 100
     every label's indicator (x ``scale``) is interpolated linearly and rounded to float16, the
     highest score wins (the lowest label on a tie), and where the nearest-neighbour label has the
     top score it is taken. Outside the source box counts as label -1."""
-    values = sorted(set(torch.unique(labels).tolist()) | {-1})
+    # labels present (a histogram: one pass, cheaper than torch.unique's sort of the whole box)
+    counts = torch.bincount(labels.flatten().to(torch.int32) + 1)
+    values = sorted(set((torch.nonzero(counts).flatten() - 1).tolist()) | {-1})
     # nearest neighbour with -1 outside: shift so that zeros padding reads -1
     nearest = F.grid_sample(labels.float() + 1, grid, mode="nearest", padding_mode="zeros",
                             align_corners=True).round_().to(labels.dtype) - 1
