@@ -12,9 +12,12 @@ apt-installs slurm-wlm and munge when run as root on Debian). HOME is a temporar
    torchrun agent runs on each, the two ranks meet at one rendezvous, and the weights equal
    the 2-rank single-node run of (1).
 
-Skipped, with the reason, where SLURM cannot be brought up (not root, no apt-get, no
-mknod, daemons that do not start, or SEGGRID_SKIP_SLURM=1); once it is up, any failure of
-the workflow fails the test.
+Runs only when asked: SEGGRID_TEST_SLURM=1 or CI=true (`.ci/run` sets CI=true), because it
+changes the machine (apt-get, /etc/slurm, mknod /dev/nvidia*, scancel); otherwise every test
+here is skipped with that reason and nothing is written outside the repository and /tmp.
+When asked, skipped with the reason where SLURM cannot be brought up (not root, no apt-get,
+no mknod, daemons that do not start); once it is up, any failure of the workflow fails the
+test.
 """
 
 from __future__ import annotations
@@ -34,13 +37,11 @@ from conftest import ROOT, tiny_grid_config
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 import slurm_cluster  # noqa: E402
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not slurm_cluster.opted_in(), reason=slurm_cluster.NOT_ASKED)]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if os.environ.get("SEGGRID_SKIP_SLURM") == "1":
-        pytest.skip("SEGGRID_SKIP_SLURM=1")
     reason = slurm_cluster.ensure_installed()
     if reason:
         pytest.skip(reason)

@@ -14,6 +14,11 @@ Used by tests/test_slurm.py; also runnable by hand:
     python tests/helpers/slurm_cluster.py up /tmp/slurm     # state/logs in /tmp/slurm
     python tests/helpers/slurm_cluster.py down /tmp/slurm
 Needs root and Debian's slurm-wlm + munge (``ensure_installed`` apt-installs them).
+
+It changes the machine (apt-get, /etc/slurm, mknod /dev/nvidia*, /run/munge, scancel), so
+every function that does refuses unless asked: ``SEGGRID_TEST_SLURM=1`` or ``CI=true`` in
+the environment (``opted_in``); `.ci/run` sets ``CI=true``. The command line above sets
+SEGGRID_TEST_SLURM=1 itself: typing it is asking.
 """
 
 from __future__ import annotations
@@ -28,6 +33,19 @@ from pathlib import Path
 
 GPUS = 2          # per node
 NODE_PORT = 17001
+OPT_IN = "SEGGRID_TEST_SLURM=1 or CI=true"
+NOT_ASKED = (f"the SLURM tests install packages, write /etc/slurm, create /dev/nvidia* and run scancel: "
+             f"set {OPT_IN} to run them")
+
+
+def opted_in() -> bool:
+    """Whether the user asked for the system-changing SLURM set-up (SEGGRID_TEST_SLURM=1 or CI=true)."""
+    return os.environ.get("SEGGRID_TEST_SLURM") == "1" or os.environ.get("CI") == "true"
+
+
+def require_opt_in() -> None:
+    if not opted_in():
+        raise RuntimeError(NOT_ASKED)
 
 
 def node_names(nodes: int) -> list[str]:
@@ -36,7 +54,8 @@ def node_names(nodes: int) -> list[str]:
 
 def ensure_installed() -> str | None:
     """None when slurmctld/slurmd/munged are usable (installing them if root and apt can),
-    else the reason they are not."""
+    else the reason they are not. Refuses (RuntimeError) unless ``opted_in()``."""
+    require_opt_in()
     if all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")):
         return None
     if os.geteuid() != 0 or not shutil.which("apt-get"):
@@ -51,6 +70,7 @@ def ensure_installed() -> str | None:
 
 
 def write_config(root: Path, cpus: int, memory_mb: int, nodes: int = 2) -> Path:
+    require_opt_in()
     host = socket.gethostname().split(".")[0]
     for d in ("state", "log", *(f"spool/{n}" for n in node_names(nodes))):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -98,6 +118,7 @@ PartitionName=debug Nodes={",".join(names)} Default=YES MaxTime=INFINITE State=U
 def up(root: str | Path, cpus: int | None = None, memory_mb: int = 8000, timeout: float = 60,
        nodes: int = 2) -> dict:
     """Start the cluster; returns the environment to run SLURM commands in."""
+    require_opt_in()
     root = Path(root)
     for i in range(GPUS * nodes):
         dev = Path(f"/dev/nvidia{i}")
@@ -123,6 +144,7 @@ def up(root: str | Path, cpus: int | None = None, memory_mb: int = 8000, timeout
 
 
 def down(root: str | Path) -> None:
+    require_opt_in()
     root = Path(root)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
     subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
@@ -143,6 +165,7 @@ def down(root: str | Path) -> None:
 
 if __name__ == "__main__":
     action, where = sys.argv[1], sys.argv[2]
+    os.environ["SEGGRID_TEST_SLURM"] = "1"     # typed by hand: asked for
     if action == "up":
         reason = ensure_installed()
         if reason:
