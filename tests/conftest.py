@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests run gpus > 0 settings (gloo ranks, fake GPUs) on the CPU: opt in, as documented in
+# the README; snakemake runs started by the tests inherit it (engine/train.py require_cuda).
+os.environ["SEGGRID_ALLOW_CPU_FOR_GPU_JOBS"] = "1"
 sys.path.insert(0, str(ROOT / "workflow"))
 
 from seggrid.cli import main  # noqa: E402

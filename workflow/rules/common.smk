@@ -13,6 +13,7 @@ PACKAGE_DIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(PACKAGE_DIR))
 
 from seggrid.config import (  # noqa: E402
+    model_setting,
     parse_prediction_set_id,
     prediction_set_seed,
     prediction_sets,
@@ -101,7 +102,16 @@ def pset_seed(wildcards):
 
 
 def setting_json(wildcards):
-    return shlex.quote(json.dumps(setting(wildcards), sort_keys=True))
+    """The `plan` rule's setting: without its scheduling keys (gpus, threads, mem_mb, runtime_min;
+    config.SCHEDULING_KEYS), so changing a resource reruns neither the plan nor any training."""
+    return shlex.quote(json.dumps(model_setting(setting(wildcards)), sort_keys=True))
+
+
+def train_gpus(wildcards, threads):
+    """A train job's GPU count for `train --gpus`. Taking `threads` makes Snakemake treat this
+    param as derived from resources, which it never compares for reruns: changing `gpus`
+    (2 ranks -> 1) resumes a half-done training instead of restarting it."""
+    return setting(wildcards)["gpus"]
 
 
 def launcher(wildcards, resources):

@@ -161,6 +161,19 @@ def resolve_setting(config: dict, name: str) -> dict:
     return recipe
 
 
+# Recipe keys that say only where and how a training is scheduled, not what is trained: they
+# stay out of the plan, its hash and the `plan` rule's params, so changing them reruns nothing
+# that is done and a half-done training resumes from its checkpoint. `gpus` only splits the
+# GLOBAL batch (and its foreground quota, engine/sampling.py) over ranks; the train job gets
+# it from the workflow (`train --gpus`), not from the plan.
+SCHEDULING_KEYS = ("gpus", "threads", "mem_mb", "runtime_min")
+
+
+def model_setting(setting: dict) -> dict:
+    """``setting`` without its scheduling keys (:data:`SCHEDULING_KEYS`): what a plan records."""
+    return {k: v for k, v in setting.items() if k not in SCHEDULING_KEYS}
+
+
 def complete_setting(setting: dict) -> dict:
     """A resolved setting with any recipe key it lacks filled from the schema's defaults (so a
     plan made from an older or hand-written setting JSON still names every registry entry)."""

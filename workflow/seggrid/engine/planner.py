@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from seggrid.config import model_setting
 from seggrid.errors import SeggridError
 from seggrid.engine.spatial import check_partitionable
 
@@ -81,19 +82,18 @@ def coarsest_first(spacing: list[float]) -> list[int]:
 def make_plan(setting: dict, target_spacing: list[float], fingerprint: dict, labels: dict) -> dict:
     """Everything a training job needs: the resolved setting, topology and data facts.
     ``target_spacing`` is (z, y, x); the topology is planned in the network's axis order
-    (coarsest axis first, as preprocessing stores the arrays), in which ``patch`` is given."""
+    (coarsest axis first, as preprocessing stores the arrays), in which ``patch`` is given.
+    The plan's setting has no scheduling keys (config.SCHEDULING_KEYS: gpus, threads, mem_mb,
+    runtime_min), so they never change a plan or its hash; config.py checks gpus against batch."""
     order = coarsest_first(target_spacing)
     topo = plan_topology(setting["patch"], [target_spacing[a] for a in order], setting["base_features"], setting["max_features"],
                          setting["max_pools_per_axis"], setting["patch_rounding"])
     parts = setting.get("spatial_partitions", 1)
-    if setting["gpus"] > 1 and setting["batch"] < setting["gpus"] // parts:
-        raise SeggridError(f"setting '{setting['name']}': {setting['gpus']} GPUs but global batch "
-                           f"{setting['batch']}; each GPU needs at least one sample")
     partition = None
     if parts > 1:
         axis = check_partitionable(setting["name"], topo["patch_effective"], topo["divisor"], parts,
                                    setting.get("partition_axis"))
         partition = {"parts": parts, "axis": axis, "slab": topo["patch_effective"][axis] // parts}
-    return {"setting": setting, "topology": topo, "partition": partition, "target_spacing": list(target_spacing), "transpose": order,
+    return {"setting": model_setting(setting), "topology": topo, "partition": partition, "target_spacing": list(target_spacing), "transpose": order,
             "labels": labels, "n_classes": max(int(k) for k in labels) + 1,
             "ct_foreground_intensity": fingerprint.get("ct_foreground_intensity")}

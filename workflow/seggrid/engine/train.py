@@ -24,7 +24,20 @@ Outputs in ``out_dir``: ``model.pt`` (weights + plan), ``log.csv`` (one row per 
 ``progress.json`` and ``progress.png`` after every epoch (progress.py, read by ``seggrid status``). A full
 checkpoint (model, optimizer, scaler, schedule, every rank's RNG states, log) is written
 atomically every ``checkpoint_every`` epochs as ``checkpoint_latest.pt`` and at the end as
-``checkpoint_final.pt``; a restarted job resumes from ``checkpoint_latest.pt``.
+``checkpoint_final.pt``; a restarted job resumes from ``checkpoint_latest.pt``, or, when
+``model.pt`` is missing but ``checkpoint_final.pt`` is there (the job died after the last
+epoch), writes ``model.pt``/``log.csv``/``summary.json`` from it without training.
+
+Checkpoints belong to the plan WITHOUT its scheduling keys (config.SCHEDULING_KEYS: gpus,
+threads, mem_mb, runtime_min): a job restarted with other resources resumes. With another
+number of ranks (gpus 2 -> 1) model, optimizer, scaler, lr schedule, epoch, EMA, log and the
+adaptive foreground fraction resume exactly; the per-rank state (patch sampler generator of
+each data-parallel group, torch/python RNGs, case cache) cannot be mapped onto the new ranks
+and is re-seeded from (seed, fold, epoch, group): the data stream after such a resume is
+deterministic but not bit-identical to an uninterrupted run with the old count (printed).
+
+A job with ``gpus > 0`` stops at once when CUDA is not usable (:func:`require_cuda`), unless
+the environment sets ``SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1`` (tests, a test cluster with fake GPUs).
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from seggrid.config import model_setting
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash, provenance, write_json
@@ -54,6 +68,36 @@ from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradi
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
               "seconds", "data_wait_fraction", "peak_mem_mb"]
+
+
+ALLOW_CPU_ENV = "SEGGRID_ALLOW_CPU_FOR_GPU_JOBS"
+
+
+def require_cuda(what: str, gpus: int, local_rank: int = 0) -> bool:
+    """True when a job of ``gpus`` GPUs can use CUDA device ``local_rank``; False for a CPU job.
+    A GPU job without a usable device raises (naming ``what``, CUDA_VISIBLE_DEVICES and
+    torch.version.cuda) unless ``SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1``, which runs it on the CPU."""
+    if gpus <= 0:
+        return False
+    usable = torch.cuda.is_available() and local_rank < torch.cuda.device_count()
+    if usable:
+        return True
+    facts = (f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
+             f"torch.version.cuda={torch.version.cuda}, "
+             f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} usable CUDA device(s)")
+    if os.environ.get(ALLOW_CPU_ENV) == "1":
+        print(f"[{what}] WARNING: {gpus} GPU(s) asked but no usable CUDA device for local rank {local_rank} "
+              f"({facts}); running on the CPU because {ALLOW_CPU_ENV}=1", flush=True)
+        return False
+    raise SeggridError(f"{what}: the job asks for {gpus} GPU(s) but CUDA is not usable for local rank {local_rank} "
+                       f"({facts}). Install the CUDA build of torch (--sdm conda uses the CUDA env), run it on a "
+                       f"node with GPUs and drivers, or set the setting's gpus to 0; to run GPU jobs on the CPU "
+                       f"on purpose (tests, fake GPUs) set {ALLOW_CPU_ENV}=1")
+
+
+def model_hash(plan: dict) -> str:
+    """The plan's hash without scheduling keys: what a checkpoint must match to be resumed."""
+    return config_hash({**plan, "setting": model_setting(plan["setting"])})
 
 
 def seed_everything(seed: int) -> None:
@@ -84,12 +128,12 @@ def configure_determinism(mode: str | bool, device: torch.device) -> dict:
             "cudnn_benchmark": device.type == "cuda" and not deterministic}
 
 
-def distributed_context(gpus: int) -> tuple[int, int, torch.device]:
+def distributed_context(gpus: int, what: str = "train") -> tuple[int, int, torch.device]:
     """(rank, world size, device). Initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = gpus > 0 and torch.cuda.is_available() and local < torch.cuda.device_count()
+    use_cuda = require_cuda(what, gpus, local)
     device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -171,11 +215,14 @@ def gather(obj, world: int) -> list:
 
 
 def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: str | Path,
-          seed: int, threads: int = 1, checkpoint_every: int | None = None) -> dict:
+          seed: int, threads: int = 1, checkpoint_every: int | None = None, gpus: int | None = None) -> dict:
+    """Train one (setting, fold) into ``out_dir``. ``gpus``: the job's GPUs (a scheduling key,
+    not in a workflow plan); None takes the plan's setting's ``gpus`` (hand-made plans), else 0."""
     s = plan["setting"]
+    gpus = s.get("gpus", 0) if gpus is None else gpus
     checkpoint_every = checkpoint_every or s.get("checkpoint_every", 5)
     out_dir = Path(out_dir)
-    rank, world, device = distributed_context(s["gpus"])
+    rank, world, device = distributed_context(gpus, f"train: setting '{s['name']}' fold {fold}")
     if rank == 0:
         print(f"[train] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
               f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} usable CUDA device(s), "
@@ -231,27 +278,47 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     log: list[dict] = []
     start_epoch, ema, elapsed_before = 0, None, 0.0
     ckpt_path = out_dir / "checkpoint_latest.pt"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if ckpt is not None and (ckpt.get("plan_hash") != config_hash(plan) or ckpt.get("seed") != seed
-                             or len(ckpt.get("ranks", [])) != world or ckpt.get("format") != MODEL_FORMAT):
+    final_path = out_dir / "checkpoint_final.pt"
+    ckpt, resumed_from = None, None
+    # model.pt missing but the final checkpoint there: the job died after its last epoch
+    for path in ([final_path] if not (out_dir / "model.pt").exists() else []) + [ckpt_path]:
+        if not path.exists():
+            continue
+        candidate = torch.load(path, map_location="cpu", weights_only=False)
+        if (candidate.get("plan_hash") == model_hash(plan) and candidate.get("seed") == seed
+                and candidate.get("format") == MODEL_FORMAT):
+            ckpt, resumed_from = candidate, path
+            break
         if rank == 0:
-            print(f"[train] ignoring {ckpt_path}: it belongs to another plan, seed, number of ranks or network "
-                  f"format", flush=True)
-        ckpt = None
+            print(f"[train] ignoring {path}: it belongs to another plan, seed or network format", flush=True)
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        mine = ckpt["ranks"][rank]
-        rng.bit_generator.state = mine["rng"]
-        sampler.foreground_fraction = mine["foreground_fraction"]
-        if sampler.cache is not None:
-            sampler.cache.load_state_dict(mine["cache"])
-        torch.set_rng_state(mine["torch_rng"])
-        random.setstate(mine["python_rng"])
         start_epoch, ema, log, elapsed_before = ckpt["epoch"], ckpt["ema"], ckpt["log"], ckpt["elapsed"]
+        if len(ckpt["ranks"]) == world:
+            mine = ckpt["ranks"][rank]
+            rng.bit_generator.state = mine["rng"]
+            sampler.foreground_fraction = mine["foreground_fraction"]
+            if sampler.cache is not None:
+                sampler.cache.load_state_dict(mine["cache"])
+            torch.set_rng_state(mine["torch_rng"])
+            random.setstate(mine["python_rng"])
+        else:
+            # per-rank state cannot be mapped onto another number of ranks: re-seed it from
+            # (seed, fold, epoch, group); the adaptive foreground fraction is global (all ranks equal)
+            rng.bit_generator.state = np.random.default_rng([seed, fold, start_epoch, dp_index]).bit_generator.state
+            sampler.foreground_fraction = ckpt["ranks"][0]["foreground_fraction"]
+            seed_everything(seed + fold + 1_000_003 * start_epoch + 7919 * rank)
+            if rank == 0:
+                print(f"[train] {resumed_from} was written by {len(ckpt['ranks'])} rank(s), this job has {world}: "
+                      f"model, optimizer, schedule and epoch resume exactly; the samplers are re-seeded from "
+                      f"(seed, fold, epoch, group), so the data stream from here on is NOT bit-identical to an "
+                      f"uninterrupted run with {len(ckpt['ranks'])} rank(s)", flush=True)
         if rank == 0:
-            print(f"[train] resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
+            print(f"[train] resumed from {resumed_from} at epoch {start_epoch}"
+                  + (" (all epochs done: writing model.pt from it, no training)" if start_epoch >= s["epochs"] else ""),
+                  flush=True)
 
     def save_checkpoint(path: Path, epoch: int) -> None:
         ranks = gather({"rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
@@ -262,7 +329,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "schedule": {"name": s["lr_schedule"], "epoch": epoch}, "ranks": ranks, "epoch": epoch,
                  "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start,
-                 "plan_hash": config_hash(plan), "seed": seed, "format": MODEL_FORMAT}
+                 "plan_hash": model_hash(plan), "seed": seed, "format": MODEL_FORMAT}
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
