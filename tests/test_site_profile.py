@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -85,3 +86,104 @@ def test_the_readme_cluster_commands_are_the_ones_the_tests_run(tmp_path):
     status = outputs[".venv/bin/python -m seggrid status --configfile config/amos22_task1.yaml"]
     if not (ROOT / "results" / "amos22_task1").exists():
         assert "training: 0 done, 0 running, 0 failed, 21 pending" in status
+
+
+def dry_run_jobs(out: str) -> list[dict]:
+    """Each job of a ``snakemake -n`` printout: rule, wildcards, threads and resources (ints
+    where they are ints)."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", out):
+        head = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not head or head.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
+        resources = {}
+        for item in fields.get("resources", "").split(", "):
+            key, _, value = item.partition("=")
+            resources[key] = int(value) if value.lstrip("-").isdigit() else value
+        jobs.append({"rule": head.group(1), "threads": int(fields.get("threads", 1)), "resources": resources,
+                     "wildcards": dict(w.split("=", 1) for w in fields["wildcards"].split(", "))
+                     if "wildcards" in fields else {}})
+    return jobs
+
+
+class _Resources(dict):
+    """job.resources as the SLURM executor reads it: .get() and attribute access."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def sbatch_call(job: dict) -> str:
+    """The sbatch command line the SLURM executor 2.8.0 builds for ``job``, with its own
+    code: get_submit_command, the partition from Executor.get_partition_arg, set_gres_string.
+    The account is quoted as the executor does after validating it with sacctmgr."""
+    import shlex
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm import Executor
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    fake = SimpleNamespace(resources=_Resources(job["resources"]), threads=job["threads"], name=job["rule"])
+    no_cluster = SimpleNamespace(_partitions=None, _fallback_partition="", logger=None)
+    account = job["resources"].get("slurm_account")
+    params = {"run_uuid": "uuid", "slurm_logfile": "/tmp/log/%j.log", "comment_str": f"rule_{job['rule']}",
+              "account": f" -A {shlex.quote(account)}" if account else "",
+              "partition": Executor.get_partition_arg(no_cluster, fake), "workdir": "/work"}
+    return get_submit_command(fake, params) + set_gres_string(fake)
+
+
+@pytest.mark.parametrize("inference_gpus,gpus_per_node", [(1, 8), (0, 4)])
+def test_gpu_model_and_partition_reach_only_the_jobs_with_gpus(tmp_path, inference_gpus, gpus_per_node):
+    """The AMOS Task 1 DAG through `--profile slurm` made with --gpu-model and two
+    partitions, each job's sbatch line built by the SLURM executor's own code: no CPU job
+    (nor a gpu=0 predict job) asks for a GPU or the GPU partition; every GPU job asks for
+    exactly its setting's GPUs, with the model (``--gpus=a100:<n>``, or per node
+    ``--gres=gpu:a100:<n>`` with ``--nodes`` when it spans nodes), on the GPU partition;
+    every job gets the account."""
+    from seggrid.config import load_config, resolve_setting
+
+    config = yaml.safe_load((ROOT / "config" / "amos22_task1.yaml").read_text())
+    config.setdefault("inference", {})["gpus"] = inference_gpus
+    config.setdefault("cluster", {})["gpus_per_node"] = gpus_per_node
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
+    expected_config = load_config(tmp_path / "grid.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {"HOME": str(tmp_path)}
+    made = subprocess.run([sys.executable, "-m", "seggrid", "slurm-profile", "--account", "lab", "--partition",
+                           "accel", "--cpu-partition", "standard", "--gpu-model", "a100"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--configfile",
+                          str(tmp_path / "grid.yaml")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
+    jobs = dry_run_jobs(dry.stdout + dry.stderr)
+    rules = {j["rule"] for j in jobs}
+    assert {"train", "predict_cv", "predict_member", "evaluate", "preprocess", "table"} <= rules, rules
+    gpu_jobs = 0
+    for job in jobs:
+        call = sbatch_call(job)
+        assert " -A lab" in call, (job["rule"], call)
+        if job["rule"] == "train":
+            gpus = resolve_setting(expected_config, re.sub(r"/seed_\d+$", "", job["wildcards"]["setting"]))["gpus"]
+        elif job["rule"].startswith("predict"):
+            gpus = inference_gpus
+        else:
+            gpus = 0
+        if gpus == 0:
+            assert "gpu" not in call and " -p standard" in call, (job["rule"], call)
+            continue
+        gpu_jobs += 1
+        assert " -p accel" in call, (job["rule"], call)
+        if gpus <= gpus_per_node:
+            assert re.findall(r"--(gpus|gres)=(\S+)", call) == [("gpus", f"a100:{gpus}")], (job["rule"], call)
+        else:
+            assert re.findall(r"--(gpus|gres)=(\S+)", call) == [("gres", f"gpu:a100:{gpus_per_node}")], call
+            assert f"--nodes={gpus // gpus_per_node}" in call, call
+    trainings = sum(j["rule"] == "train" for j in jobs)
+    predictions = sum(j["rule"].startswith("predict") for j in jobs)
+    assert trainings == 21 and predictions > 0
+    assert gpu_jobs == trainings + (predictions if inference_gpus else 0)

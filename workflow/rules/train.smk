@@ -4,6 +4,8 @@
 # from the setting (gpus, threads, mem_mb, runtime_min); `gpu` is Snakemake's standard
 # resource, which the SLURM executor turns into --gpus. A multi-node setting gets nodes,
 # gres (GPUs per node) and the executor's mpi/tasks resources instead (engine/launch.py).
+# gpu_model and the GPU partition of the site profile reach only jobs with GPUs (site_profile.py).
+from seggrid.site_profile import gpu_model_resource, gres_resource, partition_resource
 
 
 rule train:
@@ -26,8 +28,10 @@ rule train:
     threads: lambda w: setting(w)["threads"]
     resources:
         gpu=train_resource("gpu"),
+        gpu_model=gpu_model_resource(workflow, train_resource("gpu")),
+        slurm_partition=partition_resource(workflow, train_resource("gpu"), train_resource("gres")),
         nodes=train_resource("nodes"),
-        gres=train_resource("gres"),
+        gres=gres_resource(workflow, train_resource("gres")),
         mpi=train_resource("mpi"),
         tasks=train_resource("tasks"),
         tasks_per_gpu=train_resource("tasks_per_gpu"),
@@ -66,6 +70,8 @@ rule predict_cv:
     threads: config["inference"]["threads"]
     resources:
         gpu=config["inference"]["gpus"],
+        gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
+        slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
         mem_mb=config["inference"]["mem_mb"],
         runtime=config["inference"]["runtime_min"],
     params:
@@ -98,6 +104,8 @@ rule predict_member:
     threads: config["inference"]["threads"]
     resources:
         gpu=config["inference"]["gpus"],
+        gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
+        slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
         mem_mb=config["inference"]["mem_mb"],
         runtime=inference_runtime,
     params:
@@ -131,6 +139,8 @@ rule predict:
     threads: config["inference"]["threads"]
     resources:
         gpu=config["inference"]["gpus"],
+        gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
+        slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
         mem_mb=config["inference"]["mem_mb"],
         runtime=inference_runtime,
     params:

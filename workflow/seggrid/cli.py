@@ -40,7 +40,7 @@ def cmd_make_demo_data(a):
 def cmd_slurm_profile(a):
     from seggrid.site_profile import write_site_profile
 
-    path = write_site_profile(a.name, a.account, a.partition, a.gpu_model, a.jobs, a.force)
+    path = write_site_profile(a.name, a.account, a.partition, a.gpu_model, a.jobs, a.force, a.cpu_partition)
     print(f"[slurm-profile] wrote {path}; run: snakemake --profile {a.name} --configfile config/amos22_task1.yaml")
 
 
@@ -272,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
              "write the SLURM site profile to ~/.config/snakemake/slurm (for `snakemake --profile slurm`)")
     sp.add_argument("--name", default="slurm")
     sp.add_argument("--account", default=None, help="sbatch --account (omit: --slurm-no-account)")
-    sp.add_argument("--partition", default=None, help="sbatch --partition")
-    sp.add_argument("--gpu-model", default=None, help="e.g. a100: GPU jobs ask --gpus=a100:<n>")
+    sp.add_argument("--partition", default=None, help="sbatch --partition of GPU jobs (and of CPU steps, "
+                    "unless --cpu-partition)")
+    sp.add_argument("--cpu-partition", default=None, help="sbatch --partition of CPU steps (default: --partition)")
+    sp.add_argument("--gpu-model", default=None,
+                    help="e.g. a100: jobs with GPUs ask --gpus=a100:<n>; CPU steps ask for no GPU")
     sp.add_argument("--jobs", type=int, default=50, help="jobs queued at once")
     sp.add_argument("--force", action="store_true", help="replace an existing profile")
 
