@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests run gpus > 0 settings (gloo ranks, fake GPUs) on the CPU: opt in, as documented in
-# the README; snakemake runs started by the tests inherit it (engine/train.py require_cuda).
+# the README; snakemake runs started by the tests inherit it (engine/device.py require_cuda).
 os.environ["SEGGRID_ALLOW_CPU_FOR_GPU_JOBS"] = "1"
 sys.path.insert(0, str(ROOT / "workflow"))
 

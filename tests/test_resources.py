@@ -17,7 +17,8 @@ import torch
 
 from conftest import ROOT, TINY_SETTING, run_cli
 from seggrid.config import SCHEDULING_KEYS, model_setting
-from seggrid.engine.train import ALLOW_CPU_ENV, model_hash, require_cuda
+from seggrid.engine.device import ALLOW_CPU_ENV, require_cuda
+from seggrid.engine.train import model_hash
 from seggrid.errors import SeggridError
 
 

@@ -77,6 +77,24 @@ def check_seed_columns(res: Path, t1: pd.DataFrame, t2: pd.DataFrame, md: str, m
     assert prov["row_training_seeds"] == [{"row": "small", "seeds": [5, 105]}, {"row": "big", "seeds": [5, 105]}]
 
 
+def check_resource_changes_rerun_nothing(cfg: Path, tmp: Path) -> None:
+    """Resources are not part of a model (config.SCHEDULING_KEYS): on the finished grid, raising
+    setting c's runtime_min, mem_mb, threads or moving it from 2 GPUs to 1 plans no job at all
+    (no plan, no training), and the plan file keeps no resource key."""
+    base = yaml.safe_load(cfg.read_text())
+    plan = json.loads((Path(base["outdir"]) / "plans" / "c.json").read_text())
+    assert not {"gpus", "threads", "mem_mb", "runtime_min"} & set(plan["setting"])
+    for key, value in (("runtime_min", 600), ("mem_mb", 64000), ("threads", 2), ("gpus", 1)):
+        changed = json.loads(json.dumps(base))
+        changed["settings"]["c"][key] = value
+        path = tmp / f"grid_{key}.yaml"
+        path.write_text(yaml.safe_dump(changed))
+        proc = snakemake("--cores", 2, "--configfile", path, "-n")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "Nothing to be done" in out, (key, out[-3000:])
+        assert "rule train" not in out and "rule plan" not in out, key
+
+
 @pytest.mark.slow
 def test_minimal_grid_end_to_end(tmp_path, capsys):
     cfg = minimal_config(tmp_path)
@@ -142,6 +160,7 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     again = snakemake("--cores", 2, "--configfile", cfg, "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    check_resource_changes_rerun_nothing(cfg, tmp_path)
     # `seggrid status` of the finished grid: every job done with its final EMA pseudo-Dice
     capsys.readouterr()
     assert run_cli("status", "--configfile", cfg) == 0

@@ -198,7 +198,11 @@ def fig1_label(name):
 
 
 def tables_json():
-    keep = {k: config[k] for k in ("tables", "folds", "seed", "training_seeds", "settings", "recipe")}
+    """The `table` rule's config, without scheduling keys (config.SCHEDULING_KEYS): a table is
+    made from the outputs, so changing a setting's resources does not rebuild it."""
+    keep = {k: config[k] for k in ("tables", "folds", "seed", "training_seeds")}
+    keep["recipe"] = model_setting(config["recipe"])
+    keep["settings"] = {name: model_setting(s) for name, s in config["settings"].items()}
     return shlex.quote(json.dumps(keep, sort_keys=True))
 
 

@@ -36,7 +36,7 @@ each data-parallel group, torch/python RNGs, case cache) cannot be mapped onto t
 and is re-seeded from (seed, fold, epoch, group): the data stream after such a resume is
 deterministic but not bit-identical to an uninterrupted run with the old count (printed).
 
-A job with ``gpus > 0`` stops at once when CUDA is not usable (:func:`require_cuda`), unless
+A job with ``gpus > 0`` stops at once when CUDA is not usable (``device.require_cuda``), unless
 the environment sets ``SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1`` (tests, a test cluster with fake GPUs).
 """
 
@@ -45,8 +45,6 @@ from __future__ import annotations
 import csv
 import os
 import random
-import resource
-import socket
 import time
 from pathlib import Path
 
@@ -55,6 +53,7 @@ import torch
 import torch.distributed as dist
 
 from seggrid.config import model_setting
+from seggrid.engine.device import configure_determinism, distributed_context, peak_memory_mb
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash, provenance, write_json
@@ -70,31 +69,6 @@ LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema
               "seconds", "data_wait_fraction", "peak_mem_mb"]
 
 
-ALLOW_CPU_ENV = "SEGGRID_ALLOW_CPU_FOR_GPU_JOBS"
-
-
-def require_cuda(what: str, gpus: int, local_rank: int = 0) -> bool:
-    """True when a job of ``gpus`` GPUs can use CUDA device ``local_rank``; False for a CPU job.
-    A GPU job without a usable device raises (naming ``what``, CUDA_VISIBLE_DEVICES and
-    torch.version.cuda) unless ``SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1``, which runs it on the CPU."""
-    if gpus <= 0:
-        return False
-    usable = torch.cuda.is_available() and local_rank < torch.cuda.device_count()
-    if usable:
-        return True
-    facts = (f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
-             f"torch.version.cuda={torch.version.cuda}, "
-             f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} usable CUDA device(s)")
-    if os.environ.get(ALLOW_CPU_ENV) == "1":
-        print(f"[{what}] WARNING: {gpus} GPU(s) asked but no usable CUDA device for local rank {local_rank} "
-              f"({facts}); running on the CPU because {ALLOW_CPU_ENV}=1", flush=True)
-        return False
-    raise SeggridError(f"{what}: the job asks for {gpus} GPU(s) but CUDA is not usable for local rank {local_rank} "
-                       f"({facts}). Install the CUDA build of torch (--sdm conda uses the CUDA env), run it on a "
-                       f"node with GPUs and drivers, or set the setting's gpus to 0; to run GPU jobs on the CPU "
-                       f"on purpose (tests, fake GPUs) set {ALLOW_CPU_ENV}=1")
-
-
 def model_hash(plan: dict) -> str:
     """The plan's hash without scheduling keys: what a checkpoint must match to be resumed."""
     return config_hash({**plan, "setting": model_setting(plan["setting"])})
@@ -104,49 +78,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def configure_determinism(mode: str | bool, device: torch.device) -> dict:
-    """Apply ``recipe.deterministic`` and return what ran (recorded in summary.json).
-
-    ``auto``: deterministic kernels on a CPU (bitwise-reproducible runs), none on a GPU, where
-    cudnn.benchmark picks the fastest convolution algorithms as nnU-Net does. ``true`` /
-    ``false`` force either everywhere."""
-    if mode not in ("auto", True, False):
-        raise SeggridError(f"recipe.deterministic must be auto, true or false, got {mode!r}")
-    deterministic = device.type != "cuda" if mode == "auto" else bool(mode)
-    if deterministic and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's deterministic workspace
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    # deterministic mode also fills every new tensor with NaN (measured: a fifth of a CPU step);
-    # our kernels never read memory before writing it, so results stay bitwise the same
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    if device.type == "cuda":
-        torch.backends.cudnn.deterministic = deterministic
-        torch.backends.cudnn.benchmark = not deterministic
-    return {"mode": mode, "deterministic_kernels": deterministic,
-            "cudnn_benchmark": device.type == "cuda" and not deterministic}
-
-
-def distributed_context(gpus: int, what: str = "train") -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = require_cuda(what, gpus, local)
-    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend)
-        if rank == 0:
-            print(f"[train] distributed: {world} ranks, backend {backend}"
-                  + ("" if use_cuda else " (no usable CUDA device: ranks run on CPU)"), flush=True)
-        # SLURM names the node a task runs on; elsewhere the host name does
-        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-        print(f"[train] rank {rank} of {world} on node {node}, local rank {local}, device {device}", flush=True)
-    return rank, world, device
 
 
 def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupervisionLoss:
@@ -178,13 +109,6 @@ def train_step(forward, model, loss_fn, optimizer, scaler, images: torch.Tensor,
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated since the last reset, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def confusion_counts(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -41,7 +41,7 @@ from seggrid.inference.maps import remove_from_logits, write_file_labels, write_
 from seggrid.inference.postprocess import apply
 from seggrid.inference.sliding_window import SIGMA_SCALE, sliding_window_logits
 from seggrid.engine.recipe import effective_precision
-from seggrid.engine.train import peak_memory_mb, require_cuda
+from seggrid.engine.device import peak_memory_mb, require_cuda
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, int | None]:
@@ -74,7 +74,7 @@ def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: l
         raise SeggridError("predict: give at least one of --labels-out, --probabilities-out, --target-labels-out")
     if labels_out and dataset is None:
         raise SeggridError("predict: --labels-out needs --dataset (the written labels copy the input's header)")
-    # gpus > 0 without usable CUDA stops here, unless SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1 (engine/train.py)
+    # gpus > 0 without usable CUDA stops here, unless SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1 (engine/device.py)
     device = torch.device("cuda" if require_cuda(f"predict: model {model_paths[0]}", gpus) else "cpu")
     torch.set_num_threads(threads)
     loaded = [load_model(p, device) for p in model_paths]
