@@ -23,7 +23,6 @@ test.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -54,7 +53,7 @@ def cluster(tmp_path_factory):
     home = root / "home"
     home.mkdir()
     env = {k: v for k, v in env.items() if k != "XDG_CONFIG_HOME"}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", SEGGRID_ALLOW_CPU_FOR_GPU_JOBS="1")   # fake GPUs: CPU on purpose
     # the README's set-up step, as a user types it
     subprocess.run([sys.executable, "-m", "seggrid", "slurm-profile", "--jobs", "4"], env=env, check=True,
                    cwd=ROOT)
