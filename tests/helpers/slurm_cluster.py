@@ -11,7 +11,7 @@ removes SLURM_* variables, SLURM_CONF included, from the jobs it submits, so a c
 outside the default path is not found by ``srun`` inside a job.
 
 Used by tests/test_slurm.py; also runnable by hand:
-    SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1 python tests/helpers/slurm_cluster.py up /tmp/slurm   # state/logs in /tmp/slurm (fake GPUs: jobs run on the CPU)
+    SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1 python tests/helpers/slurm_cluster.py up /tmp/slurm  # fake GPUs: jobs run on the CPU
     python tests/helpers/slurm_cluster.py down /tmp/slurm
 Needs root and Debian's slurm-wlm + munge (``ensure_installed`` apt-installs them).
 
