@@ -7,7 +7,7 @@ import pytest
 
 import torch
 
-from seggrid.inference.maps import remove_from_probabilities
+from seggrid.inference.maps import remove_from_logits
 from seggrid.inference.postprocess import _better, apply, class_dice, decide, largest_component
 
 
@@ -79,13 +79,13 @@ def test_class_dice_ignores_classes_absent_everywhere():
     assert d[0] == 1.0 and np.isnan(d[1])
 
 
-def test_removed_voxels_become_background_in_probabilities():
+def test_removed_voxels_become_background_in_logits():
     before = _box((4, 4, 4), (0, 0, 0), (2, 2, 2), 1)
     after = np.zeros_like(before)
-    probs = torch.full((2, 4, 4, 4), 0.5)
-    out = remove_from_probabilities(probs, before, after).numpy()
-    assert np.all(out[0][before > 0] == 1) and np.all(out[1][before > 0] == 0)
-    assert np.all(out[:, before == 0] == 0.5)
+    logits = torch.stack([torch.full((4, 4, 4), -1.0), torch.full((4, 4, 4), 2.0)])
+    out = remove_from_logits(logits, (before > 0) & (after == 0)).numpy()
+    assert np.all(out[0][before > 0] == 2) and np.all(out[1][before > 0] == -1)
+    assert np.all(out[0][before == 0] == -1) and np.all(out[1][before == 0] == 2)
 
 
 def _greedy_reference(refs, preds, classes):

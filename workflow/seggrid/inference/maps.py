@@ -122,13 +122,3 @@ def remove_from_logits(logits: torch.Tensor, background: np.ndarray) -> torch.Te
         for c in range(1, logits.shape[0]):
             logits[c][mask] = lowest
     return logits
-
-
-def remove_from_probabilities(probs: torch.Tensor, before: np.ndarray, after: np.ndarray) -> torch.Tensor:
-    """(C, ...) probabilities, in place, with background probability 1 where ``after`` (the
-    postprocessed labels) removed a voxel that ``before`` labelled as foreground."""
-    removed = torch.from_numpy((before > 0) & (after == 0)).to(probs.device)
-    if bool(removed.any()):
-        for c in range(probs.shape[0]):
-            probs[c].masked_fill_(removed, 1.0 if c == 0 else 0.0)
-    return probs
