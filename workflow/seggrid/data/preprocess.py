@@ -33,7 +33,7 @@ from seggrid.data.fingerprint import crop, nonzero_bbox
 from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
 from seggrid.data.locations import locations_file, sample_class_locations
 from seggrid.data import normalization
-from seggrid.data.resampling import nearest_indices, resample_scores, scores_to_labels, separate_axis
+from seggrid.data.resampling import scores_to_labels, separate_axis
 from seggrid.data.resampling import resample_image as _resample_image
 from seggrid.data.resampling import resample_labels as _resample_labels
 from seggrid.io import atomic_path, write_json
@@ -50,15 +50,6 @@ def _axis(anisotropic: bool, axis: int | None) -> int | None:
     return axis if axis is not None else (0 if anisotropic else None)
 
 
-def nearest_along_axis0(t: torch.Tensor, n: int, axis: int = 0) -> torch.Tensor:
-    """Nearest-neighbour resampling of ``axis`` onto ``n`` samples on the half-voxel grid
-    (input index ``floor((j + 0.5) old / n)``, clamped; :func:`nearest_indices`)."""
-    old = t.shape[axis]
-    if old == n:
-        return t
-    return t.index_select(axis, torch.from_numpy(nearest_indices(old, n)).to(t.device))
-
-
 def new_shape(shape, spacing, target) -> list[int]:
     """Voxels per axis at the ``target`` spacing: ``round(spacing / target * shape)`` (nnU-Net's
     ``compute_new_shape``, same operation order), at least 1."""
@@ -71,17 +62,6 @@ def resample_image(image: np.ndarray, shape: list[int], anisotropic: bool = Fals
     (or ``anisotropic``: axis 0), cubic per slice and nearest along that axis
     (:func:`seggrid.data.resampling.resample_image`)."""
     return _resample_image(image, shape, _axis(anisotropic, axis))
-
-
-def resample_probabilities(probs: np.ndarray | torch.Tensor, shape: list[int], anisotropic: bool = False,
-                           axis: int | None = None) -> torch.Tensor:
-    """Linear resampling of (C, z, y, x) class scores onto ``shape`` (half-voxel grid, one
-    class at a time); with ``axis`` (or ``anisotropic``: axis 0), linear per slice and nearest
-    along that axis (:func:`seggrid.data.resampling.resample_scores`)."""
-    t = torch.as_tensor(probs, dtype=torch.float32)
-    if list(t.shape[1:]) == list(shape):
-        return t
-    return torch.stack([resample_scores(t[c], shape, _axis(anisotropic, axis)) for c in range(t.shape[0])])
 
 
 def resample_labels(labels: np.ndarray, shape: list[int], n_classes: int, anisotropic: bool = False,
