@@ -18,9 +18,10 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/submission.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        all_outputs() + submission_outputs(),

@@ -109,7 +109,7 @@ def cmd_preprocess(a):
     from seggrid.data.preprocess import preprocess_dataset
 
     preprocess_dataset(a.dataset, _read(a.fingerprint), a.target_spacing, a.out, a.mr_case_id_min, a.seed,
-                       a.threads, a.modalities, normalization_option=a.normalization)
+                       a.threads, a.modalities, normalization_option=a.normalization, test_cases=a.test_cases)
 
 
 def cmd_split(a):
@@ -130,27 +130,43 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
-    from seggrid.data.dataset import load_dataset
+    from seggrid.data.dataset import load_dataset, submission_cases
     from seggrid.inference.predict import predict
 
-    splits = _read(a.splits)
-    if a.cases == "evaluation":
-        cases = splits["evaluation"]
+    ds = load_dataset(a.dataset, a.mr_case_id_min, a.modalities) if a.dataset else None
+    ending = ".nii.gz"
+    if a.cases == "test":                       # the submission: the dataset's test images, no splits
+        if ds is None:
+            raise SeggridError("predict: --cases test needs --dataset (its test images)")
+        cases, ending = [c.case_id for c in submission_cases(ds)], ds.file_ending
+    elif a.splits is None:
+        raise SeggridError(f"predict: --cases {a.cases} needs --splits")
+    elif a.cases == "evaluation":
+        cases = _read(a.splits)["evaluation"]
     else:
         if a.fold is None or not 0 <= a.fold < len(splits["folds"]):
+        splits = _read(a.splits)
             raise SeggridError(f"{a.splits}: --cases cv needs --fold in 0..{len(splits['folds']) - 1}")
         cases = splits["folds"][a.fold]["val"]
-    ds = load_dataset(a.dataset, a.mr_case_id_min, a.modalities) if a.dataset else None
     predict(a.model, a.preprocessed, cases, labels_out=a.labels_out, probabilities_out=a.probabilities_out,
             target_labels_out=a.target_labels_out, postprocessing=a.postprocessing, dataset=ds, step=a.step,
-            flips=a.tta_flips, threads=a.threads, gpus=a.gpus)
+            flips=a.tta_flips, threads=a.threads, gpus=a.gpus, file_ending=ending)
 
 
 def cmd_ensemble(a):
-    from seggrid.data.dataset import load_dataset
+    from seggrid.data.dataset import load_dataset, submission_cases
     from seggrid.inference.ensemble import ensemble
 
-    ensemble(a.members, a.preprocessed, load_dataset(a.dataset, a.mr_case_id_min, a.modalities), a.out, a.seed)
+    ds = load_dataset(a.dataset, a.mr_case_id_min, a.modalities)
+    ending = ".nii.gz"
+    if a.cases == "test":                       # the submission: labels named <case><file_ending>
+        ending = ds.file_ending
+        expected, members = {c.case_id for c in submission_cases(ds)}, [Path(m) for m in a.members]
+        predicted = {p.stem for p in members[0].glob("*.npy")}
+        if members[0].is_dir() and predicted != expected:
+            raise SeggridError(f"{members[0]}: predicts {len(predicted)} case(s), the dataset lists "
+                               f"{len(expected)} test cases (missing e.g. {sorted(expected - predicted)[:3]})")
+    ensemble(a.members, a.preprocessed, ds, a.out, a.seed, file_ending=ending)
 
 
 def cmd_postprocess_decide(a):
@@ -326,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--test-cases", action="store_true",
+                    help="the dataset's test images instead (no labels; for the submission)")
 
     sp = add("split", cmd_split, "cross-validation folds and evaluation cases")
     sp.add_argument("--dataset-check", required=True)
@@ -349,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("predict", cmd_predict, "predict one model (its folds averaged) on the evaluation or CV cases")
     sp.add_argument("--model", nargs="+", required=True, help="model.pt of each fold of ONE setting")
     sp.add_argument("--preprocessed", required=True)
-    sp.add_argument("--splits", required=True)
-    sp.add_argument("--cases", choices=("evaluation", "cv"), default="evaluation",
-                    help="the evaluation cases, or (cv) the validation cases of --fold")
+    sp.add_argument("--splits", default=None, help="splits.json (for --cases evaluation and cv)")
+    sp.add_argument("--cases", choices=("evaluation", "cv", "test"), default="evaluation",
+                    help="the evaluation cases, (cv) the validation cases of --fold, or (test) the dataset's test "
+                         "images (labels named <case><file_ending>; --preprocessed from preprocess --test-cases)")
     sp.add_argument("--fold", type=int, default=None)
     sp.add_argument("--step", type=float, default=0.5)
     sp.add_argument("--tta-flips", type=int, choices=(1, 2, 8), default=8)
@@ -373,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
 
     sp = add("postprocess-decide", cmd_postprocess_decide,
+    sp.add_argument("--cases", choices=("evaluation", "test"), default="evaluation",
+                    help="test: the members predicted the dataset's test images (the submission; labels named "
+                         "<case><file_ending>)")
              "keep-largest-component decision from a model's cross-validation predictions")
     sp.add_argument("--cv-predictions", nargs="+", required=True, help="one predict --cases cv --target-labels-out folder per fold")
     sp.add_argument("--preprocessed", required=True)

@@ -2,11 +2,16 @@
 
 MSD / AMOS layout: ``dataset.json`` with ``"labels": {"0": "background", ...}``,
 ``"modality": {"0": "CT"}``, ``"training": [{"image": ..., "label": ...}]`` and optionally
-``"validation"`` (AMOS: imagesVa/labelsVa).
+``"validation"`` (AMOS: imagesVa/labelsVa) and ``"test"`` (AMOS: imagesTs; images without
+labels, each entry a path or ``{"image": path}``).
 
 nnU-Net v2 layout: ``dataset.json`` with ``"channel_names": {"0": "CT"}``,
 ``"labels": {"background": 0, ...}``, ``"file_ending": ".nii.gz"``; images are
-``imagesTr/<case>_0000<file_ending>``, labels ``labelsTr/<case><file_ending>``.
+``imagesTr/<case>_0000<file_ending>``, labels ``labelsTr/<case><file_ending>``; test images
+(no labels) are ``imagesTs/<case>_0000<file_ending>``.
+
+Test cases are only listed here; :func:`submission_cases` checks that their images exist
+before the submission is predicted (``workflow/rules/submission.smk``).
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ class Dataset:
     training: list[Case]
     validation: list[Case] = field(default_factory=list)
     channel_name: str = "CT"                 # the one input channel's name in dataset.json
+    test: list[Case] = field(default_factory=list)   # images without labels (the submission)
+    file_ending: str = ".nii.gz"             # of image and label files (nnU-Net v2: dataset.json's)
 
     @property
     def foreground_labels(self) -> list[int]:
         return sorted(v for v in self.labels if v != 0)
 
     def case(self, case_id: str) -> Case:
-        for c in self.training + self.validation:
+        for c in self.training + self.validation + self.test:
             if c.case_id == case_id:
                 return c
         raise SeggridError(f"{self.root / 'dataset.json'}: no case '{case_id}'")
@@ -75,6 +82,7 @@ def load_dataset(root: str | Path, mr_case_id_min: int | None = None,
         keep = set(modalities)
         ds.training = [c for c in ds.training if c.modality in keep]
         ds.validation = [c for c in ds.validation if c.modality in keep]
+        ds.test = [c for c in ds.test if c.modality in keep]
         if not ds.training:
             raise SeggridError(f"{ds.root / 'dataset.json'}: no training case of modality {sorted(keep)}")
     return ds
@@ -134,10 +142,24 @@ def _load_msd(root: Path, djson: Path, meta: dict, mr_case_id_min: int | None) -
                             _modality(modality, cid, mr_case_id_min)))
         return out
 
+    def test_cases() -> list[Case]:
+        entries = meta.get("test") or []
+        if not isinstance(entries, list):
+            raise SeggridError(f"{djson}: 'test' must be a list")
+        out = []
+        for i, entry in enumerate(entries):
+            image = entry.get("image") if isinstance(entry, dict) else entry
+            if not isinstance(image, str):
+                raise SeggridError(f"{djson}: 'test'[{i}] must be an image path or an object with 'image'")
+            cid = _case_id_from_path(image)
+            out.append(Case(cid, root / image, None, _modality(modality, cid, mr_case_id_min)))
+        return out
+
     training = cases("training")
     if not training:
         raise SeggridError(f"{djson}: 'training' is empty")
-    return Dataset(root, "msd", labels, training, cases("validation"), channel_name=modality)
+    return Dataset(root, "msd", labels, training, cases("validation"), channel_name=modality,
+                   test=test_cases())
 
 
 def _load_v2(root: Path, djson: Path, meta: dict, mr_case_id_min: int | None) -> Dataset:
@@ -164,4 +186,47 @@ def _load_v2(root: Path, djson: Path, meta: dict, mr_case_id_min: int | None) ->
         raise SeggridError(f"{labels_dir}: no label files ending in '{ending}'")
     if isinstance(n, int) and n != len(training):
         raise SeggridError(f"{djson}: numTraining is {n} but {labels_dir} holds {len(training)} labels")
-    return Dataset(root, "nnunetv2", labels, training, [], channel_name=modality)
+    test = []
+    channel0 = f"_0000{ending}"
+    for img in sorted((root / "imagesTs").glob(f"*{ending}")):
+        if not img.name.endswith(channel0):
+            raise SeggridError(f"{img}: a test image must be named <case>{channel0} (seggrid supports one channel)")
+        cid = img.name[: -len(channel0)]
+        test.append(Case(cid, img, None, _modality(modality, cid, mr_case_id_min)))
+    return Dataset(root, "nnunetv2", labels, training, [], channel_name=modality, test=test, file_ending=ending)
+
+
+SUBMISSION_ENDINGS = (".nii.gz",)
+
+
+def submission_cases(ds: Dataset) -> list[Case]:
+    """The dataset's test cases, checked for a submission: at least one, each image on disk,
+    no case id shared with a training or validation case, and a file ending seggrid writes
+    (``.nii.gz``). Raises SeggridError naming the file and the problem."""
+    djson = ds.root / "dataset.json"
+    if not ds.test:
+        raise SeggridError(f"{djson}: lists no test images (MSD: 'test'; nnU-Net v2: imagesTs/<case>_0000"
+                           f"{ds.file_ending}); set inference.submission: false (or auto)")
+    if ds.file_ending not in SUBMISSION_ENDINGS:
+        raise SeggridError(f"{djson}: file_ending '{ds.file_ending}': the submission is written as "
+                           f"{' or '.join(SUBMISSION_ENDINGS)} only")
+    labelled = {c.case_id for c in ds.training + ds.validation}
+    seen: set[str] = set()
+    for c in ds.test:
+        if not c.image.is_file():
+            raise SeggridError(f"{c.image}: test image of case '{c.case_id}' (listed in {djson}) not found")
+        if c.case_id in labelled or c.case_id in seen:
+            raise SeggridError(f"{djson}: test case '{c.case_id}' ({c.image}) has the id of another case")
+        seen.add(c.case_id)
+    return list(ds.test)
+
+
+def listed_test_case_ids(root: str | Path, mr_case_id_min: int | None = None,
+                         modalities: list[str] | None = None) -> list[str]:
+    """Ids of the test cases ``root/dataset.json`` lists (after the modality filter), without
+    reading any image; [] when there is no readable dataset.json. For deciding, before any
+    data exists (``snakemake -n``), whether the workflow plans a submission."""
+    try:
+        return [c.case_id for c in load_dataset(root, mr_case_id_min, modalities).test]
+    except SeggridError:
+        return []

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seggrid.data.dataset import Case, load_dataset
+from seggrid.data.dataset import Case, load_dataset, submission_cases
 from seggrid.data.fingerprint import crop, nonzero_bbox
 from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
 from seggrid.data.locations import locations_file, sample_class_locations
@@ -124,8 +124,9 @@ def _init_worker() -> None:
 def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list[float] | None,
                        out: str | Path, mr_case_id_min: int | None = None, seed: int = 0,
                        threads: int = 1, modalities: list[str] | None = None,
-                       normalization_option: str = "channel_name") -> dict:
-    """Preprocess every training and validation case into ``out`` (a folder, written atomically).
+                       normalization_option: str = "channel_name", test_cases: bool = False) -> dict:
+    """Preprocess every training and validation case into ``out`` (a folder, written atomically);
+    with ``test_cases``, the dataset's test cases instead (no labels; for the submission).
 
     ``normalization_option`` is ``preprocessing.normalization`` (``data/normalization.py``):
     each case's scheme, the CT statistics and whether z-scoring uses the non-zero mask are
@@ -134,11 +135,13 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
     Cases run in a pool of ``threads`` worker processes, one thread each (scipy's cubic zoom is
     single-threaded, so one process per core is what scales). Case ``i`` (1-based, in dataset
     order) draws its class locations from ``seed + i`` whatever the number of workers, so the
-    output does not depend on ``threads``."""
+    output does not depend on ``threads``. Test cases are preprocessed exactly as the others
+    (the same fingerprint, so the same CT statistics, target spacing and scheme per case);
+    only their labels and class locations are missing."""
     ds = load_dataset(root, mr_case_id_min, modalities)
     target = list(target_spacing) if target_spacing else fingerprint["target_spacing_rule"]
     n_classes = max(ds.labels) + 1
-    cases = ds.training + ds.validation
+    cases = submission_cases(ds) if test_cases else ds.training + ds.validation
     schemes = {c.case_id: normalization.case_scheme(normalization_option, ds.channel_name, c.modality)
                for c in cases}
     use_mask = "zscore" in schemes.values() and normalization.use_mask_for_zscore(fingerprint)
@@ -149,8 +152,9 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
                 "labels": {str(k): v for k, v in ds.labels.items()},
                 "normalization": {"option": normalization_option, "channel_name": ds.channel_name,
                                   "zscore_uses_nonzero_mask": use_mask, "ct_statistics": ct_stats},
-                "training": [c.case_id for c in ds.training], "validation": [c.case_id for c in ds.validation],
-                "cases": {}}
+                "training": [] if test_cases else [c.case_id for c in ds.training],
+                "validation": [] if test_cases else [c.case_id for c in ds.validation],
+                "test": [c.case_id for c in cases] if test_cases else [], "cases": {}}
     workers = max(1, min(threads, len(cases)))
     with atomic_path(out) as tmp:
         tmp.mkdir()

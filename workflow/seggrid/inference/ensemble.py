@@ -50,9 +50,10 @@ def mean_class_score(paths: list[Path], c: int) -> torch.Tensor | None:
 
 
 def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset, out: str | Path,
-             seed: int | None = None) -> list[str]:
-    """Average the members' quantised maps per case and write labels in each input's geometry.
-    ``dataset`` is a :class:`seggrid.data.dataset.Dataset` (the labels copy the input's header)."""
+             seed: int | None = None, file_ending: str = ".nii.gz") -> list[str]:
+    """Average the members' quantised maps per case and write ``<case><file_ending>`` labels in
+    each input's geometry. ``dataset`` is a :class:`seggrid.data.dataset.Dataset` (the labels
+    copy the input's header); the cases may be its test cases (the submission)."""
     members = [Path(m) for m in member_dirs]
     for m in members:
         if not m.is_dir():
@@ -69,7 +70,7 @@ def ensemble(member_dirs: list[str | Path], preprocessed: str | Path, dataset, o
                 raise SeggridError(f"{cid}: the members' maps differ in shape {sorted(shapes)} ({members})")
             props = read_json(preprocessed / f"{cid}.json")
             n_classes = next(iter(shapes))[0]
-            write_file_labels(tmp / f"{cid}.nii.gz", lambda c: mean_class_score(paths, c), n_classes, props,
+            write_file_labels(tmp / f"{cid}{file_ending}", lambda c: mean_class_score(paths, c), n_classes, props,
                               dataset.case(cid).image)
             elapsed = time.perf_counter() - t_start
             print(f"[ensemble] {i}/{len(cases)} {cid} ({len(members)} models); "

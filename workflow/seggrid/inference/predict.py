@@ -64,11 +64,14 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
 def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: list[str], *,
             labels_out: str | Path | None = None, probabilities_out: str | Path | None = None,
             target_labels_out: str | Path | None = None, postprocessing: str | Path | None = None,
-            dataset=None, step: float = 0.5, flips: int = 8, threads: int = 1, gpus: int = 0) -> dict:
+            dataset=None, step: float = 0.5, flips: int = 8, threads: int = 1, gpus: int = 0,
+            file_ending: str = ".nii.gz") -> dict:
     """Predict ``case_ids`` with the average of ``model_paths`` (the folds of one setting) and
     write the outputs asked for (at least one); each folder appears only when the job succeeds.
     ``dataset`` (a :class:`seggrid.data.dataset.Dataset`) is needed for ``labels_out``: the written
-    NIfTI copies its input image's header."""
+    NIfTI copies its input image's header. Labels are ``<case><file_ending>`` (the evaluation
+    reads ``.nii.gz``; a submission uses the dataset's ending). The cases may be test cases
+    (``preprocessed`` then holds them, without labels): nothing here reads a label."""
     outs = {"labels": labels_out, "probabilities": probabilities_out, "target_labels": target_labels_out}
     if not any(outs.values()):
         raise SeggridError("predict: give at least one of --labels-out, --probabilities-out, --target-labels-out")
@@ -113,7 +116,7 @@ def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: l
             if "probabilities" in dirs:
                 write_quantised_softmax(dirs["probabilities"] / f"{cid}.npy", logits, removed)
             if "labels" in dirs:
-                write_file_labels(dirs["labels"] / f"{cid}.nii.gz", logits.__getitem__, len(logits), props,
+                write_file_labels(dirs["labels"] / f"{cid}{file_ending}", logits.__getitem__, len(logits), props,
                                   dataset.case(cid).image)
             del logits, removed
             timings[cid] = {"seconds": time.perf_counter() - t0, "peak_mem_mb": peak_memory_mb(device)}
