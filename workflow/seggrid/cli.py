@@ -144,8 +144,8 @@ def cmd_predict(a):
     elif a.cases == "evaluation":
         cases = _read(a.splits)["evaluation"]
     else:
-        if a.fold is None or not 0 <= a.fold < len(splits["folds"]):
         splits = _read(a.splits)
+        if a.fold is None or not 0 <= a.fold < len(splits["folds"]):
             raise SeggridError(f"{a.splits}: --cases cv needs --fold in 0..{len(splits['folds']) - 1}")
         cases = splits["folds"][a.fold]["val"]
     predict(a.model, a.preprocessed, cases, labels_out=a.labels_out, probabilities_out=a.probabilities_out,
@@ -341,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                     default="channel_name", help="intensity scheme (config key preprocessing.normalization)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
-    sp.add_argument("--out", required=True)
     sp.add_argument("--test-cases", action="store_true",
                     help="the dataset's test images instead (no labels; for the submission)")
+    sp.add_argument("--out", required=True)
 
     sp = add("split", cmd_split, "cross-validation folds and evaluation cases")
     sp.add_argument("--dataset-check", required=True)
@@ -388,13 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--members", nargs="+", required=True, help="predict --probabilities-out folders, one per model")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
+    sp.add_argument("--cases", choices=("evaluation", "test"), default="evaluation",
+                    help="test: the members predicted the dataset's test images (the submission; labels named "
+                         "<case><file_ending>)")
     dataset_args(sp)
     sp.add_argument("--out", required=True)
 
     sp = add("postprocess-decide", cmd_postprocess_decide,
-    sp.add_argument("--cases", choices=("evaluation", "test"), default="evaluation",
-                    help="test: the members predicted the dataset's test images (the submission; labels named "
-                         "<case><file_ending>)")
              "keep-largest-component decision from a model's cross-validation predictions")
     sp.add_argument("--cv-predictions", nargs="+", required=True, help="one predict --cases cv --target-labels-out folder per fold")
     sp.add_argument("--preprocessed", required=True)
