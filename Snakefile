@@ -14,6 +14,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/submission_inputs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
