@@ -147,3 +147,56 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(pipel
         tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3, checkpoint_every=1)
     assert torch.load(out / "checkpoint_latest.pt", weights_only=False)["epoch"] == 1
     assert not (out / "model.pt").exists()
+
+
+def test_wall_time_stop_checkpoints_and_the_resumed_runs_give_the_uninterrupted_weights(pipeline, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """A job whose time limit is already near (SEGGRID_WALLTIME_DEADLINE in the past) stops after
+    its first epoch with a checkpoint and exit 75 (outside SLURM: nothing to requeue); run three
+    times, a 3-epoch training is stopped twice and ends with the uninterrupted run's weights."""
+    import time
+
+    import pytest
+
+    import seggrid.engine.train as tr
+    from seggrid.engine.walltime import DEADLINE_ENV, EXIT_REQUEUE
+
+    plan = json.loads(pipeline["plan"].read_text())
+    plan["setting"].update(epochs=3, checkpoint_every=5)        # no ordinary checkpoint in 3 epochs
+    splits = json.loads(pipeline["splits"].read_text())
+    whole = tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / "whole", 3)
+    assert whole["wall_time_requeues"] == 0 and [r["stopped"] for r in whole["runs"]] == ["done"]
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() - 1))
+    out = tmp_path / "stopped"
+    for epoch in (1, 2):
+        with pytest.raises(SystemExit) as stop:
+            tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3, requeue_margin_min=0)
+        assert stop.value.code == EXIT_REQUEUE and not (out / "model.pt").exists()
+        assert torch.load(out / "checkpoint_latest.pt", weights_only=False)["epoch"] == epoch
+        printed = capsys.readouterr().out
+        assert f"stopped at epoch {epoch} before the wall-time limit" in printed and "run the job again" in printed
+    summary = tr.train(plan, pipeline["preprocessed"], splits, 0, out, 3, requeue_margin_min=0)
+    assert "resumed from" in capsys.readouterr().out
+    assert [(r["start_epoch"], r["end_epoch"], r["stopped"]) for r in summary["runs"]] == [
+        (0, 1, "wall time"), (1, 2, "wall time"), (2, 3, "done")]
+    assert summary["wall_time_requeues"] == 2 and len((out / "log.csv").read_text().splitlines()) == 4
+    a, b = _weights(tmp_path / "whole" / "model.pt"), _weights(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_slurm_time_left_formats():
+    from seggrid.engine.walltime import WallTimeGuard, parse_slurm_duration
+
+    assert parse_slurm_duration("1-02:03:04") == 86400 + 2 * 3600 + 3 * 60 + 4
+    assert parse_slurm_duration("02:03:04") == 2 * 3600 + 3 * 60 + 4
+    assert parse_slurm_duration("3:04") == 184 and parse_slurm_duration("45") == 45
+    assert parse_slurm_duration("2-05") == 2 * 86400 + 5 * 3600
+    for text in ("UNLIMITED", "NOT_SET", "INVALID", ""):
+        assert parse_slurm_duration(text) is None
+    import time
+
+    guard = WallTimeGuard(margin_s=60, deadline=time.time() + 100)
+    assert not guard.should_stop(30)          # 100 s left > 60 s margin + 30 s epoch
+    assert guard.should_stop(50)              # the longest epoch (50 s) no longer fits
+    assert not WallTimeGuard(60, None).should_stop(1e9)

@@ -86,6 +86,11 @@ def test_the_readme_cluster_commands_are_the_ones_the_tests_run(tmp_path):
     status = outputs[".venv/bin/python -m seggrid status --configfile config/amos22_task1.yaml"]
     if not (ROOT / "results" / "amos22_task1").exists():
         assert "training: 0 done, 0 running, 0 failed, 21 pending" in status
+    # the subsets: one table (4 trainings), one setting's fold-0 model (1), one fold of a 5-fold model (1)
+    subsets = {c.split()[4]: outputs[c] for c in commands if c.split()[3:4] == ["-n"] and "--configfile" in c.split()[5:6]}
+    assert {t: len(re.findall(r"rule train:", out)) for t, out in subsets.items()} == {
+        "table1": 4, "results/amos22_task1/metrics/p288_bs2_topk__f0.json": 1,
+        "results/amos22_task1/train/p160_bs16_ce/fold_3/model.pt": 1}, list(subsets)
 
 
 def dry_run_jobs(out: str) -> list[dict]:

@@ -5,12 +5,15 @@ apt-installs slurm-wlm and munge when run as root on Debian). HOME is a temporar
 ``seggrid slurm-profile`` writes the site profile there, and every run is
 ``snakemake --profile slurm`` from the repository root (README, "Running on a cluster").
 
-1. A minimal grid; a running training job is requeued mid-run. Every training job asked
-   SLURM for the GPUs its setting declares, saw that many devices, started that many ranks
-   (gloo on CPU: the devices are fake), and the requeued job resumed from its checkpoint.
+1. A minimal grid with ``cluster.max_runtime_min: 1``: every job asks SLURM for one minute,
+   and the two-GPU training, longer than that, stops before its limit, checkpoints, requeues
+   itself (engine/walltime.py) at least twice and resumes each time. Every training job asked
+   SLURM for the GPUs its setting declares, saw that many devices and started that many ranks
+   (gloo on CPU: the devices are fake).
 2. The same 2-GPU setting with ``cluster.gpus_per_node: 1``: SLURM allocates two nodes, one
    torchrun agent runs on each, the two ranks meet at one rendezvous, and the weights equal
-   the 2-rank single-node run of (1).
+   the 2-rank single-node run of (1), which was stopped and requeued: the requeues cost no
+   exactness.
 
 Runs only when asked: SEGGRID_TEST_SLURM=1 or CI=true (`.ci/run` sets CI=true), because it
 changes the machine (apt-get, /etc/slurm, mknod /dev/nvidia*, scancel); otherwise every test
@@ -91,8 +94,10 @@ def submitted_training_jobs(text: str) -> dict[str, str]:
     return {m.group(2): m.group(1) for m in re.finditer(r"SLURM jobid (\d+) \(log: \S*/rule_train/(\w+)_0/", text)}
 
 
-# long enough to be requeued mid-run; a checkpoint every epoch
-TWO_GPUS = {"gpus": 2, "batch": 4, "epochs": 8, "iterations_per_epoch": 25, "checkpoint_every": 1}
+# longer than two one-minute allocations; no ordinary checkpoint (only the wall-time stops write one)
+TWO_GPUS = {"gpus": 2, "batch": 4, "epochs": 36, "iterations_per_epoch": 100, "checkpoint_every": 100,
+            "runtime_min": 600}
+WALL_TIME = {"max_runtime_min": 1, "requeue_margin_min": 0.1}
 
 
 def grid_config(tmp: Path, **top) -> Path:
@@ -115,27 +120,17 @@ def jobs(env) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def single_node_grid(cluster, tmp_path_factory) -> dict:
-    """The minimal grid through ``--profile slurm``; the two-GPU job is requeued once."""
+    """The minimal grid through ``--profile slurm`` with one-minute jobs (the profile asks
+    SLURM for ``--requeue``)."""
     tmp = tmp_path_factory.mktemp("grid")
-    ckpt = tmp / "results" / "train" / "two_gpus" / "fold_0" / "checkpoint_latest.pt"
-    requeued = []
-
-    def requeue_once():
-        if not requeued and ckpt.exists():
-            running = [j for j in jobs(cluster) if j.get("JobState") == "RUNNING" and "two_gpus" in j.get("Comment", "")]
-            if running:
-                requeued.append(running[0]["JobId"])
-                subprocess.run(["scontrol", "requeue", running[0]["JobId"]], env=cluster, check=True)
-
-    rc, text = snakemake_slurm(cluster, tmp, grid_config(tmp), "--slurm-requeue", watch=requeue_once)
-    return {"tmp": tmp, "rc": rc, "text": text, "requeued": requeued}
+    rc, text = snakemake_slurm(cluster, tmp, grid_config(tmp, cluster={"gpus_per_node": 8, **WALL_TIME}))
+    return {"tmp": tmp, "rc": rc, "text": text}
 
 
 def test_minimal_grid_through_the_slurm_profile_with_a_requeue(cluster, single_node_grid):
     tmp_path, text = single_node_grid["tmp"], single_node_grid["text"]
     env = cluster
     assert single_node_grid["rc"] == 0, text[-4000:]
-    assert single_node_grid["requeued"], "the two-GPU training job was never seen running after its first checkpoint"
 
     submitted = submitted_training_jobs(text)
     assert set(submitted) == {"cpu", "one_gpu", "two_gpus"}, submitted
@@ -143,6 +138,7 @@ def test_minimal_grid_through_the_slurm_profile_with_a_requeue(cluster, single_n
     for setting, gpus in (("cpu", 0), ("one_gpu", 1), ("two_gpus", 2)):
         job = by_id[submitted[setting]]
         assert job["NumNodes"] == "1", (setting, job["NumNodes"])
+        assert job["TimeLimit"] == "00:01:00", (setting, job["TimeLimit"])     # cluster.max_runtime_min
         tres = " ".join(job.get(k, "") for k in ("TresPerJob", "TresPerNode", "ReqTRES", "AllocTRES"))
         if gpus:
             assert re.search(rf"gpu[:=]{gpus}\b", tres), (setting, tres)
@@ -156,7 +152,12 @@ def test_minimal_grid_through_the_slurm_profile_with_a_requeue(cluster, single_n
     two = (tmp_path / "results" / "logs" / "train" / "two_gpus" / "fold_0.log").read_text()
     assert "distributed: 2 ranks, backend gloo (no usable CUDA device: ranks run on CPU)" in two
     assert "resumed from" in two, two[-2000:]
-    assert by_id[submitted["two_gpus"]].get("Restarts") == "1"      # SLURM's own record of the requeue
+    # stopped before the limit and requeued at least twice: SLURM's own record, and the trainer's
+    assert int(by_id[submitted["two_gpus"]].get("Restarts", 0)) >= 2, by_id[submitted["two_gpus"]]
+    summary = json.loads((tmp_path / "results" / "train" / "two_gpus" / "fold_0" / "summary.json").read_text())
+    assert summary["wall_time_requeues"] >= 2 and summary["runs"][-1]["stopped"] == "done", summary["runs"]
+    assert {r["job"] for r in summary["runs"]} == {submitted["two_gpus"]}                # one job, requeued
+    assert [r["start_epoch"] for r in summary["runs"][1:]] == [r["end_epoch"] for r in summary["runs"][:-1]]
     assert (tmp_path / "results" / "tables" / "t.csv").exists()
 
 
@@ -165,7 +166,7 @@ def test_two_gpus_across_two_nodes_train_the_same_weights(cluster, single_node_g
     import torch
 
     assert single_node_grid["rc"] == 0, "the single-node grid failed; nothing to compare with"
-    cfg = grid_config(tmp_path, cluster={"gpus_per_node": 1})
+    cfg = grid_config(tmp_path, cluster={"gpus_per_node": 1})      # no time cap: one uninterrupted run
     model = tmp_path / "results" / "train" / "two_gpus" / "fold_0" / "model.pt"
     rc, text = snakemake_slurm(cluster, tmp_path, cfg, str(model))
     assert rc == 0, text[-4000:]

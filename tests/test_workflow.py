@@ -84,9 +84,13 @@ def check_resource_changes_rerun_nothing(cfg: Path, tmp: Path) -> None:
     base = yaml.safe_load(cfg.read_text())
     plan = json.loads((Path(base["outdir"]) / "plans" / "c.json").read_text())
     assert not {"gpus", "threads", "mem_mb", "runtime_min"} & set(plan["setting"])
-    for key, value in (("runtime_min", 600), ("mem_mb", 64000), ("threads", 2), ("gpus", 1)):
+    for key, value in (("runtime_min", 600), ("mem_mb", 64000), ("threads", 2), ("gpus", 1),
+                       ("cluster.max_runtime_min", 30), ("cluster.requeue_margin_min", 3)):
         changed = json.loads(json.dumps(base))
-        changed["settings"]["c"][key] = value
+        if key.startswith("cluster."):
+            changed.setdefault("cluster", {})[key.split(".")[1]] = value
+        else:
+            changed["settings"]["c"][key] = value
         path = tmp / f"grid_{key}.yaml"
         path.write_text(yaml.safe_dump(changed))
         proc = snakemake("--cores", 2, "--configfile", path, "-n")
@@ -98,9 +102,22 @@ def check_resource_changes_rerun_nothing(cfg: Path, tmp: Path) -> None:
 @pytest.mark.slow
 def test_minimal_grid_end_to_end(tmp_path, capsys):
     cfg = minimal_config(tmp_path)
+    tables = tmp_path / "results" / "tables"
+    # an injected failure in Table 5: setting d's training finds a damaged checkpoint and stops;
+    # with --keep-going every other table is finished (each depends only on its own rows)
+    broken = tmp_path / "results" / "train" / "d" / "fold_0" / "checkpoint_latest.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+    proc = snakemake("--cores", 2, "--configfile", cfg, "--keep-going")
+    assert proc.returncode != 0
+    assert {p.name for p in tables.glob("*.csv")} == {"table1.csv", "table2.csv", "table4.csv"}, proc.stderr[-4000:]
+    d_log = (tmp_path / "results" / "logs" / "train" / "d" / "fold_0.log").read_text()
+    assert f"{broken}: unreadable checkpoint" in d_log and "move it away" in d_log
+    assert broken.read_bytes() == b"not a checkpoint"              # the training so far is never overwritten
+    broken.unlink()
     proc = snakemake("--cores", 2, "--configfile", cfg)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    tables = tmp_path / "results" / "tables"
+    assert "rule train:" in proc.stdout + proc.stderr and "wildcards: setting=d, fold=0" in proc.stdout + proc.stderr
     t1 = pd.read_csv(tables / "table1.csv")
     assert list(t1["row"]) == ["small", "big"]
     assert list(t1["patch_requested"]) == ["(8, 16, 16)", "(8, 22, 22)"]
@@ -197,6 +214,19 @@ def test_amos_dry_run_without_data(name, trainings, resources, tmp_path):
         assert f"gpu={gpus}" in block.group(1) and "mem_mb=" in block.group(1) and "runtime=" in block.group(1)
     assert "torchrun --standalone --nproc_per_node=8 -m seggrid train" in out
     assert not (ROOT / "data" / "amos22").exists()
+
+
+def test_one_table_builds_only_what_its_rows_need():
+    """`snakemake table1`: Table 1's four fold-0 trainings and nothing of Tables 2-5."""
+    proc = snakemake("-n", "table1", "--configfile", ROOT / "config" / "amos22_task1.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(r"\btrain\s+4\b", out) and re.search(r"\btable\s+1\b", out), out[-3000:]
+    trained = set(re.findall(r"wildcards: setting=(\w+), fold=0", out))
+    assert trained == {"p160_bs2_ce", "p288_bs2_ce", "p354_bs2_ce", "p384_bs2_ce"}, trained
+    assert "trend_table1.png" in out and "table2" not in out and "ensemble" not in out
+    proc = snakemake("-n", "table9", "--configfile", ROOT / "config" / "amos22_task1.yaml")
+    assert proc.returncode != 0 and "table9" in proc.stdout + proc.stderr
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

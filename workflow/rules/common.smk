@@ -18,6 +18,7 @@ from seggrid.config import (  # noqa: E402
     prediction_set_seed,
     prediction_sets,
     resolve_setting,
+    row_models,
     row_prediction_sets,
     single_model_set,
     training_dir,
@@ -114,6 +115,19 @@ def train_gpus(wildcards, threads):
     return setting(wildcards)["gpus"]
 
 
+def requeue_margin(wildcards, threads):
+    """`cluster.requeue_margin_min` for `train --requeue-margin-min`: a param derived from
+    resources (it takes `threads`), so changing it reruns no training."""
+    return config["cluster"]["requeue_margin_min"]
+
+
+def capped_runtime(minutes):
+    """A job's wall time, capped by `cluster.max_runtime_min` (a training past the cap is
+    checkpointed and requeued by itself, engine/walltime.py)."""
+    cap = config["cluster"]["max_runtime_min"]
+    return minutes if cap is None else min(minutes, cap)
+
+
 def launcher(wildcards, resources):
     """One process, one torchrun per node, or one torchrun agent per node started by the
     job's task launcher (its `mpi` resource, srun) across nodes (engine/launch.py)."""
@@ -178,14 +192,45 @@ def ensemble_members(wildcards):
 
 def inference_runtime(wildcards):
     """`inference.runtime_min` is per fold model; a 5-fold model's job runs its 5 folds."""
-    return config["inference"]["runtime_min"] * len(parse_prediction_set_id(wildcards.pset)[1])
+    return capped_runtime(config["inference"]["runtime_min"] * len(parse_prediction_set_id(wildcards.pset)[1]))
+
+
+def table_spec(name):
+    if name not in config["tables"]:
+        raise WorkflowError(f"no table '{name}' in the config's tables: {sorted(config['tables'])}")
+    return config["tables"][name]
+
+
+def table_prediction_sets(name):
+    """The prediction sets of one table's rows (one per row and training seed)."""
+    table = table_spec(name)
+    return list(dict.fromkeys(p for row in table["rows"] for _, p in row_prediction_sets(config, table, row)))
+
+
+def table_settings(name):
+    return list(dict.fromkeys(m for row in table_spec(name)["rows"] for m in row_models(row)))
 
 
 def table_inputs(wildcards):
-    files = [f"{OUT}/metrics/{p}.{ext}" for p in prediction_sets(config) for ext in ("json", "csv")]
-    files += [f"{OUT}/plans/{s}.json" for s in config["settings"]]
-    files += [f"{OUT}/{training_dir(config, s, f, seed)}/summary.json" for s, f, seed in training_jobs(config)]
-    return files
+    """Only this table's rows: their metrics, plans and trainings (outputs/report.py reads no
+    other), so a failed job of one table blocks no other table (`snakemake --keep-going`)."""
+    psets = table_prediction_sets(wildcards.table)
+    files = [f"{OUT}/metrics/{p}.{ext}" for p in psets for ext in ("json", "csv")]
+    files += [f"{OUT}/plans/{s}.json" for s in table_settings(wildcards.table)]
+    for p in psets:
+        models, folds = parse_prediction_set_id(p)
+        seed = prediction_set_seed(config, p)
+        files += [f"{OUT}/{training_dir(config, m, f, seed)}/summary.json" for m in models for f in folds]
+    return list(dict.fromkeys(files))
+
+
+def table_outputs(name):
+    """Everything `snakemake <table>` builds: the table, its per-organ tables and trend plot."""
+    outs = [f"{OUT}/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
+    outs += [f"{OUT}/tables/per_organ/{p}.{ext}" for p in table_prediction_sets(name) for ext in ("csv", "md")]
+    if name in trend_tables():
+        outs.append(f"{OUT}/figures/trend_{name}.png")
+    return list(dict.fromkeys(outs))
 
 
 def fig1_logs(wildcards):
@@ -197,12 +242,14 @@ def fig1_label(name):
     return f"{name} (batch {s['batch']})"
 
 
-def tables_json():
-    """The `table` rule's config, without scheduling keys (config.SCHEDULING_KEYS): a table is
-    made from the outputs, so changing a setting's resources does not rebuild it."""
-    keep = {k: config[k] for k in ("tables", "folds", "seed", "training_seeds")}
+def tables_json(wildcards):
+    """The `table` rule's config: this table and its own settings only, without scheduling keys
+    (config.SCHEDULING_KEYS): a table is made from the outputs, so changing a setting's
+    resources, or another table, does not rebuild it."""
+    keep = {k: config[k] for k in ("folds", "seed", "training_seeds")}
+    keep["tables"] = {wildcards.table: table_spec(wildcards.table)}
     keep["recipe"] = model_setting(config["recipe"])
-    keep["settings"] = {name: model_setting(s) for name, s in config["settings"].items()}
+    keep["settings"] = {name: model_setting(config["settings"][name]) for name in table_settings(wildcards.table)}
     return shlex.quote(json.dumps(keep, sort_keys=True))
 
 
@@ -219,11 +266,9 @@ def trend_tables():
 
 
 def all_outputs():
-    outs = [f"{OUT}/tables/{t}.{ext}" for t in config["tables"] for ext in ("csv", "md", "tex")]
-    outs += [f"{OUT}/tables/per_organ/{p}.{ext}" for p in prediction_sets(config) for ext in ("csv", "md")]
-    outs += [f"{OUT}/figures/trend_{t}.png" for t in trend_tables()]
+    outs = [f for t in config["tables"] for f in table_outputs(t)]
     if config["figures"]["slices"]:
         outs += [f"{OUT}/figures/fig2_slices.png", f"{OUT}/figures/fig3_slices.png"]
     if config["figures"]["fig1_settings"]:
         outs.append(f"{OUT}/figures/fig1_curves.png")
-    return outs
+    return list(dict.fromkeys(outs))

@@ -23,7 +23,7 @@ rule table:
     conda:
         ENV
     params:
-        config=tables_json(),
+        config=tables_json,
         outdir=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
     shell:
         "python -m seggrid tables --config-json {params.config} --outdir {params.outdir} "
@@ -130,3 +130,17 @@ rule trend_plot:
     shell:
         "python -m seggrid trends --table {input} --varied {params.varied} --title {params.title} "
         "--out {output} > {log} 2>&1"
+
+
+# One target per table: `snakemake table1` builds that table, its per-organ tables and its
+# trend plot, and only the plans, trainings, predictions and metrics its rows need.
+for _table in config["tables"]:
+    if _table in {r.name for r in workflow.rules} | {"all"}:
+        raise WorkflowError(f"table name '{_table}' is also the name of a rule of the workflow; rename the table")
+
+    rule:
+        name:
+            _table
+        localrule: True
+        input:
+            table_outputs(_table),

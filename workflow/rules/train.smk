@@ -36,15 +36,16 @@ rule train:
         tasks=train_resource("tasks"),
         tasks_per_gpu=train_resource("tasks_per_gpu"),
         mem_mb=lambda w: setting(w)["mem_mb"],
-        runtime=lambda w: setting(w)["runtime_min"],
+        runtime=lambda w: capped_runtime(setting(w)["runtime_min"]),
     params:
         launcher=launcher,
         gpus=train_gpus,
+        requeue_margin=requeue_margin,
         outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
         seed=train_seed,
     shell:
         "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "
-        "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --gpus {params.gpus} --out {params.outdir} > {log} 2>&1"
+        "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --gpus {params.gpus} --requeue-margin-min {params.requeue_margin} --out {params.outdir} > {log} 2>&1"
 
 
 # Prediction writes only what a later step reads (inference/predict.py): labels in the input geometry
@@ -73,7 +74,7 @@ rule predict_cv:
         gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
         slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
         mem_mb=config["inference"]["mem_mb"],
-        runtime=config["inference"]["runtime_min"],
+        runtime=capped_runtime(config["inference"]["runtime_min"]),
     params:
         step=config["inference"]["step"],
         flips=config["inference"]["tta_flips"],

@@ -126,7 +126,8 @@ def cmd_train(a):
     splits = _read(a.splits)
     if not 0 <= a.fold < len(splits["folds"]):
         raise SeggridError(f"{a.splits}: no fold {a.fold} (has {len(splits['folds'])})")
-    train(_read(a.plan), a.preprocessed, splits, a.fold, a.out, a.seed, a.threads, a.checkpoint_every, gpus=a.gpus)
+    train(_read(a.plan), a.preprocessed, splits, a.fold, a.out, a.seed, a.threads, a.checkpoint_every, gpus=a.gpus,
+          requeue_margin_min=a.requeue_margin_min)
 
 
 def cmd_predict(a):
@@ -362,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-every", type=int, default=None, help="default: the setting's checkpoint_every")
     sp.add_argument("--gpus", type=int, default=None,
                     help="GPUs of the job (a scheduling key, not in the plan); default: the plan's, else 0")
+    sp.add_argument("--requeue-margin-min", type=float, default=10.0,
+                    help="minutes kept before the job's time limit: the run stops at the last epoch boundary that "
+                         "leaves them, checkpoints and is requeued (exit 75 outside SLURM); default 10")
     sp.add_argument("--out", required=True)
 
     sp = add("predict", cmd_predict, "predict one model (its folds averaged) on the evaluation or CV cases")

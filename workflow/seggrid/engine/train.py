@@ -36,6 +36,11 @@ each data-parallel group, torch/python RNGs, case cache) cannot be mapped onto t
 and is re-seeded from (seed, fold, epoch, group): the data stream after such a resume is
 deterministic but not bit-identical to an uninterrupted run with the old count (printed).
 
+Wall-time limits (walltime.py): the job reads its time limit at the start; when the next epoch
+might not end ``requeue_margin_min`` before it, the run checkpoints at that epoch boundary and
+asks SLURM to requeue the job; the next run resumes from the checkpoint exactly
+(``summary.json``: ``runs``, ``wall_time_requeues``).
+
 A job with ``gpus > 0`` stops at once when CUDA is not usable (``device.require_cuda``), unless
 the environment sets ``SEGGRID_ALLOW_CPU_FOR_GPU_JOBS=1`` (tests, a test cluster with fake GPUs).
 """
@@ -64,6 +69,7 @@ from seggrid.engine.progress import ProgressWriter
 from seggrid.engine.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
 from seggrid.engine.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction, local_batch
 from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
+from seggrid.engine.walltime import WallTimeGuard, end_run, request_requeue
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
               "seconds", "data_wait_fraction", "peak_mem_mb"]
@@ -130,6 +136,15 @@ def class_columns(plan: dict) -> list[str]:
     return [f"pseudo_dice_{names.get(c, c)}".replace(" ", "_") for c in range(1, plan["n_classes"])]
 
 
+def agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (one broadcast; no communication with one rank)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
 def gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
@@ -139,9 +154,12 @@ def gather(obj, world: int) -> list:
 
 
 def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: str | Path,
-          seed: int, threads: int = 1, checkpoint_every: int | None = None, gpus: int | None = None) -> dict:
+          seed: int, threads: int = 1, checkpoint_every: int | None = None, gpus: int | None = None,
+          requeue_margin_min: float = 10.0) -> dict:
     """Train one (setting, fold) into ``out_dir``. ``gpus``: the job's GPUs (a scheduling key,
-    not in a workflow plan); None takes the plan's setting's ``gpus`` (hand-made plans), else 0."""
+    not in a workflow plan); None takes the plan's setting's ``gpus`` (hand-made plans), else 0.
+    ``requeue_margin_min``: minutes kept before the job's time limit (engine/walltime.py): the
+    run stops at the last epoch boundary that leaves them, checkpoints and is requeued."""
     s = plan["setting"]
     gpus = s.get("gpus", 0) if gpus is None else gpus
     checkpoint_every = checkpoint_every or s.get("checkpoint_every", 5)
@@ -200,7 +218,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     n_classes, columns = plan["n_classes"], class_columns(plan)
 
     log: list[dict] = []
-    start_epoch, ema, elapsed_before = 0, None, 0.0
+    start_epoch, ema, elapsed_before, runs = 0, None, 0.0, []
     ckpt_path = out_dir / "checkpoint_latest.pt"
     final_path = out_dir / "checkpoint_final.pt"
     ckpt, resumed_from = None, None
@@ -208,7 +226,12 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     for path in ([final_path] if not (out_dir / "model.pt").exists() else []) + [ckpt_path]:
         if not path.exists():
             continue
-        candidate = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            candidate = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:            # torch raises several types for a damaged file
+            raise SeggridError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]}); it holds "
+                               f"the training so far, so it is not overwritten: move it away to start this "
+                               f"training from epoch 0") from exc
         if (candidate.get("plan_hash") == model_hash(plan) and candidate.get("seed") == seed
                 and candidate.get("format") == MODEL_FORMAT):
             ckpt, resumed_from = candidate, path
@@ -220,6 +243,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, ema, log, elapsed_before = ckpt["epoch"], ckpt["ema"], ckpt["log"], ckpt["elapsed"]
+        runs = ckpt.get("runs", [])
         if len(ckpt["ranks"]) == world:
             mine = ckpt["ranks"][rank]
             rng.bit_generator.state = mine["rng"]
@@ -252,12 +276,17 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
             return
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "schedule": {"name": s["lr_schedule"], "epoch": epoch}, "ranks": ranks, "epoch": epoch,
-                 "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start,
+                 "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start, "runs": runs,
                  "plan_hash": model_hash(plan), "seed": seed, "format": MODEL_FORMAT}
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
     progress = ProgressWriter(out_dir, s["name"], fold, s["epochs"])     # progress.json / .png (seggrid status)
+    guard = WallTimeGuard.for_this_job(60 * requeue_margin_min)
+    guard.install_signal_handler()
+    if rank == 0:
+        print(f"[train] {guard.describe()}", flush=True)
+    this_run = {"job": os.environ.get("SLURM_JOB_ID"), "start_epoch": start_epoch}
     t_start = time.time()
     for epoch in range(start_epoch, s["epochs"]):
         t0 = time.time()
@@ -310,10 +339,18 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
             print(f"[train] {s['name']} fold {fold} epoch {epoch + 1}/{s['epochs']} loss {train_loss:.4f} "
                   f"val {val_loss:.4f} pseudo-Dice {pseudo:.3f} lr {lr:.5f} {row['seconds']:.1f}s", flush=True)
             progress(log)
+        if epoch + 1 < s["epochs"] and agree(guard.should_stop(row["seconds"]), world, device):
+            # the next epoch might not end before the job's time limit: checkpoint here, requeue
+            runs.append({**this_run, "end_epoch": epoch + 1, "stopped": "wall time"})
+            save_checkpoint(ckpt_path, epoch + 1)
+            requeued = agree(request_requeue(s["name"]) if rank == 0 else False, world, device)
+            end_run(f"{s['name']} fold {fold}", epoch + 1, str(ckpt_path), requeued, announce=rank == 0)
         if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < s["epochs"]:
             save_checkpoint(ckpt_path, epoch + 1)
 
     wall = elapsed_before + time.time() - t_start
+    if start_epoch < s["epochs"]:
+        runs.append({**this_run, "end_epoch": s["epochs"], "stopped": "done"})
     summary = {
         "setting": s["name"], "fold": fold, "epochs": s["epochs"], "world_size": world, "device": str(device),
         "spatial_partitions": spatial.size if spatial else 1,
@@ -323,6 +360,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         "gpu_hours": wall * world / 3600 if device.type == "cuda" else 0.0,
         "samples_per_second": s["epochs"] * s["iterations_per_epoch"] * s["batch"] / max(wall, 1e-9),
         "peak_mem_mb": max(r["peak_mem_mb"] for r in log), "final_pseudo_dice_ema": ema,
+        "runs": runs, "wall_time_requeues": sum(r["stopped"] == "wall time" for r in runs),
         "provenance": provenance(seed, plan),
     }
     save_checkpoint(out_dir / "checkpoint_final.pt", s["epochs"])
