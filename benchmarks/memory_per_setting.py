@@ -1,13 +1,19 @@
 """Peak memory of one training step for every setting of a config, at its per-GPU batch.
 
     .venv/bin/python benchmarks/memory_per_setting.py config/amos22_task1.yaml [--device cpu]
-        [--max-gb 20] [--threads 2]
+        [--max-gb 20] [--threads 2] [--max-seconds S] [--shrink K]
 
-Each distinct (effective patch, per-GPU batch, loss) runs `seggrid bench step --warmup 0
---steps 1` in its own process (peak memory is per process) with the config's network width,
-class count (16, AMOS) and precision. Settings whose estimate exceeds ``--max-gb`` are not
-run: their line says so and gives the estimate from a straight-line fit of peak memory
-against voxels x batch over the measured ones. Prints one JSON object.
+Each distinct (effective patch, per-GPU batch, loss) runs `seggrid bench step` in its own
+process (peak memory is per process) with the config's network width, class count (16, AMOS)
+and precision: one step on the CPU; on CUDA a first step, whose time is mostly cuDNN
+autotuning of every 3D convolution shape (tens of seconds on an H200) and is reported apart
+(``first_step_seconds``), then a second one (``seconds_per_step``). ``peak_gb`` is the peak
+over both; on CUDA ``peak_gb_second_step`` leaves the autotuning's workspaces out. Settings
+whose estimate exceeds ``--max-gb`` are not run: their line says so and gives the estimate
+from a straight-line fit of peak memory against voxels x batch over the measured ones. With
+``--max-seconds`` no new measurement starts after that many seconds (their rows say
+``skipped``); ``--shrink K`` divides every patch axis by K (a quick check of the plumbing,
+not a measurement). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +39,18 @@ def main() -> None:
     ap.add_argument("--max-gb", type=float, default=20.0, help="skip runs estimated above this")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--classes", type=int, default=16)
+    ap.add_argument("--max-seconds", type=float, default=None, help="start no measurement after this")
+    ap.add_argument("--shrink", type=int, default=1, help="divide every patch axis by this (plumbing check)")
     a = ap.parse_args()
+    started = time.monotonic()
+    cuda = a.device.startswith("cuda")
     config = load_config(a.config)
     spacing = config["preprocessing"]["target_spacing"]
     jobs: dict[tuple, list[str]] = {}
     for name in config["settings"]:
         s = resolve_setting(config, name)
-        topo = plan_topology(s["patch"], spacing, s["base_features"], s["max_features"], s["max_pools_per_axis"],
+        patch = [max(8, p // a.shrink) for p in s["patch"]]
+        topo = plan_topology(patch, spacing, s["base_features"], s["max_features"], s["max_pools_per_axis"],
                              s["patch_rounding"])
         # a spatially partitioned setting is measured unpartitioned: one process holding its whole
         # samples (what one GPU would need without partitions; a rank holds about 1/N of it)
@@ -58,10 +70,12 @@ def main() -> None:
                "voxels_x_batch": load, "estimate_gb": round(estimate, 2) if estimate else None}
         if estimate and estimate > a.max_gb:
             row["measured"] = False
+        elif a.max_seconds is not None and time.monotonic() - started > a.max_seconds:
+            row.update(measured=False, skipped=f"time box: --max-seconds {a.max_seconds:g} spent")
         else:
             cmd = [sys.executable, "-m", "seggrid", "bench", "step", "--patch", *map(str, patch), "--batch",
                    str(per_gpu), "--loss", loss, "--precision", precision, "--device", a.device, "--base-features",
-                   str(base), "--max-features", str(cap), "--classes", str(a.classes), "--warmup", "0",
+                   str(base), "--max-features", str(cap), "--classes", str(a.classes), "--warmup", "1" if cuda else "0",
                    "--steps", "1", "--threads", str(a.threads), "--spacing", *map(str, spacing)]
             if pools:
                 cmd += ["--max-pools-per-axis", str(pools)]
@@ -70,11 +84,18 @@ def main() -> None:
             row.update(measured=True, peak_gb=round(out["peak_memory_mb"] / 1024, 2),
                        seconds_per_step=out["seconds_per_step_median"], memory_kind=out["memory_kind"],
                        precision=out["precision"], device=out["device"])
+            if cuda:    # the first step: cuDNN autotuning of every convolution shape, not step time
+                row.update(first_step_seconds=out["first_steps_seconds"][0],
+                           peak_gb_second_step=round(out["peak_memory_timed_steps_mb"] / 1024, 2))
             if loss != "dice_perimeter":
                 measured.append((load, row["peak_gb"]))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps({"config": a.config, "device": a.device, "fit_points": measured, "rows": rows}, indent=1))
+    timing = ("first_step_seconds: one step with cuDNN autotuning (cudnn.benchmark); seconds_per_step: a "
+              "second step" if cuda else "seconds_per_step: the first and only step (no autotuning on the CPU)")
+    print(json.dumps({"config": a.config, "device": a.device, "shrink": a.shrink, "timing": timing,
+                      "seconds": round(time.monotonic() - started, 1), "fit_points": measured, "rows": rows},
+                     indent=1))
 
 
 def _fit(points: list[tuple[int, float]], load: int) -> float | None:

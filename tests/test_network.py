@@ -73,6 +73,9 @@ def test_bench_step_prints_measurements(capsys):
     assert out["seconds_per_step_median"] > 0 and out["peak_memory_mb"] >= out["memory_before_first_step_mb"] > 0
     assert 0 <= out["data_wait_fraction"] <= 1 and math.isfinite(out["final_loss"])
     assert out["deterministic"]["deterministic_kernels"] is True and out["memory_kind"] == "peak_rss"
+    # the warm-up step is timed apart, never among the timed steps; nothing compiled by default
+    assert len(out["first_steps_seconds"]) == 1 and out["first_steps_seconds"][0] > 0 and out["compiled"] == []
+    assert out["peak_memory_timed_steps_mb"] is None        # CPU: one peak RSS, no reset between phases
 
 
 def test_bench_step_rejects_cuda_without_a_gpu(capsys):

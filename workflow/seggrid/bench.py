@@ -107,7 +107,9 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
                steps: int = 3, warmup: int = 1, threads: int = 2, loss: str = "dice_ce", batch_dice: bool = True,
                augmentation: str = "none", deterministic: str | bool = "auto", compile_: bool = False,
                channels_last: bool = False, max_pools_per_axis: int | None = 5, seed: int = 0) -> dict:
-    """Time ``steps`` training steps after ``warmup`` ones; see the module docstring."""
+    """Time ``steps`` training steps after ``warmup`` ones; see the module docstring. The
+    warm-up steps (compilation, cuDNN autotuning on a GPU) are timed apart: ``first_steps_seconds``
+    (seconds each), never in ``seconds_per_step``."""
     from seggrid.engine.network import build_network
     from seggrid.engine.recipe import build_optimizer, effective_precision, grad_scaler
     from seggrid.engine.sampling import Prefetcher
@@ -134,10 +136,14 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
         sampler = PatchSampler(root, [case], eff, batch, 0.33, np.random.default_rng(seed), aug, dev)
         batches = Prefetcher(sampler, warmup + steps)
         baseline = _memory_now(dev)
-        times, waits = [], []
+        times, waits, first_times = [], [], []
+        first_peak = None
         for i in range(warmup + steps):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
+                if i == warmup and warmup:     # cuDNN autotuning's workspaces stay out of the timed peak
+                    first_peak = peak_memory_mb(dev)
+                    torch.cuda.reset_peak_memory_stats(dev)
             wait0, t0 = batches.wait_seconds, time.perf_counter()
             images, labels = batches.next_batch()
             loss_value = train_step(forward, model, loss_fn, optimizer, scaler, images, labels, precision, 12.0, fmt)
@@ -146,19 +152,26 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
                 waits.append(batches.wait_seconds - wait0)
+            else:                    # compilation, cuDNN autotuning: never counted as step time
+                first_times.append(time.perf_counter() - t0)
         batches.close()
         final_loss = float(loss_value)
+        timed_peak = peak_memory_mb(dev)
     return {
         "benchmark": "step", "side": "seggrid", "patch": list(eff), "patch_requested": list(patch), "batch": batch,
         "spacing": list(spacing), "features": topo["features"], "strides": topo["strides"], "kernels": topo["kernels"],
         "classes": classes, "loss": loss, "batch_dice": batch_dice, "augmentation": augmentation,
         "precision": precision, "device": str(dev), "threads": threads, "deterministic": determinism,
-        "compile": compile_, "channels_last": channels_last,
+        "compile": compile_, "compiled": ["network"] if compile_ else [], "channels_last": channels_last,
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps, "warmup": warmup, "seconds_per_step_median": round(float(np.median(times)), 4),
         "seconds_per_step": [round(t, 4) for t in times],
+        "first_steps_seconds": [round(t, 4) for t in first_times],
         "data_wait_fraction": round(float(np.sum(waits) / np.sum(times)), 4),
-        "peak_memory_mb": round(peak_memory_mb(dev), 1), "memory_before_first_step_mb": round(baseline, 1),
+        "peak_memory_mb": round(max(timed_peak, first_peak or 0.0), 1),
+        "peak_memory_first_steps_mb": None if first_peak is None else round(first_peak, 1),
+        "peak_memory_timed_steps_mb": None if first_peak is None else round(timed_peak, 1),
+        "memory_before_first_step_mb": round(baseline, 1),
         "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "peak_rss",
         "final_loss": round(final_loss, 5), "cpu": platform.processor() or platform.machine(),
         "versions": package_versions(),
