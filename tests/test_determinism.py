@@ -200,3 +200,38 @@ def test_slurm_time_left_formats():
     assert not guard.should_stop(30)          # 100 s left > 60 s margin + 30 s epoch
     assert guard.should_stop(50)              # the longest epoch (50 s) no longer fits
     assert not WallTimeGuard(60, None).should_stop(1e9)
+
+
+def test_compile_auto_is_off_on_cpu_and_a_compiled_training_saves_the_plain_network(pipeline, tmp_path,
+                                                                                     monkeypatch):
+    """recipe.compile: auto runs eager on the CPU (summary says so); compile: true trains
+    through torch.compile (here with dynamo's "eager" backend: the inductor C++ build takes
+    minutes on this CPU) and model.pt is the plain network's state_dict (no `_orig_mod.`
+    keys), loadable without compile."""
+    import seggrid.engine.train as tr
+
+    compiled_calls = []
+    real_compile = torch.compile
+
+    def eager_compile(module):
+        compiled_calls.append(type(module).__name__)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(tr.torch, "compile", eager_compile)
+    from seggrid.engine.device import use_compile
+
+    assert use_compile("auto", torch.device("cpu")) is False
+    assert use_compile("auto", torch.device("cuda", 0)) is True
+    assert use_compile("auto", torch.device("cuda", 0), spatial=True) is False
+    assert use_compile(True, torch.device("cpu")) is True and use_compile(False, torch.device("cuda", 0)) is False
+    plan = json.loads(pipeline["plan"].read_text())
+    splits = json.loads(pipeline["splits"].read_text())
+    plan["setting"]["compile"] = "auto"
+    assert tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / "auto", 3)["compile"] is False
+    assert compiled_calls == []
+    plan["setting"].update(compile=True, epochs=1)
+    summary = tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / "compiled", 3)
+    assert summary["compile"] is True and len(compiled_calls) == 1
+    state = _weights(tmp_path / "compiled" / "model.pt")
+    assert state.keys() == _weights(pipeline["train"] / "model.pt").keys()
+    assert not any(k.startswith("_orig_mod.") for k in state)

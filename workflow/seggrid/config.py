@@ -79,8 +79,8 @@ def partition_problems(s: dict) -> list[str]:
         problems.append(f"needs norm: instance (statistics reduced over the slabs), got {s['norm']}")
     if s["loss"] not in PARTITIONABLE_LOSSES:
         problems.append(f"loss {s['loss']} cannot be reduced over slabs; use one of {list(PARTITIONABLE_LOSSES)}")
-    if s.get("compile"):
-        problems.append("compile: true is not supported with spatial partitions")
+    if s.get("compile") is True:
+        problems.append("compile: true is not supported with spatial partitions (auto turns it off there)")
     patch = s["patch"]
     axis = default_axis(patch) if s.get("partition_axis") is None else s["partition_axis"]
     if patch[axis] % parts:

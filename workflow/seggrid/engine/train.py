@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 
 from seggrid.config import model_setting
-from seggrid.engine.device import configure_determinism, distributed_context, peak_memory_mb
+from seggrid.engine.device import configure_determinism, distributed_context, peak_memory_mb, use_compile
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash, provenance, write_json
@@ -209,7 +209,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         partition_network(net, spatial)          # halo exchange + global norm statistics; state_dict unchanged
     elif world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(model) if s.get("compile") else model
+    compiled = use_compile(s.get("compile", "auto"), device, spatial is not None)
+    forward = torch.compile(model) if compiled else model       # state_dict stays the plain network's
     optimizer = build_optimizer(model.parameters(), s)
     scaler = grad_scaler(device, precision)
     loss_fn = training_loss(plan, spatial)
@@ -354,7 +355,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     summary = {
         "setting": s["name"], "fold": fold, "epochs": s["epochs"], "world_size": world, "device": str(device),
         "spatial_partitions": spatial.size if spatial else 1,
-        "precision": precision, "deterministic": determinism, "compile": bool(s.get("compile")),
+        "precision": precision, "deterministic": determinism, "compile": compiled,
         "channels_last": bool(s.get("channels_last")), "wall_seconds": wall,
         "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
         "gpu_hours": wall * world / 3600 if device.type == "cuda" else 0.0,
