@@ -231,3 +231,29 @@ def test_amos_dry_run_submission_only_when_asked(tmp_path):
     assert re.search(r"ensemble --cases test --members \S+/p160_bs16_ce__f0-1-2-3-4 \S+/p288_bs8_focal__f0-1-2-3-4 "
                      r".*--modalities CT .*--out results/amos22_task1/submission ", out)
     assert not (ROOT / "data" / "amos22").exists()
+
+
+@pytest.mark.slow
+def test_workflow_writes_the_submission(demo_dataset, tmp_path):
+    """The rules for real on a tiny grid (2 settings x 2 folds, their A & B ensemble last): the
+    submission holds one label file per test image in its geometry, equal to the evaluation
+    ensemble's labels of the same image (same models, postprocessing, ensembling); done once."""
+    validation = [_id(e["image"]) for e in json.loads((demo_dataset / "dataset.json").read_text())["validation"]]
+    ids = with_test_images(demo_dataset, tmp_path / "ds", validation)
+    config = _grid(tmp_path, tmp_path / "ds", {"models": ["a", "b"], "folds": "all"})
+    res = tmp_path / "results"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", res / "submission",
+                           res / "predictions" / "a+b__f0-1", "--configfile", config], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert sorted(p.name for p in (res / "submission").glob("*.nii.gz")) == sorted(f"{t}.nii.gz" for t in ids)
+    for t, cid in ids.items():
+        image = nib.load(str(tmp_path / "ds" / "imagesTs" / f"{t}.nii.gz"))
+        labels, affine, shape = _labels(res / "submission" / f"{t}.nii.gz")
+        assert shape == image.shape and np.array_equal(affine, image.affine)
+        assert np.array_equal(labels, _labels(res / "predictions" / "a+b__f0-1" / f"{cid}.nii.gz")[0]), t
+        assert labels.any()
+    assert json.loads((res / "postprocessing" / "a.json").read_text()) is not None
+    assert not (res / "probabilities_test").exists() or not any((res / "probabilities_test").iterdir())   # temp
+    assert "Nothing to be done" in snakemake_n(res / "submission", "--configfile", config)
