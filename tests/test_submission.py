@@ -62,7 +62,7 @@ def test_msd_test_cases_listed_and_checked(demo_dataset, tmp_path):
         submission_cases(load_dataset(demo_dataset))
 
 
-def test_listed_test_image_missing_is_named(demo_dataset, tmp_path):
+def test_listed_test_image_missing_is_named(demo_dataset, tmp_path, capsys):
     with_test_images(demo_dataset, tmp_path / "ds", ["amos_0001", "amos_0002"])
     missing = tmp_path / "ds" / "imagesTs" / "ts_amos_0002.nii.gz"
     missing.unlink()
@@ -77,8 +77,11 @@ def test_listed_test_image_missing_is_named(demo_dataset, tmp_path):
     # the CLI: exit status 2 and the file named, no output left behind
     meta["test"] = ["./imagesTs/ts_amos_0002.nii.gz"]
     (tmp_path / "ds" / "dataset.json").write_text(json.dumps(meta))
-    assert run_cli("preprocess", "--dataset", tmp_path / "ds", "--fingerprint", tmp_path / "none.json",
-                   "--test-cases", "--out", tmp_path / "pre") == 2
+    (tmp_path / "fingerprint.json").write_text("{}")       # not reached: the test images are checked first
+    capsys.readouterr()
+    assert run_cli("preprocess", "--dataset", tmp_path / "ds", "--fingerprint", tmp_path / "fingerprint.json",
+                   "--target-spacing", 6, 6, 6, "--test-cases", "--out", tmp_path / "pre") == 2
+    assert f"{missing}: test image of case 'ts_amos_0002'" in capsys.readouterr().err
     assert not (tmp_path / "pre").exists()
 
 
