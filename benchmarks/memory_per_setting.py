@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -80,7 +81,7 @@ def main() -> None:
             if pools:
                 cmd += ["--max-pools-per-axis", str(pools)]
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                            env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": "/usr/bin:/bin"}).stdout)
+                                            env=_child_env()).stdout)
             row.update(measured=True, peak_gb=round(out["peak_memory_mb"] / 1024, 2),
                        seconds_per_step=out["seconds_per_step_median"], memory_kind=out["memory_kind"],
                        precision=out["precision"], device=out["device"])
@@ -96,6 +97,12 @@ def main() -> None:
     print(json.dumps({"config": a.config, "device": a.device, "shrink": a.shrink, "timing": timing,
                       "seconds": round(time.monotonic() - started, 1), "fit_points": measured, "rows": rows},
                      indent=1))
+
+
+def _child_env() -> dict[str, str]:
+    """A bare environment for each measurement, keeping packages put on PYTHONPATH (gpu_check.sh)."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}
 
 
 def _fit(points: list[tuple[int, float]], load: int) -> float | None:

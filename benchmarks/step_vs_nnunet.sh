@@ -26,7 +26,7 @@ trap 'rm -rf "$tmp"' EXIT
 export nnUNet_raw=${nnUNet_raw:-$tmp/nnunet_raw} nnUNet_preprocessed=${nnUNet_preprocessed:-$tmp/nnunet_pre}
 export nnUNet_results=${nnUNet_results:-$tmp/nnunet_results}
 for r in $(seq "$ROUNDS"); do
-  PYTHONPATH=workflow "$PYTHON" -m seggrid bench step "$@" > "$tmp/ours_$r.json"
+  PYTHONPATH=workflow${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m seggrid bench step "$@" > "$tmp/ours_$r.json"
   "$NNUNET_PYTHON" benchmarks/nnunet_step.py "$tmp/ours_$r.json" > "$tmp/nnunet_$r.json"
 done
 "$PYTHON" - "$tmp" "$ROUNDS" <<'PY'
