@@ -49,7 +49,11 @@ if [ -z "$NNUNET_PYTHON" ] && ! "$PYTHON" -c "import nnunetv2" 2>/dev/null; then
 SITE_NOTE="none needed"
 if [ "$need_site" = 1 ]; then
   if [ -n "$WHEELS" ] && [ -f "$WHEELS/site.tar.xz" ]; then
-    mkdir -p "$work/site" && tar -C "$work/site" -xJf "$WHEELS/site.tar.xz"
+    "$PYTHON" - "$WHEELS/site.tar.xz" "$work/site" <<'PY' || { echo "gpu_check.sh: cannot unpack $WHEELS/site.tar.xz" >&2; exit 2; }
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as tar:
+    tar.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+PY
     SITE_NOTE="$WHEELS/site.tar.xz: $(tr '\n' ' ' < "$WHEELS/packages.txt" 2>/dev/null)"
     log "packages from $WHEELS/site.tar.xz"
   else
@@ -78,7 +82,7 @@ if [ "$TINY" = 1 ]; then
   MEMORY_ARGS="--device cpu --shrink 4 --threads 2"
 else
   STEP_DEFAULT="--device $DEVICE --patch 64 160 160 --batch 2 --precision fp16 --steps 15 --warmup 3 --threads 4"
-  EPOCH_DEFAULT="--device $DEVICE --epochs 2 --iterations 50 --val-iterations 10 --cases 3"
+  EPOCH_DEFAULT="--device $DEVICE --epochs 2 --iterations 50 --val-iterations 10 --cases 4"
   PREDICT_DEFAULT="--device $DEVICE"
   MEMORY_ARGS="--device $DEVICE --threads 4"
 fi
