@@ -16,9 +16,11 @@
 # STEP_ARGS, EPOCH_ARGS, PREDICT_ARGS: replace each part's default arguments.
 #
 # Parts, in this order (each under `timeout`, so one slow part cannot eat the budget):
-#   step_vs_nnunet     benchmarks/step_vs_nnunet.sh, 1 round: our eager step against nnU-Net as
+#   step_vs_nnunet     benchmarks/step_vs_nnunet.sh, 1 round: our step as a user runs it
+#                      (--compile auto: compiled on CUDA, not on the CPU) against nnU-Net as
 #                      nnUNetTrainer runs by default (on CUDA: network and Dice compiled)
-#   step_compiled      `seggrid bench step --compile`, the same shapes: our compiled step
+#   step_other_compile `seggrid bench step` on the same shapes with compile the other way
+#                      (CUDA: --compile false, our eager step; CPU: --compile true)
 #   epoch_vs_nnunet    benchmarks/epoch_vs_nnunet.sh, one size (skipped if the script is absent)
 #   predict_vs_nnunet  benchmarks/predict_vs_nnunet.sh (skipped if absent)
 #   memory             benchmarks/memory_per_setting.py config/amos22_task1.yaml --device cuda,
@@ -116,10 +118,12 @@ else
   skip step_vs_nnunet "no nnunetv2 for NNUNET_PYTHON ($NNUNET_PYTHON); see WHEELS"
 fi
 if [ "$DEVICE" = cpu ] && [ "$TINY" = 1 ]; then
-  skip step_compiled "tiny run on the CPU: inductor's compilation alone takes minutes on a small CPU"
+  skip step_other_compile "tiny run on the CPU: inductor's compilation alone takes minutes on a small CPU"
 else
+  if [ "$DEVICE" = cuda ]; then other=false; else other=true; fi
   # shellcheck disable=SC2086
-  part step_compiled "${T_COMPILE:-110}" env PYTHONPATH=workflow "$PY" -m seggrid bench step $STEP_ARGS --compile
+  part step_other_compile "${T_COMPILE:-110}" env PYTHONPATH=workflow "$PY" -m seggrid bench step $STEP_ARGS \
+    --compile $other
 fi
 for bench in epoch predict; do
   script=benchmarks/${bench}_vs_nnunet.sh
@@ -179,18 +183,20 @@ def result(name):
     return entry.get("result") if entry.get("status") == "ok" else None
 
 summary = {}
-pair, compiled = result("step_vs_nnunet"), result("step_compiled")
-if pair or compiled:
+pair, other = result("step_vs_nnunet"), result("step_other_compile")
+label = lambda run: "seggrid_compiled" if run["compiled"] else "seggrid_eager"
+if pair or other:
     sides = {}
     if pair:
-        sides["seggrid_eager"] = pair["seggrid"]
+        sides[label(pair["seggrid"])] = pair["seggrid"]
         sides["nnunet_default"] = pair["nnunet"]
-    if compiled:
-        sides["seggrid_compiled"] = compiled
+    if other:
+        sides[label(other)] = other
     pick = lambda key: {k: v.get(key) for k, v in sides.items()}
     summary["step"] = {
         "patch": next(iter(sides.values()))["patch"], "batch": next(iter(sides.values()))["batch"],
-        "precision": pick("precision"), "compiled": pick("compiled"),
+        "precision": pick("precision"), "compiled": pick("compiled"), "seggrid_default_compile": (
+            label(pair["seggrid"]) == "seggrid_compiled") if pair else None,
         "seconds_per_step_median": pick("seconds_per_step_median"),
         "first_steps_seconds": {k: v.get("first_steps_seconds") for k, v in sides.items()},
         "peak_memory_mb": pick("peak_memory_mb"), "peak_memory_timed_steps_mb": pick("peak_memory_timed_steps_mb"),

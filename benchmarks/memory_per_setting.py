@@ -12,7 +12,8 @@ over both; on CUDA ``peak_gb_second_step`` leaves the autotuning's workspaces ou
 whose estimate exceeds ``--max-gb`` are not run: their line says so and gives the estimate
 from a straight-line fit of peak memory against voxels x batch over the measured ones. With
 ``--max-seconds`` no new measurement starts after that many seconds (their rows say
-``skipped``); ``--shrink K`` divides every patch axis by K (a quick check of the plumbing,
+``skipped``); ``--compile`` (default false: eager, whatever the recipe's ``compile``) is
+passed to each step; ``--shrink K`` divides every patch axis by K (a quick check of the plumbing,
 not a measurement). Prints one JSON object.
 """
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=16)
     ap.add_argument("--max-seconds", type=float, default=None, help="start no measurement after this")
     ap.add_argument("--shrink", type=int, default=1, help="divide every patch axis by this (plumbing check)")
+    ap.add_argument("--compile", choices=["auto", "true", "false"], default="false",
+                    help="bench step --compile (default false: eager; compiling adds about a minute per setting)")
     a = ap.parse_args()
     started = time.monotonic()
     cuda = a.device.startswith("cuda")
@@ -77,7 +80,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "seggrid", "bench", "step", "--patch", *map(str, patch), "--batch",
                    str(per_gpu), "--loss", loss, "--precision", precision, "--device", a.device, "--base-features",
                    str(base), "--max-features", str(cap), "--classes", str(a.classes), "--warmup", "1" if cuda else "0",
-                   "--steps", "1", "--threads", str(a.threads), "--spacing", *map(str, spacing)]
+                   "--steps", "1", "--threads", str(a.threads), "--compile", a.compile, "--spacing", *map(str, spacing)]
             if pools:
                 cmd += ["--max-pools-per-axis", str(pools)]
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
@@ -94,7 +97,8 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
     timing = ("first_step_seconds: one step with cuDNN autotuning (cudnn.benchmark); seconds_per_step: a "
               "second step" if cuda else "seconds_per_step: the first and only step (no autotuning on the CPU)")
-    print(json.dumps({"config": a.config, "device": a.device, "shrink": a.shrink, "timing": timing,
+    print(json.dumps({"config": a.config, "device": a.device, "shrink": a.shrink, "compile": a.compile,
+                      "timing": timing,
                       "seconds": round(time.monotonic() - started, 1), "fit_points": measured, "rows": rows},
                      indent=1))
 

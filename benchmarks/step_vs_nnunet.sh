@@ -8,7 +8,8 @@
 # (--warmup: compilation, cuDNN autotuning) are timed apart, in first_steps_seconds (one list
 # per round), and never counted as step time.
 # Usage: benchmarks/step_vs_nnunet.sh NNUNET_PYTHON [--patch Z Y X] [--batch N] [...]
-# (any `seggrid bench step` flag, e.g. --device cuda --precision fp16 --compile --warmup 3;
+# (any `seggrid bench step` flag, e.g. --device cuda --precision fp16 --compile false --warmup 3;
+# ours compiles as recipe.compile: auto, i.e. on CUDA, unless --compile false;
 # NNUNET_PYTHON: a Python with nnunetv2 installed, e.g. a venv made with
 # `python -m venv /tmp/nnunet && /tmp/nnunet/bin/pip install nnunetv2`). Our side runs
 # under $PYTHON (default .venv/bin/python). nnUNet_compile=0 in the environment turns

@@ -74,7 +74,8 @@ def test_bench_step_prints_measurements(capsys):
     assert 0 <= out["data_wait_fraction"] <= 1 and math.isfinite(out["final_loss"])
     assert out["deterministic"]["deterministic_kernels"] is True and out["memory_kind"] == "peak_rss"
     # the warm-up step is timed apart, never among the timed steps; nothing compiled by default
-    assert len(out["first_steps_seconds"]) == 1 and out["first_steps_seconds"][0] > 0 and out["compiled"] == []
+    assert len(out["first_steps_seconds"]) == 1 and out["first_steps_seconds"][0] > 0
+    assert out["compile_mode"] == "auto" and out["compile"] is False and out["compiled"] == []   # auto: off on CPU
     assert out["peak_memory_timed_steps_mb"] is None        # CPU: one peak RSS, no reset between phases
 
 

@@ -105,19 +105,22 @@ def step_plan(patch: list[int], spacing: list[float], base_features: int, max_fe
 def bench_step(patch: list[int], batch: int, spacing: list[float], base_features: int = 32,
                max_features: int = 320, classes: int = 16, precision: str = "fp32", device: str = "cpu",
                steps: int = 3, warmup: int = 1, threads: int = 2, loss: str = "dice_ce", batch_dice: bool = True,
-               augmentation: str = "none", deterministic: str | bool = "auto", compile_: bool = False,
+               augmentation: str = "none", deterministic: str | bool = "auto", compile_: str | bool = "auto",
                channels_last: bool = False, max_pools_per_axis: int | None = 5, seed: int = 0) -> dict:
-    """Time ``steps`` training steps after ``warmup`` ones; see the module docstring. The
+    """Time ``steps`` training steps after ``warmup`` ones; see the module docstring.
+    ``compile_``: auto | True | False, as ``recipe.compile`` (auto: on CUDA). The
     warm-up steps (compilation, cuDNN autotuning on a GPU) are timed apart: ``first_steps_seconds``
     (seconds each), never in ``seconds_per_step``."""
     from seggrid.engine.network import build_network
     from seggrid.engine.recipe import build_optimizer, effective_precision, grad_scaler
     from seggrid.engine.sampling import Prefetcher
+    from seggrid.engine.device import use_compile
     from seggrid.engine.train import configure_determinism, peak_memory_mb, train_step, training_loss
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     determinism = configure_determinism(deterministic, dev)
+    compile_mode, compile_ = compile_, use_compile(compile_, dev)     # auto: on CUDA, as recipe.compile
     precision = effective_precision(precision, dev)
     torch.manual_seed(seed)
     plan = step_plan(patch, spacing, base_features, max_features, classes, max_pools_per_axis, loss, batch_dice)
@@ -162,7 +165,7 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
         "spacing": list(spacing), "features": topo["features"], "strides": topo["strides"], "kernels": topo["kernels"],
         "classes": classes, "loss": loss, "batch_dice": batch_dice, "augmentation": augmentation,
         "precision": precision, "device": str(dev), "threads": threads, "deterministic": determinism,
-        "compile": compile_, "compiled": ["network"] if compile_ else [], "channels_last": channels_last,
+        "compile": compile_, "compile_mode": compile_mode, "compiled": ["network"] if compile_ else [], "channels_last": channels_last,
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps, "warmup": warmup, "seconds_per_step_median": round(float(np.median(times)), 4),
         "seconds_per_step": [round(t, 4) for t in times],

@@ -259,7 +259,8 @@ def cmd_bench(a):
     else:
         result = bench_step(a.patch, a.batch, a.spacing, a.base_features, a.max_features, a.classes, a.precision,
                             a.device, a.steps, a.warmup, a.threads, a.loss, not a.no_batch_dice, a.augmentation,
-                            {"auto": "auto", "true": True, "false": False}[a.deterministic], a.compile,
+                            {"auto": "auto", "true": True, "false": False}[a.deterministic],
+                            {"auto": "auto", "true": True, "false": False}[a.compile],
                             a.channels_last, a.max_pools_per_axis)
     print(json.dumps(result, indent=1))
 
@@ -464,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-batch-dice", action="store_true", help="step: per-sample Dice (default: batch Dice, as AMOS)")
     sp.add_argument("--augmentation", choices=["nnunet", "mirror", "none"], default="none")
     sp.add_argument("--deterministic", choices=["auto", "true", "false"], default="auto")
-    sp.add_argument("--compile", action="store_true", help="step: torch.compile the network")
+    sp.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
+                    help="step: torch.compile the network (auto: on CUDA, as recipe.compile; bare --compile: true)")
     sp.add_argument("--channels-last", action="store_true", help="step: channels-last-3d memory format")
     sp.add_argument("--spatial-partitions", type=int, default=1,
                     help="step: split each sample into N slabs, one gloo rank each, against 1 partition (CPU)")
