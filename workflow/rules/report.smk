@@ -141,6 +141,6 @@ for _table in config["tables"]:
     rule:
         name:
             _table
-        localrule: True
         input:
             table_outputs(_table),
+        localrule: True
