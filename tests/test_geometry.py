@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT
 from seggrid.data.dataset import Case
 from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti
-from seggrid.data.preprocess import preprocess_case, to_original_geometry
+from seggrid.data.preprocess import preprocess_case
+from seggrid.inference.maps import to_original_geometry
 
 SAMPLE = ROOT / "data" / "totalseg_sample"
 

@@ -66,12 +66,20 @@ def validate_config(config: dict, source: str = "config") -> dict:
     return config
 
 
+#: the losses whose terms reduce over a sample's slabs (engine/spatial.py): no TopK (it ranks
+#: all voxels of a sample) and no perimeter term (its erosion would need a halo). Here, not in
+#: engine/losses.py, so that checking a config (snakemake -n) does not import torch.
+PARTITIONABLE_LOSSES = ("dice_ce", "dice_focal")
+
+
+def default_axis(patch: list[int]) -> int:
+    """The patch axis spatial partitions split by default: the longest (the first of equals)."""
+    return max(range(3), key=lambda a: (patch[a], -a))
+
+
 def partition_problems(s: dict) -> list[str]:
     """Why a resolved setting cannot train on ``spatial_partitions`` slabs (empty: it can).
     The slab size against the network's strides is checked by the planner (spatial.py)."""
-    from seggrid.engine.losses import PARTITIONABLE_LOSSES
-    from seggrid.engine.spatial import default_axis
-
     parts, problems = s["spatial_partitions"], []
     if s["gpus"] < parts or s["gpus"] % parts:
         problems.append(f"{parts} slabs need gpus = data-parallel groups x {parts}, got gpus {s['gpus']}")

@@ -1,4 +1,4 @@
-"""Small I/O helpers: atomic writes, JSON, provenance (seed, config, versions)."""
+"""Small I/O helpers: atomic writes, JSON, figures (PNG), provenance (seed, config, versions)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,23 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
         os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out_png: str | Path) -> None:
+    """Write a matplotlib figure as PNG (110 dpi) atomically and close it."""
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    pyplot().close(fig)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -110,3 +110,18 @@ def save_label_nifti(labels: np.ndarray, geom: Geometry, path: str | Path,
     img.header.set_slope_inter(1, 0)
     with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(img, str(tmp))
+
+
+def coarsest_first(spacing: list[float]) -> list[int]:
+    """Axis permutation that puts the coarsest axis first and keeps the others' order (nnU-Net's
+    transposition: preprocessing stores arrays in this order, the planner plans in it)."""
+    worst = max(range(3), key=lambda a: (spacing[a], -a))
+    return [worst] + [a for a in range(3) if a != worst]
+
+
+def internal_shape(geom: Geometry) -> tuple[int, int, int]:
+    """Shape of the file's array in the internal (z, y, x) order."""
+    ras_shape = [0, 0, 0]
+    for file_axis in range(3):
+        ras_shape[int(geom.ornt_to_ras[file_axis, 0])] = geom.shape[file_axis]
+    return (ras_shape[2], ras_shape[1], ras_shape[0])

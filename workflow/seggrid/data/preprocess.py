@@ -15,7 +15,7 @@ Every case becomes ``<case>_img.npy`` (float32, (z, y, x)), ``<case>_seg.npy`` (
 (geometry, crop box, normalisation, rows of each class's locations), so training memory-maps
 patches without loading whole volumes; ``manifest.json`` records the normalisation option and
 each case's scheme, ``timings.json`` each case's seconds and its worker's peak memory.
-:func:`to_original_geometry` undoes all of it for predictions.
+:func:`seggrid.inference.maps.to_original_geometry` undoes all of it for predictions.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import torch
 
 from seggrid.data.dataset import Case, load_dataset, submission_cases
 from seggrid.data.fingerprint import crop, nonzero_bbox
-from seggrid.data.geometry import Geometry, file_to_internal, internal_to_file, load_nifti, read_array
+from seggrid.data.geometry import coarsest_first, file_to_internal, load_nifti, read_array
 from seggrid.data.locations import locations_file, sample_class_locations
 from seggrid.data import normalization
-from seggrid.data.resampling import scores_to_labels, separate_axis
+from seggrid.data.resampling import separate_axis
 from seggrid.data.resampling import resample_image as _resample_image
 from seggrid.data.resampling import resample_labels as _resample_labels
 from seggrid.io import atomic_path, write_json
-from seggrid.engine.planner import coarsest_first
+
 
 def separate_z(spacing: list[float], target: list[float]) -> bool:
     """Whether going from ``spacing`` to ``target`` resamples one axis separately (nearest
@@ -189,46 +189,3 @@ def preprocess_dataset(root: str | Path, fingerprint: dict, target_spacing: list
         write_json(tmp / "timings.json", {"workers": workers, "wall_seconds": time.perf_counter() - t_start,
                                           "cases": timings})
     return manifest
-
-
-def to_original_geometry(probs: np.ndarray | torch.Tensor, props: dict) -> np.ndarray:
-    """Map (C, ...) class scores at the target spacing (network axis order) to a label array in
-    the file's grid (see :func:`scores_to_file_labels`)."""
-    return scores_to_file_labels(lambda c: torch.as_tensor(probs[c]), len(probs), props)
-
-
-def scores_to_file_labels(score_of, n_classes: int, props: dict) -> np.ndarray:
-    """Labels in the file's grid from per-class scores at the target spacing.
-
-    ``score_of(c)`` gives class ``c``'s (z, y, x) scores (probabilities or logits, any device),
-    or None when the class scores 0 everywhere. As nnU-Net 2.8.1's
-    ``convert_predicted_logits_to_segmentation_with_correct_shape``: each class is resampled
-    linearly to the cropped shape on the half-voxel grid, with the separate (nearest) axis
-    decided from the target spacing to the original one (:func:`separate_axis`, in that
-    order), and the argmax is kept as it goes (ties keep the lower class), so the peak is
-    about three float32 volumes of the cropped shape whatever the number of classes. The
-    result is pasted into the crop box, then the transposition and the orientation are undone."""
-    axis = separate_axis(props["spacing"], props["spacing_original"])
-    cropped = scores_to_labels(score_of, n_classes, props["shape_cropped"], axis)
-    if cropped is None:
-        cropped = np.zeros(props["shape_cropped"], np.uint8)
-    return cropped_to_file_grid(cropped, props)
-
-
-def cropped_to_file_grid(cropped: np.ndarray, props: dict) -> np.ndarray:
-    """Paste a label array of the cropped shape into the crop box, undo the transposition and
-    the orientation: the file's voxel grid."""
-    geom = Geometry.from_dict(props["geometry"])
-    order = props.get("transpose", [0, 1, 2])
-    transposed_shape = [internal_shape(geom)[a] for a in order]
-    labels = np.zeros(transposed_shape, dtype=np.uint8)
-    labels[tuple(slice(a, b) for a, b in props["crop_box"])] = cropped
-    return internal_to_file(labels.transpose(np.argsort(order)), geom)
-
-
-def internal_shape(geom: Geometry) -> tuple[int, int, int]:
-    """Shape of the file's array in the internal (z, y, x) order."""
-    ras_shape = [0, 0, 0]
-    for file_axis in range(3):
-        ras_shape[int(geom.ornt_to_ras[file_axis, 0])] = geom.shape[file_axis]
-    return (ras_shape[2], ras_shape[1], ras_shape[0])

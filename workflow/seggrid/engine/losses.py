@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from seggrid.config import PARTITIONABLE_LOSSES
 from seggrid.engine.network import downsample_target
 from seggrid.engine.spatial import reduce_sums
 
@@ -246,11 +247,6 @@ LOSSES: dict[str, tuple[str, ...]] = {
     "dice_perimeter": ("dice", "perimeter"),
     "topk": ("topk",),
 }
-
-
-#: the losses whose terms reduce over a sample's slabs (spatial.py): no TopK (it ranks all
-#: voxels of a sample) and no perimeter term (its erosion would need a halo)
-PARTITIONABLE_LOSSES = ("dice_ce", "dice_focal")
 
 
 class CompoundLoss(nn.Module):

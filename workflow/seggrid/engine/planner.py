@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from seggrid.config import model_setting
+from seggrid.data.geometry import coarsest_first
 from seggrid.errors import SeggridError
 from seggrid.engine.spatial import check_partitionable
 
@@ -71,12 +72,6 @@ def plan_topology(patch: list[int], spacing: list[float], base_features: int = 3
             "strides": strides, "kernels": kernels, "features": features, "divisor": divisor,
             "spacing": list(spacing), "max_pools_per_axis": max_pools_per_axis,
             "patch_rounding": patch_rounding}
-
-
-def coarsest_first(spacing: list[float]) -> list[int]:
-    """Axis permutation that puts the coarsest axis first and keeps the others' order."""
-    worst = max(range(3), key=lambda a: (spacing[a], -a))
-    return [worst] + [a for a in range(3) if a != worst]
 
 
 def make_plan(setting: dict, target_spacing: list[float], fingerprint: dict, labels: dict) -> dict:

@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from seggrid.io import atomic_path
+from seggrid.io import atomic_path, pyplot, save_figure
 
 #: progress.png is redrawn at most this often (and always after the last epoch): a plot costs ~0.7 s,
 #: an AMOS epoch minutes, a demo epoch 2 s (plotting every 10 s took 7 % of a demo training)
@@ -46,9 +46,7 @@ def write_progress_json(out_dir: Path, setting: str, fold: int, epochs: int, log
 
 def plot_progress(log: list[dict], title: str, out_png: Path) -> None:
     """Losses (left axis), pseudo-Dice and its EMA (right axis); learning rate below."""
-    from seggrid.outputs.figures import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] + 1 for r in log]
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot(epochs, [r["train_loss"] for r in log], color="tab:blue", label="train loss", marker=".")
@@ -66,7 +64,7 @@ def plot_progress(log: list[dict], title: str, out_png: Path) -> None:
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("epoch")
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 class ProgressWriter:

@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from seggrid.config import default_axis
 from seggrid.errors import SeggridError
 
 AXIS_NAMES = ("first", "second", "third")
@@ -83,11 +84,6 @@ class SpatialContext:
         """This rank's slab of a (B, C, a0, a1, a2) tensor (a contiguous copy)."""
         length = t.shape[self.dim] // self.size
         return t.narrow(self.dim, self.index * length, length).contiguous()
-
-
-def default_axis(patch: list[int]) -> int:
-    """The longest axis of the patch (the first of equals)."""
-    return max(range(3), key=lambda a: (patch[a], -a))
 
 
 def check_partitionable(name: str, patch: list[int], divisor: list[int], parts: int, axis: int | None) -> int:

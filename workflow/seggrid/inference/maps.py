@@ -8,7 +8,9 @@
   Quantisation error is at most 1/510 per class, below what changes an argmax in practice.
 * Target-spacing labels, ``<case>.npz``: uint8 argmax, compressed; what the postprocessing
   decision reads for out-of-fold predictions (a few MB per case).
-* Labels in the input's geometry, ``<case>.nii.gz``: :func:`write_file_labels`.
+* Labels in the input's geometry, ``<case>.nii.gz``: :func:`write_file_labels`, through
+  :func:`scores_to_file_labels`, the inverse of preprocessing (``data/preprocess.py``): scores
+  resampled to the cropped shape, pasted into the crop box, transposition and orientation undone.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 import torch
 
 from seggrid.errors import SeggridError
-from seggrid.data.geometry import Geometry, load_nifti, save_label_nifti
-from seggrid.data.preprocess import scores_to_file_labels
+from seggrid.data.geometry import Geometry, internal_shape, internal_to_file, load_nifti, save_label_nifti
+from seggrid.data.resampling import scores_to_labels, separate_axis
 
 QUANT_MAX = 255
 
@@ -122,3 +124,38 @@ def remove_from_logits(logits: torch.Tensor, background: np.ndarray) -> torch.Te
         for c in range(1, logits.shape[0]):
             logits[c][mask] = lowest
     return logits
+
+
+def to_original_geometry(probs: np.ndarray | torch.Tensor, props: dict) -> np.ndarray:
+    """Map (C, ...) class scores at the target spacing (network axis order) to a label array in
+    the file's grid (see :func:`scores_to_file_labels`)."""
+    return scores_to_file_labels(lambda c: torch.as_tensor(probs[c]), len(probs), props)
+
+
+def scores_to_file_labels(score_of, n_classes: int, props: dict) -> np.ndarray:
+    """Labels in the file's grid from per-class scores at the target spacing.
+
+    ``score_of(c)`` gives class ``c``'s (z, y, x) scores (probabilities or logits, any device),
+    or None when the class scores 0 everywhere. As nnU-Net 2.8.1's
+    ``convert_predicted_logits_to_segmentation_with_correct_shape``: each class is resampled
+    linearly to the cropped shape on the half-voxel grid, with the separate (nearest) axis
+    decided from the target spacing to the original one (:func:`separate_axis`, in that
+    order), and the argmax is kept as it goes (ties keep the lower class), so the peak is
+    about three float32 volumes of the cropped shape whatever the number of classes. The
+    result is pasted into the crop box, then the transposition and the orientation are undone."""
+    axis = separate_axis(props["spacing"], props["spacing_original"])
+    cropped = scores_to_labels(score_of, n_classes, props["shape_cropped"], axis)
+    if cropped is None:
+        cropped = np.zeros(props["shape_cropped"], np.uint8)
+    return cropped_to_file_grid(cropped, props)
+
+
+def cropped_to_file_grid(cropped: np.ndarray, props: dict) -> np.ndarray:
+    """Paste a label array of the cropped shape into the crop box, undo the transposition and
+    the orientation: the file's voxel grid."""
+    geom = Geometry.from_dict(props["geometry"])
+    order = props.get("transpose", [0, 1, 2])
+    transposed_shape = [internal_shape(geom)[a] for a in order]
+    labels = np.zeros(transposed_shape, dtype=np.uint8)
+    labels[tuple(slice(a, b) for a, b in props["crop_box"])] = cropped
+    return internal_to_file(labels.transpose(np.argsort(order)), geom)

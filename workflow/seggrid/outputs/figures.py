@@ -16,29 +16,14 @@ import numpy as np
 import pandas as pd
 
 from seggrid.data.geometry import file_to_internal, load_nifti, read_array
-from seggrid.io import atomic_path
+from seggrid.io import pyplot, save_figure
 
 MAX_SLICES = 8
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out_png: str | Path) -> None:
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-
-
 def figure1(train_logs: dict[str, str | Path], out_png: str | Path) -> None:
     """Training loss and validation pseudo-DSC per epoch for each named setting."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -54,7 +39,7 @@ def figure1(train_logs: dict[str, str | Path], out_png: str | Path) -> None:
         ax.legend()
     fig.suptitle("Figure 1: training curves, fold 0")
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def _ras(path: str | Path, dtype) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -88,7 +73,7 @@ def slice_figure(image_path: str | Path, prediction_path: str | Path, reference_
                  labels: dict[int, str], modality: str, title: str, out_png: str | Path,
                  step_mm: float = 10.0) -> list[int]:
     """Axial slices every ``step_mm`` mm: input | prediction | ground truth. Returns the z indices."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -125,13 +110,13 @@ def slice_figure(image_path: str | Path, prediction_path: str | Path, reference_
     fig.legend(handles=handles, loc="lower center", ncol=min(5, max(1, len(handles))), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return zs
 
 
 def trend_plot(table: pd.DataFrame, varied: str, title: str, out_png: str | Path) -> None:
     """DSC and NSD (with 95 % CI error bars) of each row, in row order, against ``varied``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = np.arange(len(table))
     for ax, metric in zip(axes, ("dsc", "nsd")):
@@ -145,4 +130,4 @@ def trend_plot(table: pd.DataFrame, varied: str, title: str, out_png: str | Path
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
