@@ -1,6 +1,6 @@
 # seggrid: the study grid of Sato & Kido (2022) as a Snakemake workflow.
 #   snakemake --cores 2                                        # demo (config/config.yaml)
-#   snakemake --profile profiles/slurm --configfile config/amos22_task1.yaml
+#   snakemake --profile slurm --configfile config/amos22_task1.yaml   # profile: seggrid slurm-profile
 from snakemake.utils import min_version
 
 min_version("9.0")

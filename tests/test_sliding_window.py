@@ -1,6 +1,6 @@
 """The sliding window is nnU-Net 2.8.1's: tile starts, Gaussian importance map, padding, and
 LOGITS (not probabilities) averaged over tiles, mirrorings and folds. Expected values are
-worked out here from nnU-Net's formulas (STUDY.md, Inference), not imported from nnU-Net."""
+worked out here from nnU-Net's formulas (docs/recipe_fidelity.md, Inference and evaluation), not imported from nnU-Net."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Network topology from (patch, spacing) following nnU-Net's rules (STUDY.md §2 Planning).
+"""Network topology from (patch, spacing) following nnU-Net's rules (docs/recipe_fidelity.md,
+Planning and preprocessing).
 
 An axis keeps being pooled while its feature map is at least ``2 * MIN_FEATURE_MAP`` (8)
 voxels (``3 * MIN_FEATURE_MAP`` = 12 when it is the only axis left) and its current spacing
