@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def main() -> None:
     p.add_argument("--splits", required=True, help="output of `seggrid split`")
     p.add_argument("--dataset-json", required=True, help="the raw dataset's dataset.json")
     p.add_argument("--out", required=True, help="nnUNet_preprocessed/DatasetXXX_Name")
+    p.add_argument("--threads", type=int, default=1, help="cases converted in parallel")
     a = p.parse_args()
     t0 = time.time()
     pre, out = Path(a.preprocessed), Path(a.out)
@@ -126,7 +128,9 @@ def main() -> None:
     dataset = dataset_json_v2(json.loads(Path(a.dataset_json).read_text()), len(cases))
     foreground = sorted(v for v in dataset["labels"].values() if v > 0)
     patch = plan["topology"]["patch_effective"]
-    shapes = {c: convert_case(pre, c, data_dir, patch, foreground) for c in cases}
+    jobs = [(pre, c, data_dir, patch, foreground) for c in cases]
+    with multiprocessing.get_context("fork").Pool(max(1, min(a.threads, len(cases)))) as pool:
+        shapes = dict(zip(cases, pool.starmap(convert_case, jobs)))
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     (out / f"{PLANS_NAME}.json").write_text(json.dumps(plans_from_ours(plan, out.name), indent=1))
     (out / "splits_final.json").write_text(json.dumps([{"train": f["train"], "val": f["val"]} for f in splits], indent=1))

@@ -6,13 +6,14 @@ A training with worker processes (nnU-Net's augmentation workers) holds memory i
 single ``ru_maxrss`` does not see. Every ``--interval`` seconds (default 0.25) this sums over
 the command and all its descendants: RSS (shared pages counted once per process: an upper
 bound) and PSS (``/proc/<pid>/smaps_rollup``: shared pages split between their sharers, the
-fair total). OUT.json gets the peaks in MB, the peak process count, the wall seconds and the
-exit code; the command's own exit code is returned. Peaks shorter than the interval can be missed.
+fair total). OUT.json gets the peaks in MB, the peak process count, the wall seconds, the
+CPU seconds (user + system) of the command and every descendant it waited for, and the exit code; the command's own exit code is returned. Peaks shorter than the interval can be missed.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import threading
@@ -87,7 +88,9 @@ def main() -> int:
     code = proc.wait()
     done.set()
     watcher.join()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)     # this process has no other children
     out_path.write_text(json.dumps({
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_tree_rss_mb": round(peak["rss"], 1), "peak_tree_pss_mb": round(peak["pss"], 1),
         "peak_processes": peak["processes"], "wall_seconds": round(time.time() - t0, 2), "exit_code": code,
         "interval_s": interval}))
