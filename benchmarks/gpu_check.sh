@@ -11,9 +11,13 @@
 #   Used when PYTHON lacks what our side imports (jsonschema, yaml) or NNUNET_PYTHON is not
 #   given and PYTHON lacks nnunetv2. Default .whl if that folder exists.
 # GPU_CHECK_TINY=1: every part at a tiny size on the CPU (checks the plumbing, not speed).
-# GPU_CHECK_BUDGET (seconds, default 470): no part starts with less than 20 s of it left and
-#   each part's timeout (T_STEP, T_COMPILE, T_EPOCH, T_PREDICT, T_MEMORY) is cut to what is left.
-# STEP_ARGS, EPOCH_ARGS, PREDICT_ARGS: replace each part's default arguments.
+# GPU_CHECK_BUDGET (seconds, default 465): no part starts with less than 20 s of it left and
+#   each part's timeout (T_STEP 140, T_COMPILE 80, T_EPOCH 110, T_PREDICT 90, T_MEMORY 60 s
+#   by default) is cut to what is left.
+# STEP_ARGS, EPOCH_ARGS, PREDICT_ARGS: replace each part's default arguments (shell words,
+#   quotes allowed: PREDICT_ARGS='--device cuda --folds "1 5"').
+# GPU_CHECK_PARTS: the parts to run (default all: step epoch predict memory; the others are
+#   written as skipped), e.g. GPU_CHECK_PARTS="epoch" T_EPOCH=400 for a longer epoch run.
 #
 # Parts, in this order (each under `timeout`, so one slow part cannot eat the budget):
 #   step_vs_nnunet     benchmarks/step_vs_nnunet.sh, 1 round: our step as a user runs it
@@ -36,7 +40,9 @@ if [ -n "${1:-}" ]; then PYTHON=$1; elif [ -x .venv/bin/python ]; then PYTHON=.v
 NNUNET_PYTHON=${2:-}
 PYTHON=$(command -v "$PYTHON") || { echo "gpu_check.sh: no python '$PYTHON'" >&2; exit 2; }
 TINY=${GPU_CHECK_TINY:-0}
-BUDGET=${GPU_CHECK_BUDGET:-470}
+BUDGET=${GPU_CHECK_BUDGET:-465}
+SELECTED=" ${GPU_CHECK_PARTS:-step epoch predict memory} "
+wanted() { [[ "$SELECTED" == *" $1 "* ]]; }
 START=$(date +%s)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -80,7 +86,7 @@ if [ "$TINY" = 1 ]; then
   DEVICE=cpu
   STEP_DEFAULT="--device cpu --patch 16 32 32 --batch 2 --base-features 8 --max-features 32 --classes 4 --steps 2 --warmup 1 --threads 2"
   EPOCH_DEFAULT="--device cpu --patch 16 32 32 --batch 2 --iterations 2 --val-iterations 1 --epochs 1 --base-features 4 --max-features 16 --cases 4 --case-shape 48 48 16 --threads 2"
-  PREDICT_DEFAULT="--device cpu --tiny"
+  PREDICT_DEFAULT="--device cpu --tiny --folds 1 --threads 2"; T_PREDICT=${T_PREDICT:-100}
   MEMORY_ARGS="--device cpu --shrink 4 --threads 2"
 else
   STEP_DEFAULT="--device $DEVICE --patch 64 160 160 --batch 2 --precision fp16 --steps 15 --warmup 3 --threads 4"
@@ -95,6 +101,7 @@ PREDICT_ARGS=${PREDICT_ARGS:-$PREDICT_DEFAULT}
 
 # --- parts -------------------------------------------------------------------------------------
 PARTS=()
+words() { [ -z "${1// /}" ] || eval "printf '%s\n' $1"; }   # a string of shell words -> one per line (quotes honoured)
 skip() {   # NAME REASON
   PARTS+=("$1"); echo "$2" > "$work/$1.skip"; log "$1: skipped ($2)"
 }
@@ -111,30 +118,38 @@ part() {   # NAME TIMEOUT COMMAND...: stdout -> NAME.out (the part's JSON), stde
   log "$name: rc $(cut -d' ' -f1 "$work/$name.rc") after $(cut -d' ' -f2 "$work/$name.rc") s"
 }
 
-# shellcheck disable=SC2086
-if [ "$HAVE_NNUNET" = 1 ]; then
-  part step_vs_nnunet "${T_STEP:-150}" env ROUNDS=1 PYTHON="$PY" benchmarks/step_vs_nnunet.sh "$NNUNET_PYTHON" $STEP_ARGS
+mapfile -t step_args < <(words "$STEP_ARGS")
+mapfile -t epoch_args < <(words "$EPOCH_ARGS")
+mapfile -t predict_args < <(words "$PREDICT_ARGS")
+if ! wanted step; then
+  skip step_vs_nnunet "not in GPU_CHECK_PARTS"
+elif [ "$HAVE_NNUNET" = 1 ]; then
+  part step_vs_nnunet "${T_STEP:-140}" env ROUNDS=1 PYTHON="$PY" benchmarks/step_vs_nnunet.sh "$NNUNET_PYTHON" \
+    "${step_args[@]}"
 else
   skip step_vs_nnunet "no nnunetv2 for NNUNET_PYTHON ($NNUNET_PYTHON); see WHEELS"
 fi
-if [ "$DEVICE" = cpu ] && [ "$TINY" = 1 ]; then
+if ! wanted step; then
+  skip step_other_compile "not in GPU_CHECK_PARTS"
+elif [ "$DEVICE" = cpu ] && [ "$TINY" = 1 ]; then
   skip step_other_compile "tiny run on the CPU: inductor's compilation alone takes minutes on a small CPU"
 else
   if [ "$DEVICE" = cuda ]; then other=false; else other=true; fi
-  # shellcheck disable=SC2086
-  part step_other_compile "${T_COMPILE:-110}" env PYTHONPATH=workflow "$PY" -m seggrid bench step $STEP_ARGS \
+  part step_other_compile "${T_COMPILE:-80}" env PYTHONPATH=workflow "$PY" -m seggrid bench step "${step_args[@]}" \
     --compile $other
 fi
 for bench in epoch predict; do
   script=benchmarks/${bench}_vs_nnunet.sh
-  if [ "$bench" = epoch ]; then args=$EPOCH_ARGS; limit=${T_EPOCH:-100}; else args=$PREDICT_ARGS; limit=${T_PREDICT:-60}; fi
-  if [ ! -f "$script" ]; then
+  if [ "$bench" = epoch ]; then args=("${epoch_args[@]}"); limit=${T_EPOCH:-110}
+  else args=("${predict_args[@]}"); limit=${T_PREDICT:-90}; fi
+  if ! wanted "$bench"; then
+    skip "${bench}_vs_nnunet" "not in GPU_CHECK_PARTS"
+  elif [ ! -f "$script" ]; then
     skip "${bench}_vs_nnunet" "$script is not in this checkout"
   elif [ "$HAVE_NNUNET" = 0 ]; then
     skip "${bench}_vs_nnunet" "no nnunetv2 for NNUNET_PYTHON ($NNUNET_PYTHON)"
   else
-    # shellcheck disable=SC2086
-    part "${bench}_vs_nnunet" "$limit" env BIN="$work/bin" PYTHON="$PY" bash "$script" "$NNUNET_PYTHON" $args
+    part "${bench}_vs_nnunet" "$limit" env BIN="$work/bin" PYTHON="$PY" bash "$script" "$NNUNET_PYTHON" "${args[@]}"
   fi
 done
 # the memory benchmark prints its JSON only at its end: its time box leaves one measurement's
@@ -142,9 +157,13 @@ done
 mem_limit=${T_MEMORY:-60}
 left=$(( BUDGET - ($(date +%s) - START) ))
 [ "$mem_limit" -le "$left" ] || mem_limit=$left
-# shellcheck disable=SC2086
-part memory "$mem_limit" "$PY" benchmarks/memory_per_setting.py config/amos22_task1.yaml $MEMORY_ARGS \
-  --max-seconds $(( mem_limit > 50 ? mem_limit - 50 : 0 ))
+if wanted memory; then
+  # shellcheck disable=SC2086
+  part memory "$mem_limit" "$PY" benchmarks/memory_per_setting.py config/amos22_task1.yaml $MEMORY_ARGS \
+    --max-seconds $(( mem_limit > 50 ? mem_limit - 50 : 0 ))
+else
+  skip memory "not in GPU_CHECK_PARTS"
+fi
 
 # --- one JSON ----------------------------------------------------------------------------------
 "$PY" - "$work" "$OUT_JSON" "$START" "$BUDGET" "$TINY" "$SITE_NOTE" "$NNUNET_PYTHON" "${PARTS[@]}" <<'PY'
