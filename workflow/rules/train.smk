@@ -85,12 +85,39 @@ rule predict_cv:
         "--gpus {params.gpus} --target-labels-out {output} > {log} 2>&1"
 
 
+# predict_member and predict run one command with the same inputs and resources; a member of an
+# ensemble of several models also writes its quantised probabilities. Shared here, so that each
+# rule's command line (and its recorded code and params) stays as it was ({{ }}: a literal brace).
+PREDICT_INPUT = dict(
+    preprocessed=f"{OUT}/preprocessed",
+    splits=f"{OUT}/dataset/splits.json",
+    dataset=dataset_input,
+)
+PREDICT_RESOURCES = dict(
+    gpu=config["inference"]["gpus"],
+    gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
+    slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
+    mem_mb=config["inference"]["mem_mb"],
+    runtime=inference_runtime,
+)
+PREDICT_PARAMS = dict(
+    dataset=dataset_args(),
+    postprocessing=postprocessing_arg,
+    step=config["inference"]["step"],
+    flips=config["inference"]["tta_flips"],
+    gpus=config["inference"]["gpus"],
+)
+PREDICT_COMMAND = (
+    "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
+    "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
+    "--gpus {params.gpus} --labels-out "
+)
+
+
 rule predict_member:
     input:
         unpack(model_inputs),
-        preprocessed=f"{OUT}/preprocessed",
-        splits=f"{OUT}/dataset/splits.json",
-        dataset=dataset_input,
+        **PREDICT_INPUT,
     output:
         labels=directory(f"{OUT}/predictions/{{pset}}"),
         probabilities=temp(directory(f"{OUT}/probabilities/{{pset}}")),
@@ -104,29 +131,17 @@ rule predict_member:
         env_for(config["inference"]["gpus"])
     threads: config["inference"]["threads"]
     resources:
-        gpu=config["inference"]["gpus"],
-        gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
-        slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
-        mem_mb=config["inference"]["mem_mb"],
-        runtime=inference_runtime,
+        **PREDICT_RESOURCES,
     params:
-        dataset=dataset_args(),
-        postprocessing=postprocessing_arg,
-        step=config["inference"]["step"],
-        flips=config["inference"]["tta_flips"],
-        gpus=config["inference"]["gpus"],
+        **PREDICT_PARAMS,
     shell:
-        "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
-        "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
-        "--gpus {params.gpus} --labels-out {output.labels} --probabilities-out {output.probabilities} > {log} 2>&1"
+        f"{PREDICT_COMMAND}{{output.labels}} --probabilities-out {{output.probabilities}} > {{log}} 2>&1"
 
 
 rule predict:
     input:
         unpack(model_inputs),
-        preprocessed=f"{OUT}/preprocessed",
-        splits=f"{OUT}/dataset/splits.json",
-        dataset=dataset_input,
+        **PREDICT_INPUT,
     output:
         directory(f"{OUT}/predictions/{{pset}}"),
     log:
@@ -139,21 +154,11 @@ rule predict:
         env_for(config["inference"]["gpus"])
     threads: config["inference"]["threads"]
     resources:
-        gpu=config["inference"]["gpus"],
-        gpu_model=gpu_model_resource(workflow, config["inference"]["gpus"]),
-        slurm_partition=partition_resource(workflow, config["inference"]["gpus"]),
-        mem_mb=config["inference"]["mem_mb"],
-        runtime=inference_runtime,
+        **PREDICT_RESOURCES,
     params:
-        dataset=dataset_args(),
-        postprocessing=postprocessing_arg,
-        step=config["inference"]["step"],
-        flips=config["inference"]["tta_flips"],
-        gpus=config["inference"]["gpus"],
+        **PREDICT_PARAMS,
     shell:
-        "python -m seggrid predict --model {input.models} {params.postprocessing} --preprocessed {input.preprocessed} "
-        "--splits {input.splits} {params.dataset} --step {params.step} --tta-flips {params.flips} --threads {threads} "
-        "--gpus {params.gpus} --labels-out {output} > {log} 2>&1"
+        f"{PREDICT_COMMAND}{{output}} > {{log}} 2>&1"
 
 
 ruleorder: predict_member > predict
