@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_SETTING, run_cli
+from seggrid.errors import SeggridError
 
 
 def test_demo_dataset_layout_and_determinism(demo_dataset, tmp_path):
@@ -29,6 +30,28 @@ def test_demo_dataset_layout_and_determinism(demo_dataset, tmp_path):
         b = nib.load(again / entry["label"])
         assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
         assert np.allclose(a.affine, b.affine)
+
+
+def test_demo_organ_subset_relabels_and_keeps_the_images(demo_dataset, tmp_path):
+    """--organs: the listed AMOS organs numbered 1.. in AMOS order, every other organ background;
+    the images and the draws are those of the full-label build; an unknown organ is refused."""
+    out = tmp_path / "subset"
+    assert run_cli("make-demo-data", "--out", out, "--seed", 7, "--ct-train", 3, "--mr-train", 2, "--ct-val", 1,
+                   "--mr-val", 1, "--organs", "liver", "spleen", "left kidney") == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"] == {"0": "background", "1": "spleen", "2": "left kidney", "3": "liver"}
+    full = json.loads((demo_dataset / "dataset.json").read_text())
+    for entry in full["training"] + full["validation"]:
+        whole = np.asarray(nib.load(demo_dataset / entry["label"]).dataobj)
+        sub = np.asarray(nib.load(out / entry["label"]).dataobj)
+        expected = np.select([whole == 1, whole == 3, whole == 6], [1, 2, 3], 0)
+        assert np.array_equal(sub, expected)
+        assert np.array_equal(np.asarray(nib.load(demo_dataset / entry["image"]).dataobj),
+                              np.asarray(nib.load(out / entry["image"]).dataobj))
+    with pytest.raises(SeggridError, match="unknown \\['kidneys'\\]"):
+        from seggrid.data.demo_data import make_demo_dataset
+        make_demo_dataset(tmp_path / "bad", ct_train=1, mr_train=1, ct_val=0, mr_val=0, organs=["kidneys"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_demo_cases_keep_organs_and_orientation(demo_dataset):

@@ -128,6 +128,11 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
         assert t["dsc"].between(0, 1).all() and t["nsd"].between(0, 1).all()
         assert (t["train_hours"] > 0).all()
     assert "DSC Score" in (tables / "table1.md").read_text()
+    # the caption names the organs the means are over: those scored in the rows' metrics
+    organs = json.loads((tables / "table1.provenance.json").read_text())["organs_in_mean"]
+    scored = pd.read_csv(tmp_path / "results" / "metrics" / "a__f0.csv").dropna(subset=["dsc"])["organ"].unique()
+    assert set(scored) <= set(organs) and len(organs) >= 2
+    assert f"DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}." in (tables / "table1.md").read_text()
     png = tmp_path / "results" / "figures" / "fig1_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     # setting c asks for 2 GPUs: two torchrun ranks (gloo on this CPU machine) trained it

@@ -14,7 +14,8 @@ rule make_demo_data:
         root=lambda w, output: os.path.dirname(output[0]),
         seed=config["seed"],
         counts=f"--ct-train {DATA['demo_ct_train']} --mr-train {DATA['demo_mr_train']} "
-        f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}",
+        f"--ct-val {DATA['demo_ct_val']} --mr-val {DATA['demo_mr_val']}"
+        + ("" if DATA["demo_organs"] is None else " --organs " + " ".join(shlex.quote(o) for o in DATA["demo_organs"])),
     shell:
         "python -m seggrid make-demo-data --out {params.root} --seed {params.seed} {params.counts} > {log} 2>&1"
 

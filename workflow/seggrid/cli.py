@@ -34,7 +34,7 @@ def _read(path):
 def cmd_make_demo_data(a):
     from seggrid.data.demo_data import make_demo_dataset
 
-    make_demo_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val)
+    make_demo_dataset(a.out, a.seed, a.ct_train, a.mr_train, a.ct_val, a.mr_val, organs=a.organs)
 
 
 def cmd_slurm_profile(a):
@@ -238,6 +238,14 @@ def cmd_trends(a):
     trend_plot(pd.read_csv(a.table), a.varied, a.title, a.out)
 
 
+def cmd_export_nnunet(a):
+    from seggrid.outputs.export_nnunet import export_nnunet
+
+    out = export_nnunet(a.model, a.preprocessed, a.out, a.folds, a.force, a.dataset_name)
+    print(f"[export-nnunet] wrote {out} ({len(a.model)} fold(s)); load it with nnUNetPredictor."
+          f"initialize_from_trained_model_folder('{out}', use_folds=None)")
+
+
 def cmd_bench(a):
     import json
 
@@ -285,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=12345)
     for k, d in (("ct-train", 8), ("mr-train", 4), ("ct-val", 2), ("mr-val", 2)):
         sp.add_argument(f"--{k}", type=int, default=d)
+    sp.add_argument("--organs", nargs="+", default=None,
+                    help="keep these AMOS organs (numbered 1.. in AMOS order), every other one background; default all")
 
     sp = add("slurm-profile", cmd_slurm_profile,
              "write the SLURM site profile to ~/.config/snakemake/slurm (for `snakemake --profile slurm`)")
@@ -445,6 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--varied", required=True)
     sp.add_argument("--title", required=True)
     sp.add_argument("--out", required=True)
+
+    sp = add("export-nnunet", cmd_export_nnunet,
+             "write trained folds of ONE setting as an nnU-Net 2.8.1 model folder (plans.json, dataset.json, "
+             "fold_<k>/checkpoint_final.pth) that nnUNetPredictor loads")
+    sp.add_argument("--model", nargs="+", required=True, help="model.pt of each fold of ONE setting")
+    sp.add_argument("--preprocessed", required=True,
+                    help="the `seggrid preprocess` folder the models trained on (its manifest.json: normalisation)")
+    sp.add_argument("--folds", type=int, nargs="+", default=None, help="fold number of each --model (default 0, 1, ...)")
+    sp.add_argument("--dataset-name", default=None, help="plans' dataset_name (default Dataset000_<setting>)")
+    sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    sp.add_argument("--out", required=True, help="the model folder to write")
 
     sp = add("bench", cmd_bench, "benchmarks; print JSON (augment: data pipeline; step: one training step)")
     sp.add_argument("what", choices=["augment", "step"])

@@ -108,11 +108,27 @@ def write_case(folder: Path, split: str, cid: str, image: np.ndarray, labels: np
     return {"image": f"./images{split}/{cid}.nii.gz", "label": f"./labels{split}/{cid}.nii.gz"}
 
 
+def organ_subset(labels: dict[int, str], organs: list[str] | None) -> tuple[np.ndarray, dict[int, str]]:
+    """(lookup table AMOS label -> new label, new label names) keeping ``organs`` (numbered 1..
+    in AMOS order; every other organ becomes background); ``None`` keeps all."""
+    keep = [k for k in sorted(labels) if k > 0 and (organs is None or labels[k] in organs)]
+    unknown = sorted(set(organs or []) - {labels[k] for k in labels})
+    if unknown:
+        raise SeggridError(f"demo organs: unknown {unknown}; the AMOS organs are {[labels[k] for k in sorted(labels) if k]}")
+    lut = np.zeros(256, dtype=np.uint8)
+    for new, old in enumerate(keep, start=1):
+        lut[old] = new
+    return lut, {0: labels[0], **{new: labels[old] for new, old in enumerate(keep, start=1)}}
+
+
 def make_demo_dataset(out: str | Path, seed: int = 12345, ct_train: int = 8, mr_train: int = 4,
-                      ct_val: int = 2, mr_val: int = 2, sample_dir: str | Path = SAMPLE_DIR) -> dict:
+                      ct_val: int = 2, mr_val: int = 2, sample_dir: str | Path = SAMPLE_DIR,
+                      organs: list[str] | None = None) -> dict:
     """Write an AMOS-like dataset (imagesTr/labelsTr/imagesVa/labelsVa, dataset.json) to ``out``.
 
     CT cases are numbered from 1 and MR cases from 501, as in AMOS (``mr_case_id_min: 500``).
+    ``organs``: the label set (AMOS organ names, kept in AMOS order and numbered 1..; the
+    others are background); None: all 15. The images and the random draws do not depend on it.
     """
     sample_dir = Path(sample_dir)
     if not (sample_dir / "labels.json").exists():
@@ -121,13 +137,13 @@ def make_demo_dataset(out: str | Path, seed: int = 12345, ct_train: int = 8, mr_
         raise SeggridError("demo dataset needs at least 2 training cases")
     rng = np.random.default_rng(seed)
     sources = {"CT": _load_source(sample_dir, "ct"), "MR": _load_source(sample_dir, "mr")}
-    labels = sources["CT"][3]
+    lut, labels = organ_subset(sources["CT"][3], organs)
     entries: dict[str, list] = {"Tr": [], "Va": []}
     with atomic_path(out) as tmp:
         for split, modality, cid, _ in case_plan(ct_train, mr_train, ct_val, mr_val):
             image, seg, affine, _ = sources[modality]
             new_img, new_seg, new_aff = synthesize_case(rng, image, seg, affine, modality)
-            entries[split].append(write_case(tmp, split, cid, new_img, new_seg, new_aff))
+            entries[split].append(write_case(tmp, split, cid, new_img, lut[new_seg], new_aff))
             print(f"[make-demo-data] {cid} ({modality}, {split}) shape {new_img.shape}", flush=True)
         meta = {
             "name": "seggrid-demo",

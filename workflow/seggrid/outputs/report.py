@@ -168,12 +168,29 @@ def to_latex(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scored_organs(config: dict, table: dict, outdir: Path) -> list[str]:
+    """The organs a table's DSC/NSD means are over: every organ scored (present in a
+    reference or prediction) in any row's metrics, in label order."""
+    organs: dict[str, None] = {}
+    for row in table["rows"]:
+        for _, pset in row_prediction_sets(config, table, row):
+            cases = pd.read_csv(outdir / "metrics" / f"{pset}.csv")
+            organs.update({o: None for o in cases.loc[cases["dsc"].notna(), "organ"]})
+    return list(organs)
+
+
+def caption(title: str, organs: list[str]) -> str:
+    """The table's title and the organs its means are over (the caption a reader sees)."""
+    return f"{title} DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}."
+
+
 def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | Path) -> pd.DataFrame:
     """``<name>.csv``, ``.md`` and ``.tex`` of one configured table."""
     outdir, tables_dir = Path(outdir), Path(tables_dir)
     table = config["tables"][name]
     df = table_rows(config, table, outdir, config.get("seed", 0))
-    title = table.get("title", name)
+    organs = scored_organs(config, table, outdir)
+    title = caption(table.get("title", name), organs)
     with atomic_path(tables_dir / f"{name}.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(tables_dir / f"{name}.md") as tmp:
@@ -181,6 +198,7 @@ def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | P
     with atomic_path(tables_dir / f"{name}.tex") as tmp:
         tmp.write_text(to_latex(df, title))
     record = provenance(config.get("seed"), config)
+    record["organs_in_mean"] = organs
     record["row_training_seeds"] = [{"row": str(r["row"]), "seeds": [int(v) for v in str(r["seeds"]).split(",")]}
                                     for _, r in df.iterrows()]
     write_json(tables_dir / f"{name}.provenance.json", record)
