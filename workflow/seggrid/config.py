@@ -77,6 +77,17 @@ def default_axis(patch: list[int]) -> int:
     return max(range(3), key=lambda a: (patch[a], -a))
 
 
+def batch_split_problem(batch: int, gpus: int, parts: int = 1) -> str | None:
+    """Why a global batch of ``batch`` samples cannot be shared by ``gpus`` ranks in spatial
+    groups of ``parts`` (each data-parallel group needs at least one sample); None when it can.
+    The one check, run on the config (every setting) and by the training job (its ranks)."""
+    groups = gpus // parts
+    if gpus > 1 and batch < groups:
+        return (f"{gpus} GPUs but global batch {batch}; " + ("each GPU needs at least one sample" if parts == 1
+                else f"each of the {groups} spatial groups needs at least one sample"))
+    return None
+
+
 def partition_problems(s: dict) -> list[str]:
     """Why a resolved setting cannot train on ``spatial_partitions`` slabs (empty: it can).
     The slab size against the network's strides is checked by the planner (spatial.py)."""
@@ -108,10 +119,8 @@ def _check_references(config: dict, source: str) -> None:
             problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs do not split into whole nodes of "
                             f"cluster.gpus_per_node = {config['cluster']['gpus_per_node']}")
         parts = s.get("spatial_partitions", 1)
-        if s["gpus"] > 1 and s["batch"] < s["gpus"] // parts:
-            problems.append(f"key 'settings.{name}.gpus': {s['gpus']} GPUs but global batch {s['batch']}; "
-                            + ("each GPU needs at least one sample" if parts == 1 else
-                               f"each of the {s['gpus'] // parts} spatial groups needs at least one sample"))
+        if problem := batch_split_problem(s["batch"], s["gpus"], parts):
+            problems.append(f"key 'settings.{name}.gpus': {problem}")
         if parts > 1:
             problems += [f"key 'settings.{name}.spatial_partitions': {p}" for p in partition_problems(s)]
     for tname, table in config["tables"].items():

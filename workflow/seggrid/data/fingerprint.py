@@ -18,22 +18,27 @@ from pathlib import Path
 import numpy as np
 
 from seggrid.data.dataset import load_dataset
-from seggrid.data.geometry import file_to_internal, load_nifti, read_array
+from seggrid.data.geometry import ANISO_THRESHOLD, file_to_internal, load_nifti, read_array
 
 SAMPLES_PER_CASE = 10_000
 
 
-def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
-    """[[start, stop], ...] per axis of the region where the image is non-zero (whole image if none)."""
-    mask = image != 0
-    if not mask.any():
-        return [[0, s] for s in image.shape]
+def bounding_box(mask: np.ndarray) -> list[list[int]] | None:
+    """[[start, stop], ...] per axis of the smallest box holding every True voxel of ``mask``
+    (None when there is none)."""
     box = []
-    for ax in range(image.ndim):
-        other = tuple(a for a in range(image.ndim) if a != ax)
-        idx = np.flatnonzero(mask.any(axis=other))
+    for ax in range(mask.ndim):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if idx.size == 0:
+            return None
         box.append([int(idx[0]), int(idx[-1]) + 1])
     return box
+
+
+def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
+    """[[start, stop], ...] per axis of the region where the image is non-zero (whole image if none)."""
+    box = bounding_box(image != 0)
+    return box if box is not None else [[0, s] for s in image.shape]
 
 
 def crop(array: np.ndarray, box: list[list[int]]) -> np.ndarray:
@@ -42,12 +47,12 @@ def crop(array: np.ndarray, box: list[list[int]]) -> np.ndarray:
 
 def target_spacing_rule(spacings: np.ndarray, shapes: np.ndarray) -> list[float]:
     """nnU-Net's target spacing: per-axis median, except that an axis whose median spacing is
-    more than 3x the others' and whose median size is small ("thin") uses its 10th percentile."""
+    more than ANISO_THRESHOLD (3) times the others' and whose median size is small ("thin") uses its 10th percentile."""
     median = np.median(spacings, axis=0)
     median_shape = np.median(shapes, axis=0)
     worst = int(np.argmax(median))
     others = [a for a in range(3) if a != worst]
-    anisotropic = median[worst] > 3 * max(median[others])
+    anisotropic = median[worst] > ANISO_THRESHOLD * max(median[others])
     thin = median_shape[worst] * 3 < min(median_shape[others])
     target = median.copy()
     if anisotropic and thin:

@@ -16,6 +16,10 @@ from nibabel import orientations as ornt_mod
 
 from seggrid.errors import SeggridError
 
+#: nnU-Net's one anisotropy threshold (configuration.py): a spacing max/min above it is
+#: anisotropic (target spacing rule, separate-axis resampling, "dummy 2D" augmentation)
+ANISO_THRESHOLD = 3.0
+
 
 @dataclass
 class Geometry:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-ANISO_THRESHOLD = 3.0
+from seggrid.data.geometry import ANISO_THRESHOLD
 
 
 def is_anisotropic(spacing: Sequence[float], threshold: float = ANISO_THRESHOLD) -> bool:

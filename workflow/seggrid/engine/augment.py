@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seggrid.data.resampling import ANISO_THRESHOLD   # nnU-Net's one constant (configuration.py)
+from seggrid.data.geometry import ANISO_THRESHOLD   # nnU-Net's one constant (configuration.py)
 
 
 @dataclass(frozen=True)

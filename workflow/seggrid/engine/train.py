@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from seggrid.config import model_setting
+from seggrid.config import batch_split_problem, model_setting
 from seggrid.engine.device import configure_determinism, distributed_context, peak_memory_mb, use_compile
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.errors import SeggridError
@@ -181,9 +181,8 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     # data-parallel groups: every rank, or one per spatial group (its slabs share the samples)
     dp_size, dp_index = (spatial.dp_size, spatial.dp_index) if spatial else (world, rank)
     split = spatial.split if spatial else (lambda t: t)
-    if s["batch"] < dp_size:
-        raise SeggridError(f"setting '{s['name']}': global batch {s['batch']} < {dp_size} data-parallel ranks; "
-                           f"each rank needs at least one sample")
+    if problem := batch_split_problem(s["batch"], world, spatial.size if spatial else 1):
+        raise SeggridError(f"setting '{s['name']}': {problem}")
     precision = effective_precision(s["precision"], device)
     if rank == 0 and precision != s["precision"]:
         print(f"[train] precision {s['precision']} needs CUDA; running {precision} on {device}", flush=True)

@@ -21,15 +21,11 @@ from __future__ import annotations
 import numpy as np
 import surface_distance
 
+from seggrid.inference.postprocess import dice  # the DSC: the package's one Dice
+
 
 def _policy_value(v) -> float:
     return float("nan") if v is None or (isinstance(v, str) and v.lower() == "nan") else float(v)
-
-
-def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
-    ref, pred = reference.astype(bool), prediction.astype(bool)
-    denom = ref.sum() + pred.sum()
-    return float(2 * (ref & pred).sum() / denom) if denom else float("nan")
 
 
 def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_mm,

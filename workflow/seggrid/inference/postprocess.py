@@ -24,27 +24,19 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from seggrid.data.fingerprint import bounding_box
+
 STRUCTURE = ndimage.generate_binary_structure(3, 3)      # 26-connectivity
 NO_POSTPROCESSING = {"foreground_as_one": False, "per_class": []}
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every True voxel of ``mask`` (None when empty)."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Boolean mask of the largest 26-connected component of ``mask`` (empty stays empty).
     Labelled inside the mask's bounding box only: an organ, not the whole volume."""
-    box = _bbox(mask)
-    if box is None:
+    bounds = bounding_box(mask)
+    if bounds is None:
         return np.zeros(mask.shape, bool)
+    box = tuple(slice(a, b) for a, b in bounds)
     components, n = ndimage.label(mask[box], structure=STRUCTURE)
     out = np.zeros(mask.shape, bool)
     if n <= 1:
@@ -67,9 +59,12 @@ def apply(labels: np.ndarray, decision: dict) -> np.ndarray:
     return out
 
 
-def _dice(ref: np.ndarray, pred: np.ndarray) -> float:
+def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """Dice of two masks (non-zero = inside): 2 |R & P| / (|R| + |P|), NaN when both are empty.
+    The one definition, used by the postprocessing decision and the evaluation's DSC."""
+    ref, pred = np.asarray(reference, dtype=bool), np.asarray(prediction, dtype=bool)
     denom = int(ref.sum()) + int(pred.sum())
-    return 2 * int((ref & pred).sum()) / denom if denom else np.nan
+    return 2 * int((ref & pred).sum()) / denom if denom else float("nan")
 
 
 def candidate_dice(reference: np.ndarray, prediction: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -86,8 +81,8 @@ def candidate_dice(reference: np.ndarray, prediction: np.ndarray, classes: list[
         ref = reference == c
         for row, pred in ((0, prediction), (2, fg)):
             mask = pred == c
-            out[row, j] = _dice(ref, mask)
-            out[row + 1, j] = _dice(ref, largest_component(mask)) if mask.any() else out[row, j]
+            out[row, j] = dice(ref, mask)
+            out[row + 1, j] = dice(ref, largest_component(mask)) if mask.any() else out[row, j]
     return out
 
 
@@ -99,7 +94,7 @@ def _mean_over_cases(per_case: np.ndarray) -> np.ndarray:
 
 def class_dice(references: list[np.ndarray], predictions: list[np.ndarray], classes: list[int]) -> np.ndarray:
     """Per class, Dice averaged over cases (NaN where a class is absent from both masks)."""
-    return _mean_over_cases(np.array([[_dice(r == c, p == c) for c in classes]
+    return _mean_over_cases(np.array([[dice(r == c, p == c) for c in classes]
                                       for r, p in zip(references, predictions)]).reshape(-1, len(classes)))
 
 
