@@ -1,4 +1,4 @@
-"""Where a job runs: CUDA asked for and usable (or a loud stop), determinism, torchrun ranks.
+"""Where a job runs: CUDA asked for and usable (or a loud stop), determinism, seeds, torchrun ranks.
 
 A job with ``gpus > 0`` on which CUDA is not usable stops at once (:func:`require_cuda`),
 naming the job, ``CUDA_VISIBLE_DEVICES`` and ``torch.version.cuda``, unless the environment
@@ -9,9 +9,11 @@ warns and runs on the CPU.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import socket
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -94,6 +96,13 @@ def distributed_context(gpus: int, what: str = "train") -> tuple[int, int, torch
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         print(f"[train] rank {rank} of {world} on node {node}, local rank {local}, device {device}", flush=True)
     return rank, world, device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's global and torch's generators with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:

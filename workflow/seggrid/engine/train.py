@@ -19,6 +19,11 @@ validation counts are summed over ranks; rank 0 writes outputs. With ``spatial_p
 (spatial.py) the ranks form groups of N that share their samples: each rank trains on one slab
 of every sample, and gradients are summed over the slabs instead of averaged by DDP.
 
+Structure: :func:`train` is the epoch loop; :func:`setup` builds what it runs (samplers,
+network, optimizer, loss), ``checkpoint.py`` resumes and saves (:func:`seggrid.engine.checkpoint.resume`,
+:func:`~seggrid.engine.checkpoint.save_checkpoint`), :func:`run_epoch` trains and validates one
+epoch, :func:`finish` writes the summary and outputs.
+
 Outputs in ``out_dir``: ``model.pt`` (weights + plan), ``log.csv`` (one row per epoch),
 ``summary.json`` (wall time, GPU-hours, peak memory, samples/s, provenance); while it runs,
 ``progress.json`` and ``progress.png`` after every epoch (progress.py, read by ``seggrid status``). A full
@@ -49,41 +54,35 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from seggrid.config import batch_split_problem, model_setting
-from seggrid.engine.device import configure_determinism, distributed_context, peak_memory_mb, use_compile
+from seggrid.config import batch_split_problem
 from seggrid.engine.augment import Augmenter, build_augmenter_config
-from seggrid.errors import SeggridError
-from seggrid.io import atomic_path, config_hash, provenance, write_json
+from seggrid.engine.checkpoint import RunState, model_hash, resume, save_checkpoint
+from seggrid.engine.device import (configure_determinism, distributed_context, peak_memory_mb, seed_everything,
+                                   use_compile)
 from seggrid.engine.losses import DeepSupervisionLoss, build_loss
 from seggrid.engine.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
-                             head_scales)
+                                    head_scales)
 from seggrid.engine.progress import ProgressWriter
 from seggrid.engine.recipe import autocast, build_optimizer, effective_precision, grad_scaler, learning_rate
 from seggrid.engine.sampling import PatchSampler, Prefetcher, adaptive_foreground_fraction, local_batch
 from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
 from seggrid.engine.walltime import WallTimeGuard, end_run, request_requeue
+from seggrid.errors import SeggridError
+from seggrid.io import atomic_path, provenance, write_json
+
+__all__ = ["train", "train_step", "training_loss", "model_hash", "configure_determinism", "peak_memory_mb"]
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
               "seconds", "data_wait_fraction", "peak_mem_mb"]
-
-
-def model_hash(plan: dict) -> str:
-    """The plan's hash without scheduling keys: what a checkpoint must match to be resumed."""
-    return config_hash({**plan, "setting": model_setting(plan["setting"])})
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupervisionLoss:
@@ -145,14 +144,6 @@ def agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: str | Path,
           seed: int, threads: int = 1, checkpoint_every: int | None = None, gpus: int | None = None,
           requeue_margin_min: float = 10.0) -> dict:
@@ -160,10 +151,77 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     not in a workflow plan); None takes the plan's setting's ``gpus`` (hand-made plans), else 0.
     ``requeue_margin_min``: minutes kept before the job's time limit (engine/walltime.py): the
     run stops at the last epoch boundary that leaves them, checkpoints and is requeued."""
+    t = setup(plan, preprocessed, splits, fold, Path(out_dir), seed, threads, gpus)
+    s, ckpt_path = t.setting, t.out_dir / "checkpoint_latest.pt"
+    checkpoint_every = checkpoint_every or s.get("checkpoint_every", 5)
+    state = resume(t)
+    progress = ProgressWriter(t.out_dir, s["name"], fold, s["epochs"])     # progress.json / .png (seggrid status)
+    guard = WallTimeGuard.for_this_job(60 * requeue_margin_min)
+    guard.install_signal_handler()
+    if t.rank == 0:
+        print(f"[train] {guard.describe()}", flush=True)
+    this_run = {"job": os.environ.get("SLURM_JOB_ID"), "start_epoch": state.start_epoch}
+    state.started = time.time()
+    for epoch in range(state.start_epoch, s["epochs"]):
+        row = run_epoch(t, epoch, state.ema)
+        state.ema = row["pseudo_dice_ema"]
+        state.log.append(row)
+        if t.rank == 0:
+            print(f"[train] {s['name']} fold {fold} epoch {epoch + 1}/{s['epochs']} loss {row['train_loss']:.4f} "
+                  f"val {row['val_loss']:.4f} pseudo-Dice {row['pseudo_dice']:.3f} lr {row['lr']:.5f} "
+                  f"{row['seconds']:.1f}s", flush=True)
+            progress(state.log)
+        if epoch + 1 < s["epochs"] and agree(guard.should_stop(row["seconds"]), t.world, t.device):
+            # the next epoch might not end before the job's time limit: checkpoint here, requeue
+            state.runs.append({**this_run, "end_epoch": epoch + 1, "stopped": "wall time"})
+            save_checkpoint(ckpt_path, t, state, epoch + 1)
+            requeued = agree(request_requeue(s["name"]) if t.rank == 0 else False, t.world, t.device)
+            end_run(f"{s['name']} fold {fold}", epoch + 1, str(ckpt_path), requeued, announce=t.rank == 0)
+        if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < s["epochs"]:
+            save_checkpoint(ckpt_path, t, state, epoch + 1)
+    if state.start_epoch < s["epochs"]:
+        state.runs.append({**this_run, "end_epoch": s["epochs"], "stopped": "done"})
+    return finish(t, state)
+
+
+@dataclass
+class Training:
+    """Everything :func:`setup` builds for one (setting, fold) on this rank."""
+
+    plan: dict
+    setting: dict
+    fold: int
+    seed: int
+    out_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    spatial: SpatialContext | None     # this rank's slab group, with spatial partitions
+    dp_index: int                      # this rank's data-parallel group
+    split: Callable                    # a batch -> this rank's slab of it (identity without partitions)
+    precision: str                     # what runs on this device (bf16/fp16 need CUDA)
+    determinism: dict
+    compiled: bool
+    rng: np.random.Generator           # the training sampler's generator
+    sampler: PatchSampler
+    val_sampler: PatchSampler
+    net: torch.nn.Module               # the plain network (its state_dict is what is saved)
+    model: torch.nn.Module             # the network, DDP-wrapped with several ranks
+    forward: Callable                  # ``model``, compiled or not
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: DeepSupervisionLoss
+    after_backward: Callable | None    # gradients summed over slabs (spatial partitions)
+    memory_format: torch.memory_format
+    columns: list[str]                 # per-class pseudo-Dice log columns
+
+
+def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: Path, seed: int,
+          threads: int, gpus: int | None) -> Training:
+    """Ranks, seeds and determinism, spatial partitions, the training and validation samplers,
+    the network (DDP or partitioned, compiled or not), optimizer, grad scaler and loss."""
     s = plan["setting"]
     gpus = s.get("gpus", 0) if gpus is None else gpus
-    checkpoint_every = checkpoint_every or s.get("checkpoint_every", 5)
-    out_dir = Path(out_dir)
     rank, world, device = distributed_context(gpus, f"train: setting '{s['name']}' fold {fold}")
     if rank == 0:
         print(f"[train] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
@@ -180,7 +238,6 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
                   f"patch axis {spatial.axis}, {spatial.dp_size} data-parallel group(s)", flush=True)
     # data-parallel groups: every rank, or one per spatial group (its slabs share the samples)
     dp_size, dp_index = (spatial.dp_size, spatial.dp_index) if spatial else (world, rank)
-    split = spatial.split if spatial else (lambda t: t)
     if problem := batch_split_problem(s["batch"], world, spatial.size if spatial else 1):
         raise SeggridError(f"setting '{s['name']}': {problem}")
     precision = effective_precision(s["precision"], device)
@@ -189,20 +246,18 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     patch = plan["topology"]["patch_effective"]
     fold_split = splits["folds"][fold]
     rng = np.random.default_rng([seed, fold, dp_index])
-    adaptive = s["foreground_sampling"] == "adaptive"
     # this group's slice of the global batch and its share of the global foreground quota (nnU-Net's)
     group = dict(global_batch=s["batch"], group=dp_index, groups=dp_size)
     sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], dp_index, dp_size),
-                           0.5 if adaptive else s["oversample_foreground"], rng,
+                           0.5 if s["foreground_sampling"] == "adaptive" else s["oversample_foreground"], rng,
                            Augmenter(build_augmenter_config(s["augmentation"], patch)), device,
                            s["cache_cases"], s["cache_replace"], **group)
     # nnU-Net's validation loader cuts the patch itself (no initial-patch margin)
     val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], dp_index, dp_size),
                                s["oversample_foreground"], np.random.default_rng(0), None, device,
                                initial_patch=patch, **group)
-    net = build_network(plan).to(device)
     memory_format = torch.channels_last_3d if s.get("channels_last") else torch.contiguous_format
-    net = net.to(memory_format=memory_format)
+    net = build_network(plan).to(device).to(memory_format=memory_format)
     model = net
     if spatial:
         partition_network(net, spatial)          # halo exchange + global norm statistics; state_dict unchanged
@@ -210,164 +265,98 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     compiled = use_compile(s.get("compile", "auto"), device, spatial is not None)
     forward = torch.compile(model) if compiled else model       # state_dict stays the plain network's
-    optimizer = build_optimizer(model.parameters(), s)
-    scaler = grad_scaler(device, precision)
-    loss_fn = training_loss(plan, spatial)
-    after_backward = (lambda: sync_gradients(list(net.parameters()), spatial)) if spatial else None
+    return Training(
+        plan=plan, setting=s, fold=fold, seed=seed, out_dir=out_dir, rank=rank, world=world, device=device,
+        spatial=spatial, dp_index=dp_index, split=spatial.split if spatial else (lambda batch: batch), precision=precision,
+        determinism=determinism, compiled=compiled, rng=rng, sampler=sampler, val_sampler=val_sampler, net=net,
+        model=model, forward=forward, optimizer=build_optimizer(model.parameters(), s),
+        scaler=grad_scaler(device, precision), loss_fn=training_loss(plan, spatial),
+        after_backward=(lambda: sync_gradients(list(net.parameters()), spatial)) if spatial else None,
+        memory_format=memory_format, columns=class_columns(plan))
+
+
+def train_epoch(t: Training, epoch: int) -> tuple[torch.Tensor, float]:
+    """The epoch's ``iterations_per_epoch`` steps: the summed loss (a float64 device scalar) and
+    the seconds spent waiting for batches. A non-finite loss is looked for every
+    ``finite_check_every`` steps and at the last one (one host sync each)."""
+    s, iterations = t.setting, t.setting["iterations_per_epoch"]
     check_every = s.get("finite_check_every", 25)
-    n_classes, columns = plan["n_classes"], class_columns(plan)
+    t.sampler.start_epoch()
+    t.model.train()
+    batches = Prefetcher(t.sampler, iterations)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
+    finite = torch.ones((), dtype=torch.bool, device=t.device)
+    try:
+        for step in range(iterations):
+            images, labels = batches.next_batch()
+            loss = train_step(t.forward, t.model, t.loss_fn, t.optimizer, t.scaler, t.split(images), t.split(labels),
+                              t.precision, s["grad_clip"], t.memory_format, t.after_backward)
+            finite &= torch.isfinite(loss)
+            loss_sum += loss
+            if ((step + 1) % check_every == 0 or step + 1 == iterations) and not bool(finite):
+                raise SeggridError(f"setting '{s['name']}' fold {t.fold}: non-finite loss (seen by step {step + 1}) "
+                                   f"at epoch {epoch}; stopped, the last good checkpoint is kept at "
+                                   f"{t.out_dir / 'checkpoint_latest.pt'}")
+    finally:
+        batches.close()
+    return loss_sum, batches.wait_seconds
 
-    log: list[dict] = []
-    start_epoch, ema, elapsed_before, runs = 0, None, 0.0, []
-    ckpt_path = out_dir / "checkpoint_latest.pt"
-    final_path = out_dir / "checkpoint_final.pt"
-    ckpt, resumed_from = None, None
-    # model.pt missing but the final checkpoint there: the job died after its last epoch
-    for path in ([final_path] if not (out_dir / "model.pt").exists() else []) + [ckpt_path]:
-        if not path.exists():
-            continue
-        try:
-            candidate = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:            # torch raises several types for a damaged file
-            raise SeggridError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]}); it holds "
-                               f"the training so far, so it is not overwritten: move it away to start this "
-                               f"training from epoch 0") from exc
-        if (candidate.get("plan_hash") == model_hash(plan) and candidate.get("seed") == seed
-                and candidate.get("format") == MODEL_FORMAT):
-            ckpt, resumed_from = candidate, path
-            break
-        if rank == 0:
-            print(f"[train] ignoring {path}: it belongs to another plan, seed or network format", flush=True)
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, ema, log, elapsed_before = ckpt["epoch"], ckpt["ema"], ckpt["log"], ckpt["elapsed"]
-        runs = ckpt.get("runs", [])
-        if len(ckpt["ranks"]) == world:
-            mine = ckpt["ranks"][rank]
-            rng.bit_generator.state = mine["rng"]
-            sampler.foreground_fraction = mine["foreground_fraction"]
-            if sampler.cache is not None:
-                sampler.cache.load_state_dict(mine["cache"])
-            torch.set_rng_state(mine["torch_rng"])
-            random.setstate(mine["python_rng"])
-        else:
-            # per-rank state cannot be mapped onto another number of ranks: re-seed it from
-            # (seed, fold, epoch, group); the adaptive foreground fraction is global (all ranks equal)
-            rng.bit_generator.state = np.random.default_rng([seed, fold, start_epoch, dp_index]).bit_generator.state
-            sampler.foreground_fraction = ckpt["ranks"][0]["foreground_fraction"]
-            seed_everything(seed + fold + 1_000_003 * start_epoch + 7919 * rank)
-            if rank == 0:
-                print(f"[train] {resumed_from} was written by {len(ckpt['ranks'])} rank(s), this job has {world}: "
-                      f"model, optimizer, schedule and epoch resume exactly; the samplers are re-seeded from "
-                      f"(seed, fold, epoch, group), so the data stream from here on is NOT bit-identical to an "
-                      f"uninterrupted run with {len(ckpt['ranks'])} rank(s)", flush=True)
-        if rank == 0:
-            print(f"[train] resumed from {resumed_from} at epoch {start_epoch}"
-                  + (" (all epochs done: writing model.pt from it, no training)" if start_epoch >= s["epochs"] else ""),
-                  flush=True)
 
-    def save_checkpoint(path: Path, epoch: int) -> None:
-        ranks = gather({"rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "python_rng": random.getstate(), "foreground_fraction": sampler.foreground_fraction,
-                        "cache": sampler.cache.state_dict() if sampler.cache is not None else None}, world)
-        if rank != 0:
-            return
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "schedule": {"name": s["lr_schedule"], "epoch": epoch}, "ranks": ranks, "epoch": epoch,
-                 "ema": ema, "log": log, "elapsed": elapsed_before + time.time() - t_start, "runs": runs,
-                 "plan_hash": model_hash(plan), "seed": seed, "format": MODEL_FORMAT}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
+    """Train and validate one epoch; its log row (losses and pseudo-Dice summed over ranks, the
+    pseudo-Dice EMA updated from ``ema``, lr, seconds, data wait, peak memory). With adaptive
+    foreground sampling, the next epoch's foreground fraction is set from the epoch's counts."""
+    s, t0 = t.setting, time.time()
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+    lr = learning_rate(s, epoch)
+    for param_group in t.optimizer.param_groups:
+        param_group["lr"] = lr
+    loss_sum, train_wait = train_epoch(t, epoch)
+    t.val_sampler.rng = np.random.default_rng([t.seed + epoch, t.dp_index, 7])   # same patches on every run
+    val_loss, counts, val_wait = validate(t.forward, t.plan, t.val_sampler, t.loss_fn, t.plan["n_classes"],
+                                          t.precision, t.memory_format, t.split)
+    stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / s["iterations_per_epoch"]])])
+    if t.world > 1:
+        dist.all_reduce(stats)
+        stats[-2:] /= t.world
+    counts, (val_loss, train_loss) = stats[:-2].view(3, -1).cpu().numpy(), stats[-2:].tolist()
+    tp, fp, fn = counts
+    present = (tp + fn) > 0
+    dice = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
+    pseudo = float(np.nanmean(dice)) if present.any() else float("nan")
+    ema = pseudo if ema is None or not np.isfinite(ema) else 0.9 * ema + 0.1 * pseudo
+    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": pseudo,
+           "pseudo_dice_ema": ema, "foreground_fraction": t.sampler.foreground_fraction, "lr": lr,
+           "seconds": time.time() - t0, "data_wait_fraction": (train_wait + val_wait) / (time.time() - t0),
+           "peak_mem_mb": peak_memory_mb(t.device)}
+    row.update({col: float(d) for col, d in zip(t.columns, dice)})
+    if s["foreground_sampling"] == "adaptive":
+        t.sampler.foreground_fraction = adaptive_foreground_fraction(counts, s["adaptive_gamma"])
+    return row
 
-    progress = ProgressWriter(out_dir, s["name"], fold, s["epochs"])     # progress.json / .png (seggrid status)
-    guard = WallTimeGuard.for_this_job(60 * requeue_margin_min)
-    guard.install_signal_handler()
-    if rank == 0:
-        print(f"[train] {guard.describe()}", flush=True)
-    this_run = {"job": os.environ.get("SLURM_JOB_ID"), "start_epoch": start_epoch}
-    t_start = time.time()
-    for epoch in range(start_epoch, s["epochs"]):
-        t0 = time.time()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        lr = learning_rate(s, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sampler.start_epoch()
-        model.train()
-        iterations = s["iterations_per_epoch"]
-        batches = Prefetcher(sampler, iterations)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        finite = torch.ones((), dtype=torch.bool, device=device)
-        try:
-            for step in range(iterations):
-                images, labels = batches.next_batch()
-                loss = train_step(forward, model, loss_fn, optimizer, scaler, split(images), split(labels), precision,
-                                  s["grad_clip"], memory_format, after_backward)
-                finite &= torch.isfinite(loss)
-                loss_sum += loss
-                if ((step + 1) % check_every == 0 or step + 1 == iterations) and not bool(finite):
-                    raise SeggridError(f"setting '{s['name']}' fold {fold}: non-finite loss (seen by step {step + 1}) "
-                                       f"at epoch {epoch}; stopped, the last good checkpoint is kept at {ckpt_path}")
-        finally:
-            batches.close()
 
-        val_sampler.rng = np.random.default_rng([seed + epoch, dp_index, 7])   # same patches on every run
-        val_loss, counts, val_wait = validate(forward, plan, val_sampler, loss_fn, n_classes, precision, memory_format,
-                                              split)
-        stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / iterations])])
-        if world > 1:
-            dist.all_reduce(stats)
-            stats[-2:] /= world
-        counts, (val_loss, train_loss) = stats[:-2].view(3, -1).cpu().numpy(), stats[-2:].tolist()
-        tp, fp, fn = counts
-        present = (tp + fn) > 0
-        dice = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
-        pseudo = float(np.nanmean(dice)) if present.any() else float("nan")
-        ema = pseudo if ema is None or not np.isfinite(ema) else 0.9 * ema + 0.1 * pseudo
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": pseudo,
-               "pseudo_dice_ema": ema, "foreground_fraction": sampler.foreground_fraction, "lr": lr,
-               "seconds": time.time() - t0, "data_wait_fraction": (batches.wait_seconds + val_wait) / (time.time() - t0),
-               "peak_mem_mb": peak_memory_mb(device)}
-        row.update({col: float(d) for col, d in zip(columns, dice)})
-        log.append(row)
-        if adaptive:
-            sampler.foreground_fraction = adaptive_foreground_fraction(counts, s["adaptive_gamma"])
-        if rank == 0:
-            print(f"[train] {s['name']} fold {fold} epoch {epoch + 1}/{s['epochs']} loss {train_loss:.4f} "
-                  f"val {val_loss:.4f} pseudo-Dice {pseudo:.3f} lr {lr:.5f} {row['seconds']:.1f}s", flush=True)
-            progress(log)
-        if epoch + 1 < s["epochs"] and agree(guard.should_stop(row["seconds"]), world, device):
-            # the next epoch might not end before the job's time limit: checkpoint here, requeue
-            runs.append({**this_run, "end_epoch": epoch + 1, "stopped": "wall time"})
-            save_checkpoint(ckpt_path, epoch + 1)
-            requeued = agree(request_requeue(s["name"]) if rank == 0 else False, world, device)
-            end_run(f"{s['name']} fold {fold}", epoch + 1, str(ckpt_path), requeued, announce=rank == 0)
-        if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < s["epochs"]:
-            save_checkpoint(ckpt_path, epoch + 1)
-
-    wall = elapsed_before + time.time() - t_start
-    if start_epoch < s["epochs"]:
-        runs.append({**this_run, "end_epoch": s["epochs"], "stopped": "done"})
+def finish(t: Training, state: RunState) -> dict:
+    """The summary (wall time, GPU-hours, throughput, peak memory, runs, provenance); the final
+    checkpoint; on rank 0 ``model.pt``, ``log.csv`` and ``summary.json``. Returns the summary."""
+    s, log, wall = t.setting, state.log, state.elapsed()
     summary = {
-        "setting": s["name"], "fold": fold, "epochs": s["epochs"], "world_size": world, "device": str(device),
-        "spatial_partitions": spatial.size if spatial else 1,
-        "precision": precision, "deterministic": determinism, "compile": compiled,
+        "setting": s["name"], "fold": t.fold, "epochs": s["epochs"], "world_size": t.world, "device": str(t.device),
+        "spatial_partitions": t.spatial.size if t.spatial else 1,
+        "precision": t.precision, "deterministic": t.determinism, "compile": t.compiled,
         "channels_last": bool(s.get("channels_last")), "wall_seconds": wall,
         "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
-        "gpu_hours": wall * world / 3600 if device.type == "cuda" else 0.0,
+        "gpu_hours": wall * t.world / 3600 if t.device.type == "cuda" else 0.0,
         "samples_per_second": s["epochs"] * s["iterations_per_epoch"] * s["batch"] / max(wall, 1e-9),
-        "peak_mem_mb": max(r["peak_mem_mb"] for r in log), "final_pseudo_dice_ema": ema,
-        "runs": runs, "wall_time_requeues": sum(r["stopped"] == "wall time" for r in runs),
-        "provenance": provenance(seed, plan),
+        "peak_mem_mb": max(r["peak_mem_mb"] for r in log), "final_pseudo_dice_ema": state.ema,
+        "runs": state.runs, "wall_time_requeues": sum(r["stopped"] == "wall time" for r in state.runs),
+        "provenance": provenance(t.seed, t.plan),
     }
-    save_checkpoint(out_dir / "checkpoint_final.pt", s["epochs"])
-    if rank == 0:
-        write_outputs(out_dir, net, plan, log, summary, columns)
-        ckpt_path.unlink(missing_ok=True)
-    if world > 1:
+    save_checkpoint(t.out_dir / "checkpoint_final.pt", t, state, s["epochs"])
+    if t.rank == 0:
+        write_outputs(t.out_dir, t.net, t.plan, log, summary, t.columns)
+        (t.out_dir / "checkpoint_latest.pt").unlink(missing_ok=True)
+    if t.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary
