@@ -6,15 +6,16 @@
 #          [--case-spacing X Y Z] [--target-spacing Z Y X] [--patch Z Y X] [--base-features N]
 #          [--max-features N] [--epochs N] [--iterations N] [--folds "1 5"] [--threads N] [--work DIR]
 # Sizes:
-#   --device cpu (default): a small case, 128 x 128 x 40 voxels at 2 x 2 x 4 mm -> (40, 128, 128) at
-#     4 x 2 x 2 mm, patch 32 64 64, features 8..64 (a few minutes on 2 cores);
+#   --device cpu (default): a small case, 128 x 128 x 40 voxels at 1.6 x 1.6 x 3.2 mm -> (32, 102, 102)
+#     at 4 x 2 x 2 mm (so both sides resample), patch 32 64 64, features 8..64, a model trained for
+#     8 x 10 iterations (a few minutes on 2 cores);
 #   --device cpu --tiny: 64 x 64 x 24 voxels, patch 16 32 32, features 4..16, 1 epoch (plumbing check);
 #   --device cuda: one AMOS-sized case, 512 x 512 x 100 at 0.75 x 0.75 x 3 mm -> (150, 558, 558) at
 #     2.0 x 0.688 x 0.688 mm, the paper's patch 64 160 160, features 32..320, fp16.
 # Steps (our venv: $BIN/python, default .venv/bin): seggrid make-scale-data (2 training cases of the
 # real CT sample + 1 validation case, the one predicted) -> validate -> fingerprint -> split (2 folds)
-# -> plan -> preprocess -> train a small model on fold 0 (--epochs x --iterations; it only has to
-# give both sides the same non-trivial weights) -> seggrid export-nnunet. Then for each fold count:
+# -> plan -> preprocess -> train a small model on fold 0 (--epochs x --iterations, no augmentation:
+# it only has to give both sides the same non-trivial weights) -> seggrid export-nnunet. Then for each fold count:
 # ours = `seggrid predict --cases evaluation --labels-out` (the model.pt given N times: with one trained
 # fold, "5 folds" are the same weights 5 times, on both sides, so the work is 5 folds' work) and
 # nnU-Net = nnunet_predict.py on the export (fold_0..fold_N-1), each under benchmarks/tree_memory.py.
@@ -49,11 +50,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$DEVICE" = cpu ] && [ "$TINY" = 1 ]; then
-  SHAPE=${SHAPE:-64 64 24}; SPACING=${SPACING:-2 2 4}; TARGET=${TARGET:-4 2 2}; PATCH=${PATCH:-16 32 32}
+  SHAPE=${SHAPE:-64 64 24}; SPACING=${SPACING:-1.6 1.6 3.2}; TARGET=${TARGET:-4 2 2}; PATCH=${PATCH:-16 32 32}
   BASE=${BASE:-4}; MAXF=${MAXF:-16}; EPOCHS=${EPOCHS:-1}; ITER=${ITER:-2}; GPUS=0; PRECISION=fp32
 elif [ "$DEVICE" = cpu ]; then
-  SHAPE=${SHAPE:-128 128 40}; SPACING=${SPACING:-2 2 4}; TARGET=${TARGET:-4 2 2}; PATCH=${PATCH:-32 64 64}
-  BASE=${BASE:-8}; MAXF=${MAXF:-64}; EPOCHS=${EPOCHS:-4}; ITER=${ITER:-10}; GPUS=0; PRECISION=fp32
+  SHAPE=${SHAPE:-128 128 40}; SPACING=${SPACING:-1.6 1.6 3.2}; TARGET=${TARGET:-4 2 2}; PATCH=${PATCH:-32 64 64}
+  BASE=${BASE:-8}; MAXF=${MAXF:-64}; EPOCHS=${EPOCHS:-8}; ITER=${ITER:-10}; GPUS=0; PRECISION=fp32
 elif [ "$DEVICE" = cuda ]; then
   SHAPE=${SHAPE:-512 512 100}; SPACING=${SPACING:-0.75 0.75 3}; TARGET=${TARGET:-2.0 0.68825001 0.68825001}
   PATCH=${PATCH:-64 160 160}; BASE=${BASE:-32}; MAXF=${MAXF:-320}; EPOCHS=${EPOCHS:-2}; ITER=${ITER:-10}; GPUS=1
@@ -85,7 +86,7 @@ SETTING=$($BIN/python -c "
 import json
 print(json.dumps({'name': 'predict_bench', 'patch': [int(v) for v in '$PATCH'.split()], 'batch': 2, 'epochs': $EPOCHS,
                   'iterations_per_epoch': $ITER, 'val_iterations': 1, 'base_features': $BASE, 'max_features': $MAXF,
-                  'precision': '$PRECISION', 'gpus': $GPUS, 'threads': $THREADS}))")
+                  'precision': '$PRECISION', 'augmentation': 'none', 'gpus': $GPUS, 'threads': $THREADS}))")
 run $SEGGRID plan --setting-json "$SETTING" --fingerprint "$WORK/fingerprint.json" --dataset-check "$WORK/check.json" \
   --target-spacing $TARGET --out "$WORK/plan.json"
 log "training a small model ($EPOCHS epochs x $ITER iterations, patch $PATCH, features $BASE..$MAXF, $DEVICE)"

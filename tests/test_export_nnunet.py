@@ -124,3 +124,22 @@ def test_bad_inputs_are_refused_naming_the_file(pipeline, tmp_path, capsys):
     assert (tmp_path / "full" / "plans.json").exists() and not (tmp_path / "full" / "x").exists()
     with pytest.raises(SeggridError, match="manifest.json: not found"):
         export_nnunet([model], tmp_path, tmp_path / "c")
+
+
+def test_plans_carry_zscore_with_its_mask_rule_and_refuse_mixed_schemes(pipeline):
+    from pathlib import Path
+
+    from seggrid.outputs.export_nnunet import make_plans
+
+    plan = json.loads(pipeline["plan"].read_text())
+    manifest = json.loads((pipeline["preprocessed"] / "manifest.json").read_text())
+    for case in manifest["cases"].values():
+        case["normalization"] = "zscore"
+    manifest["normalization"].update(option="zscore", zscore_uses_nonzero_mask=True, ct_statistics=None)
+    conf = make_plans(plan, manifest, Path("m.json"), "Dataset001_x")
+    assert conf["configurations"]["3d_fullres"]["normalization_schemes"] == ["ZScoreNormalization"]
+    assert conf["configurations"]["3d_fullres"]["use_mask_for_norm"] == [True]
+    assert "0" in conf["foreground_intensity_properties_per_channel"]     # nnU-Net looks channel 0 up
+    next(iter(manifest["cases"].values()))["normalization"] = "ct"
+    with pytest.raises(SeggridError, match=r"m.json: cases normalised with different schemes \['ct', 'zscore'\]"):
+        make_plans(plan, manifest, Path("m.json"), "Dataset001_x")

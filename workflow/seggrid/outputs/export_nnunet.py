@@ -166,7 +166,7 @@ def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: st
                            f"one scheme per channel")
     scheme = schemes[0]
     nrm = manifest["normalization"]
-    intensity = {}
+    intensity = {"0": {}}         # nnU-Net's preprocessor looks channel "0" up even for z-score, which ignores it
     if scheme == "ct":
         st = nrm["ct_statistics"]
         intensity = {"0": {k: st[k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}}
