@@ -273,22 +273,24 @@ def cmd_bench(a):
     print(json.dumps(result, indent=1))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seggrid", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+def _add(sub, name: str, func, help_: str) -> argparse.ArgumentParser:
+    """A subcommand ``name`` running ``func(args)``."""
+    sp = sub.add_parser(name, help=help_, description=help_)
+    sp.set_defaults(func=func)
+    return sp
 
-    def add(name, func, help_):
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(func=func)
-        return sp
 
-    def dataset_args(sp, required=True):
-        sp.add_argument("--dataset", required=required, help="folder holding dataset.json")
-        sp.add_argument("--mr-case-id-min", type=int, default=None, help="case ids numbered >= this are MR")
-        sp.add_argument("--modalities", nargs="+", choices=("CT", "MR"), default=None,
-                        help="keep only cases of these modalities")
+def _dataset_args(sp: argparse.ArgumentParser, required: bool = True) -> None:
+    """--dataset, --mr-case-id-min and --modalities: which dataset and which of its cases."""
+    sp.add_argument("--dataset", required=required, help="folder holding dataset.json")
+    sp.add_argument("--mr-case-id-min", type=int, default=None, help="case ids numbered >= this are MR")
+    sp.add_argument("--modalities", nargs="+", choices=("CT", "MR"), default=None,
+                    help="keep only cases of these modalities")
 
-    sp = add("make-demo-data", cmd_make_demo_data, "build the embedded demo dataset (AMOS-style)")
+
+def _add_setup_commands(sub) -> None:
+    """Set-up and housekeeping: demo data, site profile, status, config docs and checks."""
+    sp = _add(sub, "make-demo-data", cmd_make_demo_data, "build the embedded demo dataset (AMOS-style)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=int, default=12345)
     for k, d in (("ct-train", 8), ("mr-train", 4), ("ct-val", 2), ("mr-val", 2)):
@@ -296,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--organs", nargs="+", default=None,
                     help="keep these AMOS organs (numbered 1.. in AMOS order), every other one background; default all")
 
-    sp = add("slurm-profile", cmd_slurm_profile,
+    sp = _add(sub, "slurm-profile", cmd_slurm_profile,
              "write the SLURM site profile to ~/.config/snakemake/slurm (for `snakemake --profile slurm`)")
     sp.add_argument("--name", default="slurm")
     sp.add_argument("--account", default=None, help="sbatch --account (omit: --slurm-no-account)")
@@ -308,16 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=50, help="jobs queued at once")
     sp.add_argument("--force", action="store_true", help="replace an existing profile")
 
-    sp = add("status", cmd_status, "one line per training job (state, epoch, EMA pseudo-Dice, s/epoch, ETA), "
+    sp = _add(sub, "status", cmd_status, "one line per training job (state, epoch, EMA pseudo-Dice, s/epoch, ETA), "
              "then the prediction sets and tables done; read from the outputs only")
     sp.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
                     help="the config(s) the grid runs with, as given to snakemake (default config/config.yaml)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sp = add("config-docs", cmd_config_docs, "write config/README.md (every config key) from the schema")
+    sp = _add(sub, "config-docs", cmd_config_docs, "write config/README.md (every config key) from the schema")
     sp.add_argument("--out", default="config/README.md")
 
-    sp = add("make-scale-data", cmd_make_scale_data,
+    sp = _add(sub, "make-scale-data", cmd_make_scale_data,
              "build AMOS-sized cases (CT and MR, both orientations) for benchmarks/scale.sh")
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=int, default=0)
@@ -326,27 +328,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shape", type=int, nargs=3, default=[512, 512, 100], help="voxels, file axes")
     sp.add_argument("--spacing", type=float, nargs=3, default=[0.75, 0.75, 3.0], help="mm, file axes")
 
-    sp = add("check-config", cmd_check_config, "validate config file(s) against the schema")
+    sp = _add(sub, "check-config", cmd_check_config, "validate config file(s) against the schema")
     sp.add_argument("configs", nargs="+")
 
-    sp = add("validate", cmd_validate, "check every case of a dataset; report all problems")
-    dataset_args(sp)
+
+def _add_data_commands(sub) -> None:
+    """The data stage and planning: validate, fingerprint, plan, preprocess, split."""
+    sp = _add(sub, "validate", cmd_validate, "check every case of a dataset; report all problems")
+    _dataset_args(sp)
     sp.add_argument("--out", required=True)
 
-    sp = add("fingerprint", cmd_fingerprint, "spacing, shape and CT intensity statistics")
-    dataset_args(sp)
+    sp = _add(sub, "fingerprint", cmd_fingerprint, "spacing, shape and CT intensity statistics")
+    _dataset_args(sp)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True)
 
-    sp = add("plan", cmd_plan, "network topology and effective patch for one setting")
+    sp = _add(sub, "plan", cmd_plan, "network topology and effective patch for one setting")
     sp.add_argument("--setting-json", required=True, help="resolved setting (JSON or @file)")
     sp.add_argument("--fingerprint", required=True)
     sp.add_argument("--dataset-check", required=True, help="output of 'seggrid validate'")
     sp.add_argument("--target-spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
     sp.add_argument("--out", required=True)
 
-    sp = add("preprocess", cmd_preprocess, "resample and normalise every case")
-    dataset_args(sp)
+    sp = _add(sub, "preprocess", cmd_preprocess, "resample and normalise every case")
+    _dataset_args(sp)
     sp.add_argument("--fingerprint", required=True)
     sp.add_argument("--target-spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"))
     sp.add_argument("--normalization", choices=["channel_name", "ct", "zscore", "per_modality"],
@@ -357,14 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the dataset's test images instead (no labels; for the submission)")
     sp.add_argument("--out", required=True)
 
-    sp = add("split", cmd_split, "cross-validation folds and evaluation cases")
+    sp = _add(sub, "split", cmd_split, "cross-validation folds and evaluation cases")
     sp.add_argument("--dataset-check", required=True)
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--seed", type=int, default=12345)
     sp.add_argument("--holdout-fraction", type=float, default=0.2)
     sp.add_argument("--out", required=True)
 
-    sp = add("train", cmd_train, "train one (setting, fold); run under torchrun for several GPUs")
+
+def _add_engine_commands(sub) -> None:
+    """The engine: training one (setting, fold)."""
+    sp = _add(sub, "train", cmd_train, "train one (setting, fold); run under torchrun for several GPUs")
     sp.add_argument("--plan", required=True)
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--splits", required=True)
@@ -379,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "leaves them, checkpoints and is requeued (exit 75 outside SLURM); default 10")
     sp.add_argument("--out", required=True)
 
-    sp = add("predict", cmd_predict, "predict one model (its folds averaged) on the evaluation or CV cases")
+
+def _add_inference_commands(sub) -> None:
+    """Inference: predicting, ensembling, the postprocessing decision."""
+    sp = _add(sub, "predict", cmd_predict, "predict one model (its folds averaged) on the evaluation or CV cases")
     sp.add_argument("--model", nargs="+", required=True, help="model.pt of each fold of ONE setting")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--splits", default=None, help="splits.json (for --cases evaluation and cv)")
@@ -392,33 +403,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--postprocessing", default=None, help="decision JSON (postprocess-decide) to apply")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--gpus", type=int, default=0)
-    dataset_args(sp, required=False)
+    _dataset_args(sp, required=False)
     sp.add_argument("--labels-out", default=None, help="folder: <case>.nii.gz labels in the input's geometry")
     sp.add_argument("--probabilities-out", default=None,
                     help="folder: <case>.npy uint8-quantised probabilities at the target spacing (for ensembles)")
     sp.add_argument("--target-labels-out", default=None,
                     help="folder: <case>.npz labels at the target spacing (for the postprocessing decision)")
 
-    sp = add("ensemble", cmd_ensemble, "average models' quantised probabilities; write NIfTI labels in input geometry")
+    sp = _add(sub, "ensemble", cmd_ensemble, "average models' quantised probabilities; write NIfTI labels in input geometry")
     sp.add_argument("--members", nargs="+", required=True, help="predict --probabilities-out folders, one per model")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
     sp.add_argument("--cases", choices=("evaluation", "test"), default="evaluation",
                     help="test: the members predicted the dataset's test images (the submission; labels named "
                          "<case><file_ending>)")
-    dataset_args(sp)
+    _dataset_args(sp)
     sp.add_argument("--out", required=True)
 
-    sp = add("postprocess-decide", cmd_postprocess_decide,
+    sp = _add(sub, "postprocess-decide", cmd_postprocess_decide,
              "keep-largest-component decision from a model's cross-validation predictions")
     sp.add_argument("--cv-predictions", nargs="+", required=True, help="one predict --cases cv --target-labels-out folder per fold")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--out", required=True)
 
-    sp = add("evaluate", cmd_evaluate, "DSC and NSD per organ per case")
+
+def _add_evaluation_and_output_commands(sub) -> None:
+    """Evaluation and outputs: metrics, tables, figures, the nnU-Net export."""
+    sp = _add(sub, "evaluate", cmd_evaluate, "DSC and NSD per organ per case")
     sp.add_argument("--predictions", required=True)
-    dataset_args(sp)
+    _dataset_args(sp)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--metrics-json", required=True)
     sp.add_argument("--seed", type=int, default=None, help="recorded in the provenance")
@@ -426,37 +440,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-csv", required=True)
     sp.add_argument("--out-json", required=True)
 
-    sp = add("tables", cmd_tables, "the paper's tables as CSV, Markdown and LaTeX, with CIs and p-values")
+    sp = _add(sub, "tables", cmd_tables, "the paper's tables as CSV, Markdown and LaTeX, with CIs and p-values")
     sp.add_argument("--config-json", required=True)
     sp.add_argument("--outdir", required=True)
     sp.add_argument("--tables-dir", required=True)
     sp.add_argument("--table", action="append", help="only this table (repeat); default all")
 
-    sp = add("per-organ", cmd_per_organ, "per-organ table of one prediction set")
+    sp = _add(sub, "per-organ", cmd_per_organ, "per-organ table of one prediction set")
     sp.add_argument("--metrics-csv", required=True)
     sp.add_argument("--title", required=True)
     sp.add_argument("--out-csv", required=True)
     sp.add_argument("--out-md", required=True)
 
-    sp = add("figures", cmd_figures, "Figure 1: training curves")
+    sp = _add(sub, "figures", cmd_figures, "Figure 1: training curves")
     sp.add_argument("--log", action="append", required=True, help="NAME=path/to/log.csv (repeat)")
     sp.add_argument("--out", required=True)
 
-    sp = add("slices", cmd_slices, "Figures 2-3: axial slices of a CT and an MR (or second CT) case")
+    sp = _add(sub, "slices", cmd_slices, "Figures 2-3: axial slices of a CT and an MR (or second CT) case")
     sp.add_argument("--predictions", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--name", required=True, help="what predicted (shown in the title)")
-    dataset_args(sp)
+    _dataset_args(sp)
     sp.add_argument("--out-first", required=True)
     sp.add_argument("--out-second", required=True)
 
-    sp = add("trends", cmd_trends, "DSC/NSD with CIs against a table's varied factor")
+    sp = _add(sub, "trends", cmd_trends, "DSC/NSD with CIs against a table's varied factor")
     sp.add_argument("--table", required=True, help="a table CSV")
     sp.add_argument("--varied", required=True)
     sp.add_argument("--title", required=True)
     sp.add_argument("--out", required=True)
 
-    sp = add("export-nnunet", cmd_export_nnunet,
+    sp = _add(sub, "export-nnunet", cmd_export_nnunet,
              "write trained folds of ONE setting as an nnU-Net 2.8.1 model folder (plans.json, dataset.json, "
              "fold_<k>/checkpoint_final.pth) that nnUNetPredictor loads")
     sp.add_argument("--model", nargs="+", required=True, help="model.pt of each fold of ONE setting")
@@ -467,7 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--out", required=True, help="the model folder to write")
 
-    sp = add("bench", cmd_bench, "benchmarks; print JSON (augment: data pipeline; step: one training step)")
+
+def _add_bench_command(sub) -> None:
+    """Benchmarks of the engine (bench.py)."""
+    sp = _add(sub, "bench", cmd_bench, "benchmarks; print JSON (augment: data pipeline; step: one training step)")
     sp.add_argument("what", choices=["augment", "step"])
     sp.add_argument("--patch", type=int, nargs=3, default=[64, 160, 160], metavar=("Z", "Y", "X"))
     sp.add_argument("--batch", type=int, default=2, help="batch per process (per GPU)")
@@ -493,8 +510,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="step: split each sample into N slabs, one gloo rank each, against 1 partition (CPU)")
     sp.add_argument("--steps", type=int, default=3, help="step: timed steps")
     sp.add_argument("--warmup", type=int, default=1, help="step: untimed steps first")
-    return p
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seggrid", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_setup_commands(sub)
+    _add_data_commands(sub)
+    _add_engine_commands(sub)
+    _add_inference_commands(sub)
+    _add_evaluation_and_output_commands(sub)
+    _add_bench_command(sub)
+    return p
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
