@@ -132,7 +132,7 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     organs = json.loads((tables / "table1.provenance.json").read_text())["organs_in_mean"]
     scored = pd.read_csv(tmp_path / "results" / "metrics" / "a__f0.csv").dropna(subset=["dsc"])["organ"].unique()
     assert set(scored) <= set(organs) and len(organs) >= 2
-    assert f"DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}." in (tables / "table1.md").read_text()
+    assert f"** DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}." in (tables / "table1.md").read_text()
     png = tmp_path / "results" / "figures" / "fig1_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     # setting c asks for 2 GPUs: two torchrun ranks (gloo on this CPU machine) trained it

@@ -146,9 +146,9 @@ NOTE = ("DSC/NSD: mean over organs of per-organ means over cases, averaged over 
         "have 1 seed. Training time: one training of the row, mean over seeds.")
 
 
-def to_markdown(df: pd.DataFrame, title: str) -> str:
+def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
     head, body = _display_rows(df)
-    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"**{title}**" + (f" {note}" if note else ""), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(v) + " |" for v in body]
     return "\n".join(lines) + "\n\n" + NOTE + "\n"
 
@@ -159,9 +159,9 @@ def _tex(text: str) -> str:
     return text
 
 
-def to_latex(df: pd.DataFrame, title: str) -> str:
+def to_latex(df: pd.DataFrame, title: str, note: str = "") -> str:
     head, body = _display_rows(df)
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(title)} {_tex(NOTE)}}}",
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(' '.join(filter(None, (title, note, NOTE))))}}}",
              r"\begin{tabular}{" + "l" * len(head) + "}", r"\hline", " & ".join(map(_tex, head)) + r" \\", r"\hline"]
     lines += [" & ".join(map(_tex, v)) + r" \\" for v in body]
     lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
@@ -179,9 +179,9 @@ def scored_organs(config: dict, table: dict, outdir: Path) -> list[str]:
     return list(organs)
 
 
-def caption(title: str, organs: list[str]) -> str:
-    """The table's title and the organs its means are over (the caption a reader sees)."""
-    return f"{title} DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}."
+def organs_note(organs: list[str]) -> str:
+    """The caption's sentence naming the organs a table's means are over."""
+    return f"DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}."
 
 
 def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | Path) -> pd.DataFrame:
@@ -190,13 +190,13 @@ def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | P
     table = config["tables"][name]
     df = table_rows(config, table, outdir, config.get("seed", 0))
     organs = scored_organs(config, table, outdir)
-    title = caption(table.get("title", name), organs)
+    title, note = table.get("title", name), organs_note(organs)
     with atomic_path(tables_dir / f"{name}.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(tables_dir / f"{name}.md") as tmp:
-        tmp.write_text(to_markdown(df, title))
+        tmp.write_text(to_markdown(df, title, note))
     with atomic_path(tables_dir / f"{name}.tex") as tmp:
-        tmp.write_text(to_latex(df, title))
+        tmp.write_text(to_latex(df, title, note))
     record = provenance(config.get("seed"), config)
     record["organs_in_mean"] = organs
     record["row_training_seeds"] = [{"row": str(r["row"]), "seeds": [int(v) for v in str(r["seeds"]).split(",")]}
