@@ -181,6 +181,9 @@ def test_train_outputs(pipeline):
     assert ckpt["plan"]["setting"]["name"] == "tiny"
     assert summary["deterministic"] == {"mode": "auto", "deterministic_kernels": True, "cudnn_benchmark": False}
     assert 0 <= summary["data_wait_fraction"] <= 1 and (log["data_wait_fraction"].between(0, 1)).all()
+    # the augmentation runs in the training thread: its share is reported apart from the wait
+    assert 0 < summary["augment_fraction"] < 1 and (log["augment_fraction"].between(0, 1)).all()
+    assert summary["augment_fraction"] + summary["data_wait_fraction"] < 1
 
 
 def test_model_of_an_older_format_is_refused_with_a_clear_message(pipeline, tmp_path, capsys):

@@ -292,10 +292,12 @@ class Prefetcher:
     of the training step, so cropping (and pinning) overlaps with the step. The thread is the
     only user of the sampler's generator while it runs, and it stops after exactly ``count``
     draws, so the generator state after the epoch, which a checkpoint saves, is the same
-    with or without prefetching. ``wait_seconds`` is the time the consumer spent blocked."""
+    with or without prefetching. ``wait_seconds`` is the time the consumer spent blocked;
+    ``finish_seconds`` the time it spent in ``finish_batch`` (the augmentation and the device
+    copy, which run in the consumer's thread: real work on a CPU, kernel launches on a GPU)."""
 
     def __init__(self, sampler: PatchSampler, count: int, depth: int = 2):
-        self.sampler, self.count, self.served, self.wait_seconds = sampler, count, 0, 0.0
+        self.sampler, self.count, self.served, self.wait_seconds, self.finish_seconds = sampler, count, 0, 0.0, 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -322,7 +324,10 @@ class Prefetcher:
         self.served += 1
         if self.served == self.count:
             self._thread.join()
-        return self.sampler.finish_batch(item)
+        t0 = time.perf_counter()
+        batch = self.sampler.finish_batch(item)
+        self.finish_seconds += time.perf_counter() - t0
+        return batch
 
     def close(self) -> None:
         """Stop early (an error in the consumer): the thread ends after its current draw."""

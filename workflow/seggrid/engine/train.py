@@ -82,7 +82,7 @@ from seggrid.io import atomic_path, provenance, write_json
 __all__ = ["train", "train_step", "training_loss", "model_hash", "configure_determinism", "peak_memory_mb"]
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
-              "seconds", "data_wait_fraction", "peak_mem_mb"]
+              "seconds", "data_wait_fraction", "augment_fraction", "peak_mem_mb"]
 
 
 def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupervisionLoss:
@@ -299,7 +299,7 @@ def train_epoch(t: Training, epoch: int) -> tuple[torch.Tensor, float]:
                                    f"{t.out_dir / 'checkpoint_latest.pt'}")
     finally:
         batches.close()
-    return loss_sum, batches.wait_seconds
+    return loss_sum, batches.wait_seconds, batches.finish_seconds
 
 
 def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
@@ -312,7 +312,7 @@ def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
     lr = learning_rate(s, epoch)
     for param_group in t.optimizer.param_groups:
         param_group["lr"] = lr
-    loss_sum, train_wait = train_epoch(t, epoch)
+    loss_sum, train_wait, augment_s = train_epoch(t, epoch)
     t.val_sampler.rng = np.random.default_rng([t.seed + epoch, t.dp_index, 7])   # same patches on every run
     val_loss, counts, val_wait = validate(t.forward, t.plan, t.val_sampler, t.loss_fn, t.plan["n_classes"],
                                           t.precision, t.memory_format, t.split)
@@ -329,6 +329,7 @@ def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": pseudo,
            "pseudo_dice_ema": ema, "foreground_fraction": t.sampler.foreground_fraction, "lr": lr,
            "seconds": time.time() - t0, "data_wait_fraction": (train_wait + val_wait) / (time.time() - t0),
+           "augment_fraction": augment_s / (time.time() - t0),
            "peak_mem_mb": peak_memory_mb(t.device)}
     row.update({col: float(d) for col, d in zip(t.columns, dice)})
     if s["foreground_sampling"] == "adaptive":
@@ -346,6 +347,7 @@ def finish(t: Training, state: RunState) -> dict:
         "precision": t.precision, "deterministic": t.determinism, "compile": t.compiled,
         "channels_last": bool(s.get("channels_last")), "wall_seconds": wall,
         "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
+        "augment_fraction": float(np.mean([r.get("augment_fraction", 0.0) for r in log])),
         "gpu_hours": wall * t.world / 3600 if t.device.type == "cuda" else 0.0,
         "samples_per_second": s["epochs"] * s["iterations_per_epoch"] * s["batch"] / max(wall, 1e-9),
         "peak_mem_mb": max(r["peak_mem_mb"] for r in log), "final_pseudo_dice_ema": state.ema,
