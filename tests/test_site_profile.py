@@ -45,7 +45,7 @@ def test_every_cpu_step_has_measured_resources_in_the_workflow_profile():
     assert set(profile) == {"set-resources"}       # nothing a site profile sets: the workflow profile overrides it
     rules = {m for f in (ROOT / "workflow" / "rules").glob("*.smk")
              for m in re.findall(r"^rule (\w+):", f.read_text(), re.M)}
-    from_config = {"train", "predict", "predict_member", "predict_cv"}     # resources from the config
+    from_config = {"train", "predict", "predict_member", "predict_cv", "predict_test_member"}   # from the config
     assert set(profile["set-resources"]) == rules - from_config - {"all"}
     assert all({"mem_mb", "runtime"} <= set(r) for r in profile["set-resources"].values())
 

@@ -84,6 +84,10 @@ if submission_member_sets():
             f"{OUT}/benchmarks/submission/submission.tsv"
         conda:
             ENV
+        resources:
+            # as rule `ensemble` (profiles/default): A & B of two 5-fold models, 1.0 GB, 14 s/case
+            mem_mb=4000,
+            runtime=capped_runtime(120),
         params:
             dataset=dataset_args(),
             seed=prediction_set_seed(config, SUBMISSION_PSET),
