@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for whoever has a GPU: every GPU figure of issue 19 into one JSON file, within
+# One command for whoever has a GPU: every GPU figure (step, compile, epoch, inference, memory against nnU-Net) into one JSON file, within
 # about 8 minutes on one GPU, from a checkout with a plain Python that has torch (no Snakemake).
 #
 # Usage: benchmarks/gpu_check.sh [-o FILE] [PYTHON [NNUNET_PYTHON]]

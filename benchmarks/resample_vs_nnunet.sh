@@ -2,7 +2,7 @@
 # Preprocessing worker against nnU-Net 2.8.1, same AMOS-sized case, one core each, sides
 # alternating for ROUNDS rounds (default 2); one JSON line per side and round, then the ratios.
 #   benchmarks/resample_vs_nnunet.sh NNUNET_PYTHON [WORKDIR]
-# NNUNET_PYTHON: a venv with nnunetv2==2.8.1 (README, "Benchmarks").
+# NNUNET_PYTHON: a venv with nnunetv2==2.8.1 (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NNUNET_PY=${1:?usage: benchmarks/resample_vs_nnunet.sh NNUNET_PYTHON [WORKDIR]}
