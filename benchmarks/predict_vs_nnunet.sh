@@ -22,6 +22,8 @@
 # Seconds per case: ours = the case's preprocessing (preprocess timings.json, one worker) + the
 # predict process (start-up, model load, sliding window, labels in the input geometry); nnU-Net =
 # its whole process (start-up, model load, predict_from_files: preprocessing, sliding window, export).
+# --work DIR keeps the files and reuses the data and the model (same plan). Wall seconds on a shared
+# machine follow its load: each side's process CPU seconds are printed too.
 # Prints JSON: both sides per fold count, the agreement of the two label maps (share of equal voxels,
 # Dice per organ between them), ratios, and what is not nnU-Net's default.
 set -euo pipefail
@@ -89,10 +91,16 @@ print(json.dumps({'name': 'predict_bench', 'patch': [int(v) for v in '$PATCH'.sp
                   'precision': '$PRECISION', 'augmentation': 'none', 'gpus': $GPUS, 'threads': $THREADS}))")
 run $SEGGRID plan --setting-json "$SETTING" --fingerprint "$WORK/fingerprint.json" --dataset-check "$WORK/check.json" \
   --target-spacing $TARGET --out "$WORK/plan.json"
-log "training a small model ($EPOCHS epochs x $ITER iterations, patch $PATCH, features $BASE..$MAXF, $DEVICE)"
-rm -rf "$WORK/model" "$WORK/export" "$WORK/ours_"* "$WORK/nnunet_"*
-run $SEGGRID train --plan "$WORK/plan.json" --preprocessed "$WORK/pre" --splits "$WORK/splits.json" --fold 0 \
-  --seed 1 --threads "$THREADS" --gpus "$GPUS" --out "$WORK/model"
+rm -rf "$WORK/export" "$WORK/ours_"* "$WORK/nnunet_"*
+if [ -f "$WORK/model/model.pt" ] && cmp -s "$WORK/plan.json" "$WORK/model.plan.json"; then
+  log "reusing the model trained in $WORK/model for this plan"
+else
+  log "training a small model ($EPOCHS epochs x $ITER iterations, patch $PATCH, features $BASE..$MAXF, $DEVICE)"
+  rm -rf "$WORK/model"
+  run $SEGGRID train --plan "$WORK/plan.json" --preprocessed "$WORK/pre" --splits "$WORK/splits.json" --fold 0 \
+    --seed 1 --threads "$THREADS" --gpus "$GPUS" --out "$WORK/model"
+  cp "$WORK/plan.json" "$WORK/model.plan.json"
+fi
 MAX_FOLDS=$(echo $FOLDS | tr ' ' '\n' | sort -n | tail -1)
 run $SEGGRID export-nnunet --model $(for _ in $(seq "$MAX_FOLDS"); do printf '%s ' "$WORK/model/model.pt"; done) \
   --preprocessed "$WORK/pre" --out "$WORK/export"
@@ -139,10 +147,11 @@ for n in folds:
             "preprocess_seconds": round(pre_seconds, 2), "predict_process_seconds": round(mem_o["wall_seconds"], 2),
             "predict_in_job_seconds": round(info["cases"][case]["seconds"], 2),
             "peak_device_mb": round(info["cases"][case]["peak_mem_mb"], 1) if cuda else None,
-            "peak_tree_rss_mb": mem_o["peak_tree_rss_mb"], "peak_tree_pss_mb": mem_o["peak_tree_pss_mb"]}
+            "peak_tree_rss_mb": mem_o["peak_tree_rss_mb"], "peak_tree_pss_mb": mem_o["peak_tree_pss_mb"],
+            "process_cpu_seconds": mem_o.get("cpu_seconds")}
     nn.update({"seconds_per_case": round(mem_n["wall_seconds"], 2), "precision": "fp16 autocast" if cuda else "fp32",
                "peak_tree_rss_mb": mem_n["peak_tree_rss_mb"], "peak_tree_pss_mb": mem_n["peak_tree_pss_mb"],
-               "peak_processes": mem_n["peak_processes"]})
+               "peak_processes": mem_n["peak_processes"], "process_cpu_seconds": mem_n.get("cpu_seconds")})
     a = np.asarray(nib.load(os.path.join(work, f"ours_{n}", f"{case}.nii.gz")).dataobj)
     b = np.asarray(nib.load(nn["label_file"]).dataobj)
     agreement = {"shape_ours": list(a.shape), "shape_nnunet": list(b.shape)}
@@ -166,6 +175,7 @@ for n in folds:
     runs[n] = {"seggrid": ours, "nnunet": nn, "agreement": agreement}
     r = lambda k, o=ours, t=nn: round(o[k] / t[k], 3) if t.get(k) else None
     ratio[f"seconds_per_case_{n}_fold{'s' if n != '1' else ''}"] = r("seconds_per_case")
+    ratio[f"process_cpu_seconds_{n}"] = r("process_cpu_seconds")
     ratio[f"peak_tree_pss_{n}"] = r("peak_tree_pss_mb")
     if cuda:
         ratio[f"peak_device_{n}"] = r("peak_device_mb")
