@@ -14,8 +14,8 @@
 #     2.0 x 0.688 x 0.688 mm, the paper's patch 64 160 160, features 32..320, fp16.
 # Steps (our venv: $BIN/python, default .venv/bin): seggrid make-scale-data (2 training cases of the
 # real CT sample + 1 validation case, the one predicted) -> validate -> fingerprint -> split (2 folds)
-# -> plan -> preprocess -> train a small model on fold 0 (--epochs x --iterations, no augmentation:
-# it only has to give both sides the same non-trivial weights) -> seggrid export-nnunet. Then for each fold count:
+# -> plan -> preprocess -> train a small model on fold 0 (--epochs x --iterations, no augmentation,
+# not compiled: it only has to give both sides the same non-trivial weights) -> seggrid export-nnunet. Then for each fold count:
 # ours = `seggrid predict --cases evaluation --labels-out` (the model.pt given N times: with one trained
 # fold, "5 folds" are the same weights 5 times, on both sides, so the work is 5 folds' work) and
 # nnU-Net = nnunet_predict.py on the export (fold_0..fold_N-1), each under benchmarks/tree_memory.py.
@@ -88,7 +88,7 @@ SETTING=$($BIN/python -c "
 import json
 print(json.dumps({'name': 'predict_bench', 'patch': [int(v) for v in '$PATCH'.split()], 'batch': 2, 'epochs': $EPOCHS,
                   'iterations_per_epoch': $ITER, 'val_iterations': 1, 'base_features': $BASE, 'max_features': $MAXF,
-                  'precision': '$PRECISION', 'augmentation': 'none', 'gpus': $GPUS, 'threads': $THREADS}))")
+                  'precision': '$PRECISION', 'augmentation': 'none', 'compile': False, 'gpus': $GPUS, 'threads': $THREADS}))")
 run $SEGGRID plan --setting-json "$SETTING" --fingerprint "$WORK/fingerprint.json" --dataset-check "$WORK/check.json" \
   --target-spacing $TARGET --out "$WORK/plan.json"
 rm -rf "$WORK/export" "$WORK/ours_"* "$WORK/nnunet_"*
