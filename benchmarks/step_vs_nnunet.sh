@@ -3,7 +3,8 @@
 # network + loss + step on the same topology, patch, batch, classes, precision and device,
 # as nnUNetTrainer runs it by default there (on CUDA it compiles the network and its Dice
 # term; on the CPU nothing; benchmarks/nnunet_step.py). The two sides alternate for ROUNDS
-# rounds (default 2: ours, nnU-Net, ours, nnU-Net), so a slow spell of a noisy machine hits
+# rounds (default 2: ours, nnU-Net, then nnU-Net, ours: each round swaps who goes first), so a
+# slow spell or a drift of a noisy machine hits
 # both; medians are over every timed step of a side. Each process's warm-up steps
 # (--warmup: compilation, cuDNN autotuning) are timed apart, in first_steps_seconds (one list
 # per round), and never counted as step time.
@@ -26,9 +27,18 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export nnUNet_raw=${nnUNet_raw:-$tmp/nnunet_raw} nnUNet_preprocessed=${nnUNet_preprocessed:-$tmp/nnunet_pre}
 export nnUNet_results=${nnUNet_results:-$tmp/nnunet_results}
+# Rounds alternate which side goes first (ours, nnU-Net; nnU-Net, ours; ...), so a machine whose
+# speed drifts during the run favours neither side. nnU-Net's side takes its shapes from the
+# last JSON of ours (the same every round).
+ours() { PYTHONPATH=workflow${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m seggrid bench step "$@" > "$tmp/ours_$r.json"; }
 for r in $(seq "$ROUNDS"); do
-  PYTHONPATH=workflow${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m seggrid bench step "$@" > "$tmp/ours_$r.json"
-  "$NNUNET_PYTHON" benchmarks/nnunet_step.py "$tmp/ours_$r.json" > "$tmp/nnunet_$r.json"
+  if (( r % 2 == 1 )); then
+    ours "$@"
+    "$NNUNET_PYTHON" benchmarks/nnunet_step.py "$tmp/ours_$r.json" > "$tmp/nnunet_$r.json"
+  else
+    "$NNUNET_PYTHON" benchmarks/nnunet_step.py "$tmp/ours_$((r - 1)).json" > "$tmp/nnunet_$r.json"
+    ours "$@"
+  fi
 done
 "$PYTHON" - "$tmp" "$ROUNDS" <<'PY'
 import json, statistics, sys
