@@ -6,7 +6,7 @@ time the job has left; anywhere: ``SEGGRID_WALLTIME_DEADLINE``, a Unix time in s
 After every epoch it asks :meth:`WallTimeGuard.should_stop`: when the time left is less
 than the margin plus the longest epoch so far, the next epoch might not finish, so the
 trainer writes ``checkpoint_latest.pt`` at that epoch boundary and calls
-:func:`requeue_or_exit`. Under SLURM that is ``scontrol requeue $SLURM_JOB_ID``: SLURM ends
+:func:`request_requeue` (rank 0) and :func:`end_run`. Under SLURM that is ``scontrol requeue $SLURM_JOB_ID``: SLURM ends
 this run of the job and queues the same job (same id, ``Restarts`` + 1); its next run
 resumes from the checkpoint, so the weights equal an uninterrupted run's. Outside SLURM
 (or when the requeue is refused) the process exits with :data:`EXIT_REQUEUE` (75,
