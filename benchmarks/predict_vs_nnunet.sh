@@ -71,19 +71,9 @@ log() { echo "[predict_vs_nnunet] $*" >&2; }
 run() { "$@" > "$WORK/step.log" 2>&1 || { tail -30 "$WORK/step.log" >&2; exit 1; }; }
 
 t_data=$(date +%s)
-key="$SHAPE $SPACING $TARGET"
-if [ ! -f "$WORK/data.done" ] || [ "$(cat "$WORK/data.done")" != "$key" ]; then
-  log "making 3 cases of $SHAPE voxels at $SPACING mm and preprocessing them at $TARGET mm"
-  rm -rf "$WORK/data" "$WORK/pre"
-  run $SEGGRID make-scale-data --out "$WORK/data" --ct-train 2 --mr-train 0 --ct-val 1 --mr-val 0 \
-    --shape $SHAPE --spacing $SPACING
-  run $SEGGRID validate --dataset "$WORK/data" --out "$WORK/check.json"
-  run $SEGGRID fingerprint --dataset "$WORK/data" --out "$WORK/fingerprint.json"
-  run $SEGGRID split --dataset-check "$WORK/check.json" --folds 2 --out "$WORK/splits.json"
-  run $SEGGRID preprocess --dataset "$WORK/data" --fingerprint "$WORK/fingerprint.json" --target-spacing $TARGET \
-    --threads "$THREADS" --out "$WORK/pre"
-  echo "$key" > "$WORK/data.done"
-fi
+# shellcheck source=benchmarks/bench_data.sh
+source benchmarks/bench_data.sh      # cwd: the repository root (cd above)
+bench_data 2 1 2
 SETTING=$($BIN/python -c "
 import json
 print(json.dumps({'name': 'predict_bench', 'patch': [int(v) for v in '$PATCH'.split()], 'batch': 2, 'epochs': $EPOCHS,
