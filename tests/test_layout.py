@@ -3,7 +3,7 @@ what the Snakefile imports does not pull in torch (``snakemake -n`` stays light)
 
 Stages, earliest first: the bottom (``config``, ``io``, ``errors`` and the tooling beside them,
 ``config_docs``, ``site_profile``), then ``data`` -> ``engine`` -> ``inference`` ->
-``evaluation`` -> ``outputs``; ``cli``, ``bench`` and ``__main__`` sit on top.
+``evaluation`` -> ``outputs``; ``cli``, ``commands``, ``bench`` and ``__main__`` sit on top.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "workflow" / "seggrid"
 RANK = {"": 0, "config": 0, "io": 0, "errors": 0, "config_docs": 0, "site_profile": 0,
         "data": 1, "engine": 2, "inference": 3, "evaluation": 4, "outputs": 5,
-        "cli": 6, "bench": 6, "__main__": 6}
+        "cli": 6, "commands": 6, "bench": 6, "__main__": 6}
 
 
 def _module_name(path: Path) -> str:
