@@ -69,6 +69,19 @@ def test_soft_surface_counts_boundary_voxels():
     assert PerimeterTerm()(logits, t).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_perimeter_term_is_weighted_by_perimeter_weight():
+    """dice_perimeter = Dice + perimeter_weight x perimeter (recipe.perimeter_weight, default 0.1)."""
+    torch.manual_seed(2)
+    target = torch.randint(0, 3, (2, 1, 5, 6, 6))
+    logits = 0.01 * torch.randn(2, 3, 5, 6, 6, dtype=torch.float64)   # nearly flat: almost no predicted surface
+    dice, unweighted = DiceTerm()(logits, target), PerimeterTerm(1.0)(logits, target)
+    assert unweighted.item() > 0.5
+    for weight in (0.0, 0.1, 1.0):
+        value = build_loss("dice_perimeter", perimeter_weight=weight)(logits, target)
+        assert value.item() == pytest.approx((dice + weight * unweighted).item(), rel=1e-9)
+    assert build_loss("dice_perimeter")(logits, target).item() == pytest.approx((dice + 0.1 * unweighted).item())
+
+
 def test_deep_supervision_compares_each_head_with_a_downsampled_target():
     """Each head is scored at its own resolution against the nearest-downsampled target."""
     target = torch.zeros(1, 1, 4, 8, 8, dtype=torch.long)

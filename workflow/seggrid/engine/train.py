@@ -68,7 +68,7 @@ from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.engine.checkpoint import RunState, model_hash, resume, save_checkpoint
 from seggrid.engine.device import (configure_determinism, distributed_context, peak_memory_mb, seed_everything,
                                    use_compile)
-from seggrid.engine.losses import DeepSupervisionLoss, build_loss
+from seggrid.engine.losses import PERIMETER_WEIGHT, DeepSupervisionLoss, build_loss
 from seggrid.engine.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
                                     head_scales)
 from seggrid.engine.progress import ProgressWriter
@@ -90,7 +90,8 @@ def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupe
     target downsampled to its resolution (reduced over a sample's slabs under ``spatial``)."""
     s = plan["setting"]
     n_outputs = deep_supervision_outputs(plan)
-    return DeepSupervisionLoss(build_loss(s["loss"], s["batch_dice"], spatial),
+    loss = build_loss(s["loss"], s["batch_dice"], spatial, s.get("perimeter_weight", PERIMETER_WEIGHT))
+    return DeepSupervisionLoss(loss,
                                deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
                                head_scales(plan, n_outputs))
 
