@@ -119,8 +119,8 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    determinism = configure_determinism(deterministic, dev)
     compile_mode, compile_ = compile_, use_compile(compile_, dev)     # auto: on CUDA, as recipe.compile
+    determinism = configure_determinism(deterministic, dev, compile_)
     precision = effective_precision(precision, dev)
     torch.manual_seed(seed)
     plan = step_plan(patch, spacing, base_features, max_features, classes, max_pools_per_axis, loss, batch_dice)

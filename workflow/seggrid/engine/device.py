@@ -55,18 +55,25 @@ def use_compile(mode: str | bool, device: torch.device, spatial: bool = False) -
     return bool(mode)
 
 
-def configure_determinism(mode: str | bool, device: torch.device) -> dict:
+def configure_determinism(mode: str | bool, device: torch.device, compiling: bool = True) -> dict:
     """Apply ``recipe.deterministic`` and return what ran (recorded in summary.json).
 
     ``auto``: deterministic kernels on a CPU (bitwise-reproducible runs), none on a GPU, where
     cudnn.benchmark picks the fastest convolution algorithms as nnU-Net does. ``true`` /
-    ``false`` force either everywhere."""
+    ``false`` force either everywhere. ``compiling``: whether the network will run through
+    ``torch.compile``. If not, only the eager kernels' flag is set: the public
+    ``torch.use_deterministic_algorithms`` also sets the flag of torch's compiler (inductor),
+    and importing the compiler for it cost 1.4 s of every CPU training job's start-up."""
     if mode not in ("auto", True, False):
         raise SeggridError(f"recipe.deterministic must be auto, true or false, got {mode!r}")
     deterministic = device.type != "cuda" if mode == "auto" else bool(mode)
     if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's deterministic workspace
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if compiling:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(deterministic, warn_only=True)
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
     # deterministic mode also fills every new tensor with NaN (measured: a fifth of a CPU step);
     # our kernels never read memory before writing it, so results stay bitwise the same
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -230,7 +230,8 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
               f"{world} rank(s), device {device}", flush=True)
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(seed + fold)
-    determinism = configure_determinism(s.get("deterministic", "auto"), device)
+    compiled = use_compile(s.get("compile", "auto"), device, bool(plan.get("partition")))
+    determinism = configure_determinism(s.get("deterministic", "auto"), device, compiled)
     spatial = None
     if plan.get("partition"):
         spatial = SpatialContext.create(rank, world, plan["partition"]["parts"], plan["partition"]["axis"])
@@ -264,7 +265,6 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         partition_network(net, spatial)          # halo exchange + global norm statistics; state_dict unchanged
     elif world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    compiled = use_compile(s.get("compile", "auto"), device, spatial is not None)
     forward = torch.compile(model) if compiled else model       # state_dict stays the plain network's
     return Training(
         plan=plan, setting=s, fold=fold, seed=seed, out_dir=out_dir, rank=rank, world=world, device=device,
