@@ -27,8 +27,8 @@ def test_demo_config_is_valid_and_fills_defaults():
     assert cfg["recipe"]["perimeter_weight"] == 0.1 and cfg["recipe"]["precision"] == "bf16"
     s = resolve_setting(cfg, "p32_bs2_focal")
     assert (s["batch"], s["loss"], s["patch"], s["epochs"]) == (2, "dice_focal", [16, 32, 32], 20)
-    s = resolve_setting(cfg, "p24_bs2_topk_e40")
-    assert (s["batch"], s["loss"], s["patch"], s["epochs"]) == (2, "dice_topk", [16, 24, 24], 40)
+    s = resolve_setting(cfg, "p32_bs2_topk")
+    assert (s["batch"], s["loss"], s["patch"], s["epochs"]) == (2, "dice_topk", [16, 32, 32], 20)
 
 
 def test_shared_settings_train_once():
@@ -36,15 +36,20 @@ def test_shared_settings_train_once():
     jobs = training_jobs(cfg)
     assert len(jobs) == len(set(jobs))
     assert ("p24_bs2_ce", 0, 12345) in jobs and ("p24_bs8_ce", 4, 12345) in jobs
-    # 12 single-fold settings (Tables 1-3 and model B's fold 0) + 4 more folds of A (the bs 8
-    # row of Table 2) + 4 more folds of B, + Table 3's 4 rows with its second seed
+    # 10 single-fold settings (Tables 1-3; model B's fold 0 is Table 3's Focal row) + 4 more
+    # folds of A (the bs 8 row of Table 2) + 4 more folds of B, + Table 3's 4 rows with its second seed
     seeds = cfg["tables"]["table3"]["training_seeds"]
     assert seeds[0] == cfg["seed"] and len(seeds) == 2 and "training_seeds" not in cfg["tables"]["table1"]
-    assert len(jobs) == 12 + 4 + 4 + 4
-    assert {s for s, f, seed in jobs if seed == seeds[1]} == {"p24_bs2_ce_e40", "p24_bs2_focal_e40",
-                                                               "p24_bs2_topk_e40", "p24_bs2_perimeter_e40"}
-    # 11 single-fold rows + A, B and A & B + Table 3's second seed
-    assert len(prediction_sets(cfg)) == 11 + 3 + 4
+    assert len(jobs) == 10 + 4 + 4 + 4
+    assert {s for s, f, seed in jobs if seed == seeds[1]} == {"p32_bs2_ce", "p32_bs2_focal", "p32_bs2_topk",
+                                                               "p32_bs2_perimeter"}
+    # 10 single-fold rows + A, B and A & B + Table 3's second seed
+    assert len(prediction_sets(cfg)) == 10 + 3 + 4
+    # p32_bs2_ce (Table 1 with one seed, Table 3 with two) is trained once per seed
+    assert [j for j in jobs if j[0] == "p32_bs2_ce"] == [("p32_bs2_ce", 0, 12345), ("p32_bs2_ce", 0, seeds[1])]
+    # model B's fold 0 with the base seed is Table 3's Focal row, trained once
+    assert [j for j in jobs if j[0] == "p32_bs2_focal"] == (
+        [("p32_bs2_focal", 0, 12345), ("p32_bs2_focal", 0, seeds[1])] + [("p32_bs2_focal", f, 12345) for f in range(1, 5)])
     # p24_bs8_ce (a Table 2 row and model A's fold 0) is trained once per fold
     assert [j for j in jobs if j[0] == "p24_bs8_ce"] == [("p24_bs8_ce", f, 12345) for f in range(5)]
 
@@ -67,8 +72,9 @@ def test_training_seeds_make_one_prediction_set_per_seed_and_five_fold_rows_keep
     assert prediction_set_seed(cfg, "a+b__f0-1__s7") == 7 and prediction_set_seed(cfg, "a+b__f0-1") == 12345
     assert single_model_set(cfg, "a+b__f0-1__s7", "b") == "b__f0-1__s7"
     jobs = training_jobs(cfg)
-    # Tables 1 and 3 (8 settings) x 2 seeds, Table 2's 4 rows x 3 seeds, A and B x 5 folds
-    assert len(jobs) == 8 * 2 + 4 * 3 + 10 + 1   # + Figure 1: bs 16, base seed
+    # Tables 1 and 3 (7 settings, Table 1 and 3 share one) x 2 seeds, Table 2's 4 rows x 3 seeds,
+    # A x 5 folds and B x 4 more folds (its fold 0 with the base seed is Table 3's Focal row)
+    assert len(jobs) == 7 * 2 + 4 * 3 + 5 + 4 + 1   # + Figure 1: bs 16, base seed
     assert ("p24_bs2_ce", 0, 12345) in jobs           # Figure 1's fold-0 curves: the base seed
     assert all(seed == 12345 for s, f, seed in jobs if f > 0)
 

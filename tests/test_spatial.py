@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 import spatial_worker  # noqa: E402
 
 from seggrid.errors import SeggridError  # noqa: E402
-from seggrid.engine.spatial import check_partitionable, default_axis  # noqa: E402
+from seggrid.config import default_axis  # noqa: E402
+from seggrid.engine.planner import check_partitionable  # noqa: E402
 
 TOLERANCE = 1e-5
 

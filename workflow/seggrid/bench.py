@@ -206,7 +206,8 @@ def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> No
 
     from seggrid.engine.network import build_network
     from seggrid.engine.recipe import build_optimizer, grad_scaler
-    from seggrid.engine.spatial import SpatialContext, check_partitionable, partition_network, sync_gradients
+    from seggrid.engine.planner import check_partitionable
+    from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
     from seggrid.engine.train import train_step, training_loss
 
     torch.set_num_threads(cfg["threads"])

@@ -18,12 +18,27 @@ from __future__ import annotations
 
 import math
 
-from seggrid.config import model_setting
+from seggrid.config import default_axis, model_setting
 from seggrid.data.geometry import coarsest_first
 from seggrid.errors import SeggridError
-from seggrid.engine.spatial import check_partitionable
 
 MIN_FEATURE_MAP = 4
+
+
+AXIS_NAMES = ("first", "second", "third")
+
+
+def check_partitionable(name: str, patch: list[int], divisor: list[int], parts: int, axis: int | None) -> int:
+    """The axis to split; raises when a slab is not a multiple of the stride product."""
+    axis = default_axis(patch) if axis is None else axis
+    slab, div = patch[axis] / parts, divisor[axis]
+    if slab != int(slab) or int(slab) % div:
+        raise SeggridError(
+            f"setting '{name}': spatial_partitions {parts} splits the patch's {AXIS_NAMES[axis]} axis "
+            f"({patch[axis]} voxels) into slabs of {slab:g}, but the network's strided convolutions along that "
+            f"axis have a stride product of {div}; each slab must be a multiple of {div} so that its boundary "
+            f"falls on a voxel at every resolution. Use a patch size there that is a multiple of {parts * div}.")
+    return axis
 
 
 def plan_topology(patch: list[int], spacing: list[float], base_features: int = 32,

@@ -35,10 +35,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from seggrid.config import default_axis
 from seggrid.errors import SeggridError
 
-AXIS_NAMES = ("first", "second", "third")
 
 
 @dataclass
@@ -84,19 +82,6 @@ class SpatialContext:
         """This rank's slab of a (B, C, a0, a1, a2) tensor (a contiguous copy)."""
         length = t.shape[self.dim] // self.size
         return t.narrow(self.dim, self.index * length, length).contiguous()
-
-
-def check_partitionable(name: str, patch: list[int], divisor: list[int], parts: int, axis: int | None) -> int:
-    """The axis to split; raises when a slab is not a multiple of the stride product."""
-    axis = default_axis(patch) if axis is None else axis
-    slab, div = patch[axis] / parts, divisor[axis]
-    if slab != int(slab) or int(slab) % div:
-        raise SeggridError(
-            f"setting '{name}': spatial_partitions {parts} splits the patch's {AXIS_NAMES[axis]} axis "
-            f"({patch[axis]} voxels) into slabs of {slab:g}, but the network's strided convolutions along that "
-            f"axis have a stride product of {div}; each slab must be a multiple of {div} so that its boundary "
-            f"falls on a voxel at every resolution. Use a patch size there that is a multiple of {parts * div}.")
-    return axis
 
 
 # --- communication ------------------------------------------------------------------------

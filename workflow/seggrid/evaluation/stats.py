@@ -21,8 +21,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
-from scipy.stats import wilcoxon
 
 N_BOOTSTRAP = 2000
 #: significance level of the seed-spread test
@@ -94,6 +92,8 @@ def seed_spread_test(row: list[float], baseline: list[float], alpha: float = SEE
     if pooled_sd == 0:             # identical trainings: any difference exceeds a zero spread
         p = 1.0 if diff == 0 else 0.0
     else:
+        from scipy.stats import t as student_t      # scipy.stats: about 1 s of import, so only where used
+
         t = diff / (pooled_sd * np.sqrt(1 / len(a) + 1 / len(b)))
         p = float(2 * student_t.sf(abs(t), df))
     return {"diff": diff, "pooled_sd": pooled_sd, "df": df, "p": p, "exceeds": bool(p < alpha)}
@@ -117,4 +117,6 @@ def paired_wilcoxon(row: pd.DataFrame, baseline: pd.DataFrame, metric: str) -> t
         return float("nan"), int(len(x))
     if np.allclose(x, y):
         return 1.0, int(len(x))
+    from scipy.stats import wilcoxon
+
     return float(wilcoxon(x, y, alternative="two-sided").pvalue), int(len(x))
