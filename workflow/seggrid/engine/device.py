@@ -73,7 +73,6 @@ def configure_determinism(mode: str | bool, device: torch.device, compiling: boo
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
     else:
         torch._C._set_deterministic_algorithms(deterministic, warn_only=True)
-    assert torch.are_deterministic_algorithms_enabled() == deterministic
     # deterministic mode also fills every new tensor with NaN (measured: a fifth of a CPU step);
     # our kernels never read memory before writing it, so results stay bitwise the same
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -23,8 +23,6 @@ from seggrid.data.geometry import coarsest_first
 from seggrid.errors import SeggridError
 
 MIN_FEATURE_MAP = 4
-
-
 AXIS_NAMES = ("first", "second", "third")
 
 

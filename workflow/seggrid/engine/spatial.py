@@ -19,8 +19,8 @@ each keeps slab ``i`` of it along ``partition_axis``. All the communication live
 forwards by overriding ``forward`` on its convolution and instance-norm modules (instance
 attributes: parameters and ``state_dict`` are untouched, so the saved model is the plain
 network). Strided convolutions are exact at slab boundaries when every slab is a multiple of
-the stride product along the axis (:func:`check_partitionable`); transposed convolutions
-(kernel = stride) and 1x1x1 heads are local. Dice sums, cross-entropy means and the
+the stride product along the axis (:func:`seggrid.engine.planner.check_partitionable`);
+transposed convolutions (kernel = stride) and 1x1x1 heads are local. Dice sums, cross-entropy means and the
 deep-supervision heads are reduced in ``losses.py`` through :class:`SpatialContext`.
 """
 
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from seggrid.errors import SeggridError
-
 
 
 @dataclass
