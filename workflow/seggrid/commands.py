@@ -43,8 +43,6 @@ def cmd_slurm_profile(a):
 
 
 def cmd_status(a):
-    import json
-
     from seggrid.config import load_config
     from seggrid.outputs.status import format_status, grid_status
 

@@ -248,7 +248,7 @@ class PerimeterTerm(nn.Module):
 
 VOXEL_TERMS = ("ce", "focal", "topk")
 
-TERMS: dict[str, Callable[[], nn.Module]] = {
+TERMS: dict[str, Callable[..., nn.Module]] = {     # name -> factory (options: CompoundLoss)
     "dice": DiceTerm, "ce": lambda: VoxelTerm("ce"), "focal": lambda: VoxelTerm("focal"),
     "topk": lambda: VoxelTerm("topk"), "perimeter": PerimeterTerm,
 }
@@ -280,8 +280,8 @@ class CompoundLoss(nn.Module):
         if spatial is not None and ("topk" in terms or any(t != "dice" for t in rest)):
             raise ValueError(f"loss {'+'.join(terms)} cannot run on spatial partitions; use one of "
                              f"{list(PARTITIONABLE_LOSSES)}")
-        modules += [DiceTerm(batch_dice, spatial=spatial) if t == "dice"
-                    else PerimeterTerm(perimeter_weight) if t == "perimeter" else TERMS[t]() for t in rest]
+        options = {"dice": {"batch_dice": batch_dice, "spatial": spatial}, "perimeter": {"weight": perimeter_weight}}
+        modules += [TERMS[t](**options.get(t, {})) for t in rest]
         self.terms = nn.ModuleList(modules)
 
     def forward(self, logits, target):
