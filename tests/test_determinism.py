@@ -261,3 +261,24 @@ def test_bf16_on_the_cpu_is_deterministic_and_differs_from_fp32(pipeline, tmp_pa
              "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "False"], out
+
+
+def test_seed_and_fold_streams_are_keyed_on_the_tuple_not_a_sum(pipeline, tmp_path):
+    """(seed 4, fold 0) and (seed 3, fold 1) share seed + fold = 4 but no random stream: other
+    initial weights and other first batches (a sum-derived seed gave both the same)."""
+    import numpy as np
+
+    import seggrid.engine.train as tr
+    from seggrid.engine.device import BATCH_STREAM, stream_key, stream_seed
+
+    plan = json.loads(pipeline["plan"].read_text())
+    splits = json.loads(pipeline["splits"].read_text())
+    runs = {}
+    for seed, fold in ((4, 0), (3, 1)):
+        t = tr.setup(plan, pipeline["preprocessed"], splits, fold, tmp_path / f"s{seed}f{fold}", seed, 1, None)
+        runs[seed, fold] = ({k: v.clone() for k, v in t.net.state_dict().items()}, t.rng.integers(2**62, size=4))
+    (wa, ra), (wb, rb) = runs[4, 0], runs[3, 1]
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa if wa[k].is_floating_point())
+    assert not np.array_equal(ra, rb)
+    assert stream_key(3, 1, 0, purpose=BATCH_STREAM) == [3, 1, 0, BATCH_STREAM]
+    assert len({stream_seed(s, f, purpose=0) for s in range(5) for f in range(5)}) == 25

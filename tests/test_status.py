@@ -132,7 +132,7 @@ def test_status_knows_the_training_seed_of_each_job(tmp_path, capsys):
     (res / "metrics").mkdir()
     (res / "metrics" / "x__f0__s9.json").write_text("{}")
     lines = status_lines(capsys, cfg)
-    assert "grid in " + str(res) + ": 4 training jobs (base seed 5; fold f of seed S trains with S + f)" in lines
+    assert "grid in " + str(res) + ": 4 training jobs (base seed 5; every random stream keyed on the tuple (seed, fold, ...))" in lines
     x = [line.split() for line in lines if re.match(r"x\s+0\s", line)]
     assert [r[2:6] for r in x] == [["5", "done", "2/2", "0.2500"], ["9", "done", "2/2", "0.7500"]]
     assert [line.split()[2:4] for line in lines if re.match(r"y\s+0\s", line)] == [["5", "pending"], ["9", "pending"]]

@@ -10,8 +10,9 @@ Seeds are a grid axis: every row that does not use all folds (a single-fold row 
 the base ``seed``). A model trained with the base seed lives in ``train/<setting>/fold_<f>``
 and its prediction set is ``<models>__f<folds>``; one trained with another seed S lives in
 ``train/<setting>/seed_S/fold_<f>`` and its prediction set is ``<models>__f<folds>__sS``.
-Fold f of a model trained with seed S uses seed S + f (engine/train.py). 5-fold rows keep
-the base seed.
+Every random stream of fold f trained with seed S is keyed on the tuple (S, f, ...) through
+``numpy.random.SeedSequence`` (engine/device.py ``stream_key``), so seeds and folds never share
+a stream. 5-fold rows keep the base seed.
 """
 
 from __future__ import annotations

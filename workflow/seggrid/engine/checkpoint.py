@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from seggrid.config import model_setting
-from seggrid.engine.device import seed_everything
+from seggrid.engine.device import RESUME_STREAM, seed_everything, stream_rng, stream_seed
 from seggrid.engine.network import MODEL_FORMAT
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash
@@ -108,10 +107,10 @@ def resume(t: Training) -> RunState:
     else:
         # per-rank state cannot be mapped onto another number of ranks: re-seed it from
         # (seed, fold, epoch, group); the adaptive foreground fraction is global (all ranks equal)
-        t.rng.bit_generator.state = np.random.default_rng([t.seed, t.fold, state.start_epoch,
-                                                           t.dp_index]).bit_generator.state
+        t.rng.bit_generator.state = stream_rng(t.seed, t.fold, state.start_epoch, t.dp_index,
+                                               purpose=RESUME_STREAM).bit_generator.state
         t.sampler.foreground_fraction = ckpt["ranks"][0]["foreground_fraction"]
-        seed_everything(t.seed + t.fold + 1_000_003 * state.start_epoch + 7919 * t.rank)
+        seed_everything(stream_seed(t.seed, t.fold, state.start_epoch, t.rank, purpose=RESUME_STREAM))
         if t.rank == 0:
             print(f"[train] {path} was written by {len(ckpt['ranks'])} rank(s), this job has {t.world}: "
                   f"model, optimizer, schedule and epoch resume exactly; the samplers are re-seeded from "

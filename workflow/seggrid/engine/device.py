@@ -104,6 +104,29 @@ def distributed_context(gpus: int, what: str = "train") -> tuple[int, int, torch
     return rank, world, device
 
 
+#: what a random stream is for: the last element of its key (:func:`stream_seed`)
+INIT_STREAM, BATCH_STREAM, VALIDATION_STREAM, RESUME_STREAM = 0, 1, 2, 3
+
+
+def stream_key(seed: int, fold: int, *more: int, purpose: int) -> list[int]:
+    """The key of one random stream of a training: (seed, fold, ...more, purpose). Streams come
+    from ``numpy.random.SeedSequence`` on this tuple, never from a sum of its parts, so
+    (S, f + 1) and (S + 1, f) draw unrelated numbers."""
+    return [int(seed), int(fold), *(int(m) for m in more), int(purpose)]
+
+
+def stream_seed(seed: int, fold: int, *more: int, purpose: int) -> int:
+    """A 63-bit integer seed for a generator that takes one (torch, Python), drawn from the
+    ``SeedSequence`` of :func:`stream_key`."""
+    state = np.random.SeedSequence(stream_key(seed, fold, *more, purpose=purpose)).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def stream_rng(seed: int, fold: int, *more: int, purpose: int) -> np.random.Generator:
+    """A NumPy generator on the ``SeedSequence`` of :func:`stream_key`."""
+    return np.random.default_rng(np.random.SeedSequence(stream_key(seed, fold, *more, purpose=purpose)))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's global and torch's generators with ``seed``."""
     random.seed(seed)

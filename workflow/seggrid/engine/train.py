@@ -33,12 +33,18 @@ atomically every ``checkpoint_every`` epochs as ``checkpoint_latest.pt`` and at 
 ``model.pt`` is missing but ``checkpoint_final.pt`` is there (the job died after the last
 epoch), writes ``model.pt``/``log.csv``/``summary.json`` from it without training.
 
+Random streams: every stream of a run comes from ``numpy.random.SeedSequence`` keyed on a
+tuple (``device.stream_key``): initial weights on (seed, fold), the training batches and their
+augmentation on (seed, fold, data-parallel group), validation patches on (seed, fold, epoch,
+group), re-seeded state after a resume on another rank count on (seed, fold, epoch, rank). No
+key is a sum, so (seed S, fold f + 1) and (S + 1, f) share no stream.
+
 Checkpoints belong to the plan WITHOUT its scheduling keys (config.SCHEDULING_KEYS: gpus,
 threads, mem_mb, runtime_min): a job restarted with other resources resumes. With another
 number of ranks (gpus 2 -> 1) model, optimizer, scaler, lr schedule, epoch, EMA, log and the
 adaptive foreground fraction resume exactly; the per-rank state (patch sampler generator of
 each data-parallel group, torch/python RNGs, case cache) cannot be mapped onto the new ranks
-and is re-seeded from (seed, fold, epoch, group): the data stream after such a resume is
+and is re-seeded from the streams (seed, fold, epoch, group / rank): the data stream after such a resume is
 deterministic but not bit-identical to an uninterrupted run with the old count (printed).
 
 Wall-time limits (walltime.py): the job reads its time limit at the start; when the next epoch
@@ -66,7 +72,8 @@ import torch.distributed as dist
 from seggrid.config import batch_split_problem
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.engine.checkpoint import RunState, model_hash, resume, save_checkpoint
-from seggrid.engine.device import (configure_determinism, distributed_context, peak_memory_mb, seed_everything,
+from seggrid.engine.device import (BATCH_STREAM, INIT_STREAM, VALIDATION_STREAM, configure_determinism,
+                                   distributed_context, peak_memory_mb, seed_everything, stream_rng, stream_seed,
                                    use_compile)
 from seggrid.engine.losses import PERIMETER_WEIGHT, DeepSupervisionLoss, build_loss
 from seggrid.engine.network import (MODEL_FORMAT, build_network, deep_supervision_outputs, deep_supervision_weights,
@@ -229,7 +236,7 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
               f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} usable CUDA device(s), "
               f"{world} rank(s), device {device}", flush=True)
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
-    seed_everything(seed + fold)
+    seed_everything(stream_seed(seed, fold, purpose=INIT_STREAM))     # the same initial weights on every rank
     compiled = use_compile(s.get("compile", "auto"), device, bool(plan.get("partition")))
     determinism = configure_determinism(s.get("deterministic", "auto"), device, compiled)
     spatial = None
@@ -247,7 +254,7 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         print(f"[train] precision {s['precision']} needs CUDA; running {precision} on {device}", flush=True)
     patch = plan["topology"]["patch_effective"]
     fold_split = splits["folds"][fold]
-    rng = np.random.default_rng([seed, fold, dp_index])
+    rng = stream_rng(seed, fold, dp_index, purpose=BATCH_STREAM)
     # this group's slice of the global batch and its share of the global foreground quota (nnU-Net's)
     group = dict(global_batch=s["batch"], group=dp_index, groups=dp_size)
     sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], dp_index, dp_size),
@@ -314,7 +321,7 @@ def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
     for param_group in t.optimizer.param_groups:
         param_group["lr"] = lr
     loss_sum, train_wait, augment_s = train_epoch(t, epoch)
-    t.val_sampler.rng = np.random.default_rng([t.seed + epoch, t.dp_index, 7])   # same patches on every run
+    t.val_sampler.rng = stream_rng(t.seed, t.fold, epoch, t.dp_index, purpose=VALIDATION_STREAM)  # same on every run
     val_loss, counts, val_wait = validate(t.forward, t.plan, t.val_sampler, t.loss_fn, t.plan["n_classes"],
                                           t.precision, t.memory_format, t.split)
     stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / s["iterations_per_epoch"]])])

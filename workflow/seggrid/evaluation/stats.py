@@ -1,30 +1,51 @@
-"""Uncertainty beyond the paper: bootstrap confidence intervals and paired tests over cases.
+"""Table statistics that carry both noises of a trained-and-evaluated segmentation model:
+which evaluation cases were drawn, and which training seed was used.
 
-The table statistic of a prediction set is the mean over organs of each organ's mean over
-cases (NaN ignored), for DSC and for NSD (``metrics.summarise``). Its 95 % CI resamples
-CASES with replacement (percentile bootstrap, 2,000 resamples, fixed seed). The paired test
-compares a row with its table's baseline (first) row: per case, the mean over organs; a
-two-sided Wilcoxon signed-rank test over the cases both sets scored (scipy).
+Inputs are score arrays of one table row and one metric, ``seeds x cases x organs`` (NaN: the
+organ was not scored in that case), aligned on the same cases and organs for every row of a
+table. The *table statistic* of one training is the mean over organs of each organ's mean
+over cases (NaN ignored, the paper's aggregation); a row's value is its mean over seeds.
 
-Seeds: a row trained with several training seeds has one prediction set per seed. Its table
-value is the mean over seeds of the per-seed statistic, its spread the sample SD between
-seeds (ddof 1). Whether its difference from the baseline row exceeds the seed-to-seed spread
-is a two-sided two-sample t-test on the per-seed statistics with the variance pooled over
-both rows (:func:`seed_spread_test`): seed noise comes from the same recipe in every row,
-and pooling lets a row with 1 seed be tested against a baseline with 2 (df = n1 + n2 - 2).
-The case-level CI and Wilcoxon test of such a row use the scores averaged over its seeds.
+Every interval comes from one **two-level bootstrap** (``scipy.stats.bootstrap``, percentile
+method, ``N_BOOTSTRAP`` resamples, fixed seed): each resample draws the evaluation cases with
+replacement (one draw shared by every row: paired) and, independently for each row, its
+training seeds with replacement. On that:
+
+* :func:`row_interval`: the 95 % CI of a row's value.
+* :func:`compare`: Δ = row - baseline with its CI; the probability of outperforming
+  P(row > baseline) (a training of the row scores a higher table statistic than a training of
+  the baseline on the same cases; ties count 1/2) with its CI; the bootstrap two-sided p of
+  Δ = 0; and the Welch t-test over the two rows' per-seed statistics (``scipy.stats.ttest_ind``,
+  ``equal_var=False``). Its test p is the larger of the two (an intersection-union test: a
+  difference is claimed only when it stands out from the case noise AND from the seed noise).
+* :func:`verdicts`: Holm's step-down correction over every comparison of a table (its rows x
+  both metrics); "differs" when the corrected p is below ``ALPHA``; "too few seeds" when either
+  row has fewer than ``MIN_SEEDS`` seeds (a verdict from 1-2 seeds is not given); "n/a: <reason>"
+  when nothing can be computed.
+* :func:`seeds_needed`: the seeds per row that would resolve the observed Δ with 80 % power.
+* :func:`rank_distribution`: each row's rank (1 = best) in every resample, for the rank
+  interval and the blob plot.
+
+docs/statistics.md describes each column, the assumptions and the calibration.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-N_BOOTSTRAP = 2000
-#: significance level of the seed-spread test
-SEED_TEST_ALPHA = 0.05
+N_BOOTSTRAP = 4999
+ALPHA = 0.05
+#: fewer training seeds than this in either row: no verdict
+MIN_SEEDS = 3
+#: the most seeds :func:`seeds_needed` considers
+MAX_SEEDS = 20
+POWER = 0.8
+DIFFERS, NOT_SHOWN, TOO_FEW_SEEDS = "differs", "no difference shown", "too few seeds"
 
 
 def case_by_organ(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -32,42 +53,212 @@ def case_by_organ(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return df.pivot_table(index="case_id", columns="organ", values=metric, aggfunc="mean", dropna=False)
 
 
-def table_statistic(matrix: np.ndarray) -> float:
+def _nanmean(a: np.ndarray, axis) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.nanmean(np.nanmean(matrix, axis=0)))
+        return np.nanmean(a, axis=axis)
 
 
-def bootstrap_ci(df: pd.DataFrame, metric: str, seed: int = 0, n: int = N_BOOTSTRAP,
+def table_statistic(matrix: np.ndarray) -> float:
+    """The paper's statistic of one ``cases x organs`` matrix: organ mean of case means."""
+    return float(_nanmean(_nanmean(matrix, 0), 0))
+
+
+def score_arrays(tables: list[list[pd.DataFrame]], metric: str) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """One ``seeds x cases x organs`` array per row from tidy per-case metric tables
+    (``tables[row][seed]``), on the cases every prediction set of the table scored (at least
+    one organ with a finite score) and the union of their organs. Returns (arrays, cases, organs)."""
+    pivots = [[case_by_organ(df, metric) for df in row] for row in tables]
+    cases, organs = None, pd.Index([])
+    for row in pivots:
+        for p in row:
+            scored = p.index[np.isfinite(p.to_numpy(float)).any(axis=1)]
+            cases = scored if cases is None else cases.intersection(scored)
+            organs = organs.union(p.columns)
+    cases = cases.sort_values() if cases is not None else pd.Index([])
+    arrays = [np.stack([p.reindex(index=cases, columns=organs).to_numpy(float) for p in row]) for row in pivots]
+    return arrays, list(cases), list(organs)
+
+
+def per_seed_statistics(scores: np.ndarray, cases: np.ndarray | None = None) -> np.ndarray:
+    """The table statistic of each seed: ``scores`` (seeds x cases x organs) -> (seeds,); with
+    ``cases`` (resamples x n) an index array, the statistic on each resample -> (seeds, resamples)."""
+    picked = scores if cases is None else scores[:, cases]           # seeds x [resamples x] n x organs
+    return _nanmean(_nanmean(picked, -2), -1)
+
+
+def _seed_means(stats: np.ndarray, seed_idx: np.ndarray) -> np.ndarray:
+    """stats (seeds x resamples), seed_idx (resamples x k) -> mean of the drawn seeds (resamples,)."""
+    return _nanmean(np.take_along_axis(stats.T, seed_idx, axis=1), 1)
+
+
+def _prob_better(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(a > b) over all pairs of the last axes' values, ties 1/2: a (r x ka), b (r x kb) -> (r,)."""
+    gt = (a[..., :, None] > b[..., None, :]).mean(axis=(-2, -1))
+    eq = (a[..., :, None] == b[..., None, :]).mean(axis=(-2, -1))
+    return gt + 0.5 * eq
+
+
+def _bootstrap(arrays: list[np.ndarray], statistic, seed: int, n_resamples: int):
+    """scipy.stats.bootstrap over (case indices, seed indices of each row), each resampled with
+    replacement independently (paired=False): one case draw for every row, seeds within rows."""
+    from scipy.stats import bootstrap
+
+    n_cases = arrays[0].shape[1]
+    data = (np.arange(n_cases),) + tuple(np.arange(a.shape[0]) for a in arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")               # degenerate distributions: handled by the callers
+        return bootstrap(data, statistic, n_resamples=n_resamples, vectorized=True, paired=False,
+                         method="percentile", rng=seed, batch=max(1, 2_000_000 // max(1, n_cases * sum(
+                             a.shape[0] * a.shape[2] for a in arrays))))
+
+
+def row_interval(scores: np.ndarray, seed: int = 0, n_resamples: int = N_BOOTSTRAP,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI over cases of the organ-mean of case-means."""
-    return bootstrap_ci_over_seeds([df], metric, seed, n, level)
-
-
-def bootstrap_ci_over_seeds(dfs: list[pd.DataFrame], metric: str, seed: int = 0, n: int = N_BOOTSTRAP,
-                            level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI over cases of the mean over training seeds of the table
-    statistic: each resample draws the cases once and scores every seed's predictions of
-    those cases (``dfs``: one tidy metrics table per seed, the same evaluation cases)."""
-    tables = [case_by_organ(df, metric) for df in dfs]
-    cases = tables[0].index
-    for t in tables[1:]:
-        cases = cases.intersection(t.index)
-    organs = tables[0].columns
-    for t in tables[1:]:
-        organs = organs.union(t.columns)
-    matrices = [t.reindex(index=cases, columns=organs).to_numpy(dtype=float) for t in tables]  # seed: cases x organs
-    if len(cases) < 2:
+    """Two-level bootstrap CI of a row's value (mean over seeds of the table statistic);
+    (NaN, NaN) with fewer than 2 cases."""
+    if scores.shape[1] < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n):
-        pick = rng.integers(0, len(cases), len(cases))
-        stats.append(np.mean([table_statistic(m[pick]) for m in matrices]))
-    stats = np.array(stats)
-    stats = stats[np.isfinite(stats)]
+
+    def statistic(cases, seeds, axis=-1):
+        return _seed_means(per_seed_statistics(scores, np.atleast_2d(cases)), np.atleast_2d(seeds))
+
+    dist = _bootstrap([scores], statistic, seed, n_resamples).bootstrap_distribution
+    return _quantiles(dist, level)
+
+
+def _quantiles(dist: np.ndarray, level: float) -> tuple[float, float]:
+    dist = dist[np.isfinite(dist)]
+    if len(dist) == 0:
+        return float("nan"), float("nan")
     alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    return float(np.quantile(dist, alpha)), float(np.quantile(dist, 1 - alpha))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row against its table's baseline, for one metric."""
+
+    delta: float                 # row - baseline, means over seeds
+    delta_ci: tuple[float, float]
+    p_better: float              # P(a training of the row beats one of the baseline)
+    p_better_ci: tuple[float, float]
+    p_bootstrap: float           # two-sided bootstrap p of delta = 0 (cases and seeds)
+    p_welch: float               # Welch t-test over per-seed statistics (NaN below 2 seeds a row)
+    n_seeds: tuple[int, int]     # (row, baseline)
+    n_cases: int
+    reason: str = ""             # why no test: "" when tested
+
+    @property
+    def p(self) -> float:
+        """The test's p: the larger of the bootstrap's and Welch's (NaN when not tested)."""
+        return max(self.p_bootstrap, self.p_welch) if not self.reason else float("nan")
+
+
+def compare(row: np.ndarray, baseline: np.ndarray, seed: int = 0, n_resamples: int = N_BOOTSTRAP) -> Comparison:
+    """Δ, P(row > baseline), their CIs and the tests of ``row`` against ``baseline`` (both
+    seeds x cases x organs on the same cases). ``reason`` says why no test is made: fewer than
+    ``MIN_SEEDS`` seeds (the case-level numbers are still computed), fewer than 2 cases, or seed
+    statistics identical within both rows (no seed spread to test against)."""
+    from scipy.stats import ttest_ind
+
+    nan2 = (float("nan"), float("nan"))
+    n_seeds, n_cases = (row.shape[0], baseline.shape[0]), row.shape[1]
+    stat_r, stat_b = per_seed_statistics(row), per_seed_statistics(baseline)
+    delta = float(np.nanmean(stat_r) - np.nanmean(stat_b)) if n_cases else float("nan")
+    if n_cases < 2:
+        return Comparison(delta, nan2, float("nan"), nan2, float("nan"), float("nan"), n_seeds, n_cases,
+                          f"n/a: {n_cases} case(s) scored by both rows")
+
+    def statistic(cases, seeds_r, seeds_b, axis=-1):
+        cases, seeds_r, seeds_b = map(np.atleast_2d, (cases, seeds_r, seeds_b))
+        a = np.take_along_axis(per_seed_statistics(row, cases).T, seeds_r, axis=1)
+        b = np.take_along_axis(per_seed_statistics(baseline, cases).T, seeds_b, axis=1)
+        return np.stack([_nanmean(a, 1) - _nanmean(b, 1), _prob_better(a, b)])
+
+    dist = _bootstrap([row, baseline], statistic, seed, n_resamples).bootstrap_distribution
+    deltas = dist[0][np.isfinite(dist[0])]
+    b = len(deltas)
+    p_boot = min(1.0, 2 * min((np.sum(deltas <= 0) + 1) / (b + 1), (np.sum(deltas >= 0) + 1) / (b + 1))) \
+        if b else float("nan")
+    p_welch, reason = float("nan"), ""
+    if min(n_seeds) >= 2:
+        if np.ptp(stat_r) == 0 and np.ptp(stat_b) == 0:
+            reason = "n/a: every seed of both rows scores the same (no seed spread)"
+        else:
+            p_welch = float(ttest_ind(stat_r, stat_b, equal_var=False).pvalue)
+    if min(n_seeds) < MIN_SEEDS:
+        reason = TOO_FEW_SEEDS
+    return Comparison(delta, _quantiles(dist[0], 0.95), float(_prob_better(stat_r[None], stat_b[None])[0]),
+                      _quantiles(dist[1], 0.95), float(p_boot), p_welch, n_seeds, n_cases, reason)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count). scipy.stats
+    has no Holm (``false_discovery_control`` is Benjamini-Hochberg/Yekutieli)."""
+    p = np.asarray(pvalues, dtype=float)
+    ok = np.flatnonzero(np.isfinite(p))
+    adjusted = np.full(len(p), np.nan)
+    m, running = len(ok), 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def verdicts(comparisons: list[Comparison], alpha: float = ALPHA) -> list[tuple[str, float]]:
+    """(verdict, Holm-adjusted p) of each comparison of one table, Holm over the tested ones."""
+    adjusted = holm([c.p for c in comparisons])
+    return [(c.reason, float("nan")) if c.reason else (DIFFERS if q < alpha else NOT_SHOWN, q)
+            for c, q in zip(comparisons, adjusted)]
+
+
+def seeds_needed(delta: float, seed_sd_row: float, seed_sd_base: float, case_sd: float, n_cases: int,
+                 alpha: float = ALPHA, power: float = POWER, max_seeds: int = MAX_SEEDS) -> int | None:
+    """The fewest seeds per row (at least ``MIN_SEEDS``) whose two-sided t-test at ``alpha``
+    detects ``delta`` with ``power``, when the standard error of Δ with k seeds a row is
+    sqrt((sd_row² + sd_base²) / k + case_sd² / n_cases) (``case_sd``: SD over cases of the
+    per-case difference, which more seeds do not shrink) and df = 2 (k - 1); power from the
+    noncentral t (``scipy.stats.nct``). None when ``max_seeds`` do not suffice or an input is
+    missing."""
+    from scipy.stats import nct, t
+
+    if not all(np.isfinite(v) for v in (delta, seed_sd_row, seed_sd_base, case_sd)) or delta == 0 or n_cases < 2:
+        return None
+    for k in range(MIN_SEEDS, max_seeds + 1):
+        se = math.sqrt((seed_sd_row ** 2 + seed_sd_base ** 2) / k + case_sd ** 2 / n_cases)
+        if se == 0:
+            return k
+        df, ncp = 2 * (k - 1), abs(delta) / se
+        crit = t.ppf(1 - alpha / 2, df)
+        if nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp) >= power:
+            return k
+    return None
+
+
+def case_sd_of_difference(row: np.ndarray, baseline: np.ndarray) -> float:
+    """SD over cases (ddof 1) of the per-case difference of seed-mean, organ-mean scores."""
+    d = _nanmean(_nanmean(row, 2), 0) - _nanmean(_nanmean(baseline, 2), 0)
+    d = d[np.isfinite(d)]
+    return float(np.std(d, ddof=1)) if len(d) >= 2 else float("nan")
+
+
+def rank_distribution(rows: list[np.ndarray], seed: int = 0, n_resamples: int = N_BOOTSTRAP) -> np.ndarray:
+    """Each row's rank (1 = highest value, ties averaged) in every two-level bootstrap resample:
+    (rows x resamples). Rows are seeds x cases x organs on the same cases."""
+    from scipy.stats import rankdata
+
+    def statistic(cases, *seeds, axis=-1):
+        cases = np.atleast_2d(cases)
+        values = np.stack([_seed_means(per_seed_statistics(r, cases), np.atleast_2d(s)) for r, s in zip(rows, seeds)])
+        return rankdata(-np.nan_to_num(values, nan=-np.inf), axis=0)
+
+    return _bootstrap(rows, statistic, seed, n_resamples).bootstrap_distribution
+
+
+def rank_summary(ranks: np.ndarray) -> list[tuple[float, float, float]]:
+    """(median, 2.5 %, 97.5 % quantile) of each row's bootstrap rank."""
+    return [(float(np.median(r)), float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))) for r in ranks]
 
 
 def seed_sd(values: list[float]) -> float:
@@ -76,38 +267,14 @@ def seed_sd(values: list[float]) -> float:
     return float(np.std(v, ddof=1)) if len(v) >= 2 else float("nan")
 
 
-def seed_spread_test(row: list[float], baseline: list[float], alpha: float = SEED_TEST_ALPHA) -> dict:
-    """Does ``row``'s mean over seeds differ from ``baseline``'s by more than the seed-to-seed
-    spread? Two-sided two-sample t-test on the per-seed statistics, variance pooled over both
-    rows: t = (mean_row - mean_base) / (s_p sqrt(1/n_row + 1/n_base)), df = n_row + n_base - 2.
-
-    Returns ``diff`` (row - baseline), ``pooled_sd``, ``df``, ``p`` and ``exceeds`` (p < alpha);
-    with one seed in each row there is no spread to compare with: p NaN, exceeds None."""
-    a, b = np.asarray(row, dtype=float), np.asarray(baseline, dtype=float)
-    diff = float(a.mean() - b.mean())
-    df = len(a) + len(b) - 2
-    if df < 1:
-        return {"diff": diff, "pooled_sd": float("nan"), "df": df, "p": float("nan"), "exceeds": None}
-    pooled_sd = float(np.sqrt((((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / df))
-    if pooled_sd == 0:             # identical trainings: any difference exceeds a zero spread
-        p = 1.0 if diff == 0 else 0.0
-    else:
-        from scipy.stats import t as student_t      # scipy.stats: about 1 s of import, so only where used
-
-        t = diff / (pooled_sd * np.sqrt(1 / len(a) + 1 / len(b)))
-        p = float(2 * student_t.sf(abs(t), df))
-    return {"diff": diff, "pooled_sd": pooled_sd, "df": df, "p": p, "exceeds": bool(p < alpha)}
-
-
 def per_case_means(df: pd.DataFrame, metric: str) -> pd.Series:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return case_by_organ(df, metric).mean(axis=1, skipna=True)
+    return pd.Series(_nanmean(case_by_organ(df, metric).to_numpy(float), 1), index=case_by_organ(df, metric).index)
 
 
 def paired_wilcoxon(row: pd.DataFrame, baseline: pd.DataFrame, metric: str) -> tuple[float, int]:
-    """(two-sided p-value, number of paired cases) of ``row`` against ``baseline``; p = 1 when
-    every paired difference is 0, NaN with fewer than 2 paired cases."""
+    """Case level only (one training's case noise, not seed noise): (two-sided p, number of
+    paired cases) of ``row`` against ``baseline``; p = 1 when every paired difference is 0,
+    NaN with fewer than 2 paired cases."""
     a, b = per_case_means(row, metric), per_case_means(baseline, metric)
     common = a.index.intersection(b.index)
     x, y = a[common].to_numpy(float), b[common].to_numpy(float)

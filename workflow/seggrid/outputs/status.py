@@ -142,7 +142,7 @@ def format_status(status: dict) -> str:
     seeds = [str(r.get("seed", "-")) for r in training]
     sw = max([len("seed")] + [len(s) for s in seeds])
     lines = [f"grid in {status['outdir']}: {len(training)} training jobs (base seed {status.get('base_seed', '-')}; "
-             "fold f of seed S trains with S + f)", "",
+             "every random stream keyed on the tuple (seed, fold, ...))", "",
              f"{'setting':<{width}}  fold  {'seed':>{sw}}  {'state':<8} {'epoch':>11}  {'EMA Dice':>8}  "
              f"{'s/epoch':>8}  {'ETA':>7}  detail"]
     for r, seed in zip(training, seeds):
