@@ -57,16 +57,19 @@ def check_seed_columns(res: Path, t1: pd.DataFrame, t2: pd.DataFrame, md: str, m
             assert t1.loc[i, f"{m}_seed_sd"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-6)
         if i == 0:
             base = per_seed
-            assert t1.loc[0, ["dsc_diff", "p_seed_dsc", "dsc_beyond_seeds"]].isna().all()
+            assert t1.loc[0, ["dsc_delta", "dsc_p_holm", "dsc_p_better"]].isna().all()
             continue
         for m in ("dsc", "nsd"):
             diff = sum(per_seed[m]) / 2 - sum(base[m]) / 2
-            assert t1.loc[1, f"{m}_diff"] == pytest.approx(diff, abs=1e-6)
-            assert 0 <= t1.loc[1, f"p_seed_{m}"] <= 1
-            assert t1.loc[1, f"{m}_beyond_seeds"] == ("yes" if t1.loc[1, f"p_seed_{m}"] < 0.05 else "no")
-    assert "DSC SD (seeds)" in md and "seed spread)" in md and "two-sample t-test" in md
+            assert t1.loc[1, f"{m}_delta"] == pytest.approx(diff, abs=1e-6)
+            assert t1.loc[1, f"{m}_delta_ci_low"] <= t1.loc[1, f"{m}_delta_ci_high"]
+            assert 0 <= t1.loc[1, f"{m}_p_better"] <= 1 and 0 <= t1.loc[1, f"{m}_p_welch"] <= 1
+            assert t1.loc[1, f"{m}_verdict"] == "too few seeds"          # 2 seeds a row: never a yes/no
+    assert "Verdict DSC" in md and "too few seeds (case-level Wilcoxon p" in md and "2/2 training seeds" in md
     assert t2["n_seeds"].tolist() == [1, 1] and t2["dsc_seed_sd"].isna().all()
-    assert t2["dsc_beyond_seeds"].tolist()[1] == "one seed each" and "(no test: 1 seed each)" in md2
+    assert t2["dsc_verdict"].tolist()[1] == "too few seeds"
+    # a one-seed table borrows table1's seed spread for "seeds needed"
+    assert "pooled over the grid's multi-seed rows" in md2
     # every per-seed result records its own seed
     train = json.loads((res / "train" / "a" / "seed_105" / "fold_0" / "summary.json").read_text())
     assert train["provenance"]["seed"] == 105

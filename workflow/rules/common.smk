@@ -13,7 +13,9 @@ PACKAGE_DIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(PACKAGE_DIR))
 
 from seggrid.config import (  # noqa: E402
+    MIN_RANK_ROWS,
     model_setting,
+    multi_seed_prediction_sets,
     parse_prediction_set_id,
     prediction_set_seed,
     prediction_sets,
@@ -212,11 +214,13 @@ def table_settings(name):
 
 
 def table_inputs(wildcards):
-    """Only this table's rows: their metrics, plans and trainings (outputs/report.py reads no
-    other), so a failed job of one table blocks no other table (`snakemake --keep-going`)."""
+    """This table's rows (their metrics, plans and trainings) and the summaries of the grid's
+    multi-seed rows (the seed SD a one-seed table borrows for "seeds needed"); outputs/report.py
+    reads no other, so a failed job of another table's one-seed row blocks no table."""
     psets = table_prediction_sets(wildcards.table)
     files = [f"{OUT}/metrics/{p}.{ext}" for p in psets for ext in ("json", "csv")]
     files += [f"{OUT}/plans/{s}.json" for s in table_settings(wildcards.table)]
+    files += [f"{OUT}/metrics/{p}.json" for row in multi_seed_prediction_sets(config) for p in row]
     for p in psets:
         models, folds = parse_prediction_set_id(p)
         seed = prediction_set_seed(config, p)
@@ -225,11 +229,13 @@ def table_inputs(wildcards):
 
 
 def table_outputs(name):
-    """Everything `snakemake <table>` builds: the table, its per-organ tables and trend plot."""
+    """Everything `snakemake <table>` builds: the table, its per-organ tables, trend and rank plots."""
     outs = [f"{OUT}/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
     outs += [f"{OUT}/tables/per_organ/{p}.{ext}" for p in table_prediction_sets(name) for ext in ("csv", "md")]
     if name in trend_tables():
         outs.append(f"{OUT}/figures/trend_{name}.png")
+    if len(table_spec(name)["rows"]) >= MIN_RANK_ROWS:
+        outs.append(f"{OUT}/figures/ranks_{name}.png")
     return list(dict.fromkeys(outs))
 
 
@@ -248,6 +254,7 @@ def tables_json(wildcards):
     resources, or another table, does not rebuild it."""
     keep = {k: config[k] for k in ("folds", "seed", "training_seeds")}
     keep["tables"] = {wildcards.table: table_spec(wildcards.table)}
+    keep["seed_sd_sources"] = multi_seed_prediction_sets(config)
     keep["recipe"] = model_setting(config["recipe"])
     keep["settings"] = {name: model_setting(config["settings"][name]) for name in table_settings(wildcards.table)}
     return shlex.quote(json.dumps(keep, sort_keys=True))

@@ -16,6 +16,7 @@ rule table:
         md=f"{OUT}/tables/{{table}}.md",
         tex=f"{OUT}/tables/{{table}}.tex",
         provenance=f"{OUT}/tables/{{table}}.provenance.json",
+        ranks=f"{OUT}/tables/{{table}}.ranks.json",
     log:
         f"{OUT}/logs/tables/{{table}}.log",
     benchmark:
@@ -130,6 +131,26 @@ rule trend_plot:
     shell:
         "python -m seggrid trends --table {input} --varied {params.varied} --title {params.title} "
         "--out {output} > {log} 2>&1"
+
+
+rule rank_plot:
+    input:
+        f"{OUT}/tables/{{table}}.ranks.json",
+    output:
+        report(
+            f"{OUT}/figures/ranks_{{table}}.png",
+            caption="../report/ranks.rst",
+            category="Figures",
+            labels={"figure": "ranks: {table}"},
+        ),
+    log:
+        f"{OUT}/logs/ranks_{{table}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/ranks_{{table}}.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m seggrid rank-plot --ranks {input} --out {output} > {log} 2>&1"
 
 
 # One target per table: `snakemake table1` builds that table, its per-organ tables and its

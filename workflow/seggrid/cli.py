@@ -181,7 +181,7 @@ def _add_evaluation_and_output_commands(sub) -> None:
     sp.add_argument("--out-csv", required=True)
     sp.add_argument("--out-json", required=True)
 
-    sp = _add(sub, "tables", commands.cmd_tables, "the paper's tables as CSV, Markdown and LaTeX, with CIs and p-values")
+    sp = _add(sub, "tables", commands.cmd_tables, "the paper's tables as CSV, Markdown and LaTeX: CIs, comparisons, verdicts, ranks")
     sp.add_argument("--config-json", required=True)
     sp.add_argument("--outdir", required=True)
     sp.add_argument("--tables-dir", required=True)
@@ -209,6 +209,10 @@ def _add_evaluation_and_output_commands(sub) -> None:
     sp.add_argument("--table", required=True, help="a table CSV")
     sp.add_argument("--varied", required=True)
     sp.add_argument("--title", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = _add(sub, "rank-plot", commands.cmd_rank_plot, "blob plot of a table's bootstrap ranks")
+    sp.add_argument("--ranks", required=True, help="a table's .ranks.json")
     sp.add_argument("--out", required=True)
 
     sp = _add(sub, "export-nnunet", commands.cmd_export_nnunet,

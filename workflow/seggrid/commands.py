@@ -234,6 +234,16 @@ def cmd_trends(a):
     trend_plot(pd.read_csv(a.table), a.varied, a.title, a.out)
 
 
+def cmd_rank_plot(a):
+    from seggrid.io import read_json
+    from seggrid.outputs.figures import rank_plot
+
+    ranks = read_json(a.ranks)
+    if not ranks.get("frequencies"):
+        raise SeggridError(f"{a.ranks}: no bootstrap ranks (a rank plot needs a table with 3 or more rows)")
+    rank_plot(ranks, a.out)
+
+
 def cmd_export_nnunet(a):
     from seggrid.outputs.export_nnunet import export_nnunet
 

@@ -27,6 +27,8 @@ from jsonschema import Draft7Validator, validators
 
 from seggrid.errors import SeggridError
 
+#: a table with at least this many rows gets a bootstrap rank column and a rank plot
+MIN_RANK_ROWS = 3
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 
@@ -297,3 +299,15 @@ def training_jobs(config: dict) -> list[tuple[str, int, int]]:
         jobs += [(m, f, seed) for m in models for f in folds]
     jobs += [(s, 0, base_seed(config)) for s in config["figures"]["fig1_settings"]]
     return list(dict.fromkeys(jobs))
+
+
+def multi_seed_prediction_sets(config: dict) -> list[list[str]]:
+    """The prediction sets (one per seed) of every distinct table row trained with 2 or more
+    seeds: where a table with one seed per row borrows its seed-to-seed spread from."""
+    out: list[list[str]] = []
+    for table in config["tables"].values():
+        for row in table["rows"]:
+            psets = [p for _, p in row_prediction_sets(config, table, row)]
+            if len(psets) >= 2 and psets not in out:
+                out.append(psets)
+    return out

@@ -105,7 +105,9 @@ def _bootstrap(arrays: list[np.ndarray], statistic, seed: int, n_resamples: int)
     from scipy.stats import bootstrap
 
     n_cases = arrays[0].shape[1]
-    data = (np.arange(n_cases),) + tuple(np.arange(a.shape[0]) for a in arrays)
+    # scipy wants 2 or more observations a sample: one seed is the index 0 twice (always drawn)
+    data = (np.arange(n_cases),) + tuple(np.arange(a.shape[0]) if a.shape[0] >= 2 else np.zeros(2, int)
+                                         for a in arrays)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")               # degenerate distributions: handled by the callers
         return bootstrap(data, statistic, n_resamples=n_resamples, vectorized=True, paired=False,
@@ -219,9 +221,9 @@ def seeds_needed(delta: float, seed_sd_row: float, seed_sd_base: float, case_sd:
     detects ``delta`` with ``power``, when the standard error of Δ with k seeds a row is
     sqrt((sd_row² + sd_base²) / k + case_sd² / n_cases) (``case_sd``: SD over cases of the
     per-case difference, which more seeds do not shrink) and df = 2 (k - 1); power from the
-    noncentral t (``scipy.stats.nct``). None when ``max_seeds`` do not suffice or an input is
+    noncentral t (``scipy.stats.nct``; its normal limit where nct returns NaN). None when ``max_seeds`` do not suffice or an input is
     missing."""
-    from scipy.stats import nct, t
+    from scipy.stats import nct, norm, t
 
     if not all(np.isfinite(v) for v in (delta, seed_sd_row, seed_sd_base, case_sd)) or delta == 0 or n_cases < 2:
         return None
@@ -231,7 +233,10 @@ def seeds_needed(delta: float, seed_sd_row: float, seed_sd_base: float, case_sd:
             return k
         df, ncp = 2 * (k - 1), abs(delta) / se
         crit = t.ppf(1 - alpha / 2, df)
-        if nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp) >= power:
+        achieved = nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp)
+        if not np.isfinite(achieved):          # scipy's nct gives NaN far in the tail (ncp >> crit)
+            achieved = norm.sf(crit - ncp) + norm.cdf(-crit - ncp)
+        if achieved >= power:
             return k
     return None
 

@@ -6,6 +6,9 @@
   shown in radiological convention (patient's right on the viewer's left, anterior up).
 - Trend plots (:func:`trend_plot`): DSC and NSD with 95 % bootstrap CIs against the varied
   factor of a table (patch size, batch size).
+- Rank plots (:func:`rank_plot`): each row's rank over the two-level bootstrap as a blob plot
+  (after challengeR's): blob area = share of resamples with that rank, a cross at the median
+  rank, a bar over the 95 % interval; one panel for DSC, one for NSD.
 """
 
 from __future__ import annotations
@@ -129,5 +132,34 @@ def trend_plot(table: pd.DataFrame, varied: str, title: str, out_png: str | Path
         ax.set(xlabel=varied, ylabel=f"{metric.upper()} (95 % CI over cases)", title=metric.upper())
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, out_png)
+
+
+def rank_plot(ranks: dict, out_png: str | Path) -> None:
+    """Blob plot of a table's ``.ranks.json`` (outputs/report.py): x = row, y = rank (1 = best),
+    circle area proportional to the share of bootstrap resamples giving the row that rank."""
+    plt = pyplot()
+    metrics = [m for m in ("dsc", "nsd") if m in ranks["frequencies"]]
+    rows = ranks["rows"]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 1.2 + 0.6 * len(rows)),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for x, row in enumerate(rows):
+            freq = np.asarray(ranks["frequencies"][metric][row], dtype=float)
+            share = freq / max(freq.sum(), 1)
+            r = np.arange(1, len(freq) + 1)
+            ax.scatter(np.full(len(r), x), r, s=900 * share, alpha=0.6, color=f"C{x % 10}", edgecolors="k",
+                       linewidths=0.5)
+            cum = np.cumsum(share)
+            low, med, high = (int(r[np.searchsorted(cum, q)]) for q in (0.025, 0.5, 0.975))
+            ax.plot([x, x], [low, high], color="k", lw=1.5)
+            ax.scatter([x], [med], marker="x", color="k", s=60, zorder=3)
+        ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
+        ax.set_yticks(range(1, len(rows) + 1))
+        ax.set_ylim(len(rows) + 0.6, 0.4)
+        ax.set(ylabel="rank (1 = best)", title=f"{metric.upper()}: rank over {ranks['resamples']} resamples")
+        ax.grid(alpha=0.3)
+    fig.suptitle(ranks.get("title", ""))
     fig.tight_layout()
     save_figure(fig, out_png)

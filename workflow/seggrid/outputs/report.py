@@ -1,18 +1,25 @@
-"""The paper's tables: one CSV + Markdown + LaTeX per table, and a per-organ table per
-prediction set.
+"""The paper's tables: one CSV + Markdown + LaTeX per table, the bootstrap ranks of its rows,
+and a per-organ table per prediction set.
 
-Columns of a table (one row per table row, in config order):
-``dsc``/``nsd`` are the paper's statistic (mean over organs of per-organ means over cases),
-averaged over the row's training seeds (``seeds``, ``n_seeds``; config ``training_seeds``);
-``*_seed_sd`` the sample SD of that statistic between seeds (NaN with one seed);
-``*_ci_low``/``*_ci_high`` a 95 % bootstrap CI over cases; ``p_dsc``/``p_nsd`` a paired
-Wilcoxon test against the table's first (baseline) row (per-case scores averaged over seeds);
-``*_diff`` the difference of seed means from the first row, ``p_seed_*`` a pooled two-sample
-t-test of that difference against the seed-to-seed spread and ``*_beyond_seeds`` its verdict
-(``yes``/``no`` at 5 %, ``one seed each`` when neither row has a spread; evaluation/stats.py);
-``dice_global`` and ``hd95`` extra metrics (mean over seeds); ``paper_dsc``/``paper_nsd`` the
-values the paper reports, when the config gives them; ``train_hours`` one training of the row
-(its models x folds), mean over seeds.
+Columns of a table (one row per configured row, in config order; methods in
+evaluation/stats.py, described in docs/statistics.md). Per metric ``m`` (``dsc``, ``nsd``):
+
+* ``m``: the paper's statistic (mean over organs of per-organ means over cases), mean over the
+  row's training seeds (``seeds``, ``n_seeds``); ``m_seed_sd`` its SD between seeds (NaN with
+  one seed); ``m_ci_low``/``m_ci_high`` its 95 % two-level bootstrap CI (cases and seeds).
+* against the table's first row (the baseline): ``m_delta`` with ``m_delta_ci_*``; the
+  probability of outperforming ``m_p_better`` with ``m_p_better_ci_*``; ``m_p_bootstrap``,
+  ``m_p_welch`` and ``m_p_holm`` (Holm over the table's rows and both metrics); ``m_verdict``
+  (``differs``, ``no difference shown``, ``too few seeds`` or ``n/a: <reason>``); ``p_m`` the
+  case-level paired Wilcoxon test of the seed-averaged scores (one training's case noise only);
+  ``m_seeds_needed`` (seeds per row for 80 % power, ``> 20``, or ``n/a``) and
+  ``m_seeds_needed_hours`` (that many trainings of the row).
+* ``m_rank``, ``m_rank_low``, ``m_rank_high``: median and 95 % interval of the row's rank over
+  the bootstrap (tables with 3 or more rows).
+
+Also ``dice_global`` and ``hd95`` (mean over seeds), ``paper_dsc``/``paper_nsd`` (the values the
+paper reports, as fractions, when the config gives them) and ``train_hours`` (one training of
+the row: its models x folds, mean over seeds).
 """
 
 from __future__ import annotations
@@ -23,149 +30,110 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seggrid.config import row_folds, row_models, row_prediction_sets, training_dir
+from seggrid.config import MIN_RANK_ROWS, multi_seed_prediction_sets, row_folds, row_models, row_prediction_sets, training_dir
+from seggrid.evaluation import stats
 from seggrid.io import atomic_path, provenance, write_json
-from seggrid.evaluation.stats import (SEED_TEST_ALPHA, bootstrap_ci_over_seeds, paired_wilcoxon, seed_sd,
-                                      seed_spread_test)
+from seggrid.outputs.table_format import to_latex, to_markdown, organs_note, stats_note
 
-TABLE_COLUMNS = ["row", "settings", "patch_requested", "patch_effective", "batch", "loss", "folds", "seeds",
-                 "n_seeds", "n_cases",
-                 "dsc", "dsc_seed_sd", "dsc_ci_low", "dsc_ci_high", "p_dsc", "dsc_diff", "p_seed_dsc",
-                 "dsc_beyond_seeds",
-                 "nsd", "nsd_seed_sd", "nsd_ci_low", "nsd_ci_high", "p_nsd", "nsd_diff", "p_seed_nsd",
-                 "nsd_beyond_seeds",
-                 "dice_global", "hd95", "paper_dsc", "paper_nsd", "train_hours"]
 METRICS = ("dsc", "nsd")
-#: the seed-spread verdict when both rows have one seed (not "n/a": pandas reads that back as NaN)
-ONE_SEED_EACH = "one seed each"
+PER_METRIC = ["", "_seed_sd", "_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high", "_p_better",
+              "_p_better_ci_low", "_p_better_ci_high", "_p_bootstrap", "_p_welch", "_p_holm", "_verdict",
+              "_seeds_needed", "_seeds_needed_hours", "_rank", "_rank_low", "_rank_high"]
+TABLE_COLUMNS = (["row", "settings", "patch_requested", "patch_effective", "batch", "loss", "folds", "seeds",
+                  "n_seeds", "n_cases"]
+                 + [f"{m}{suffix}" for m in METRICS for suffix in PER_METRIC] + [f"p_{m}" for m in METRICS]
+                 + ["dice_global", "hd95", "paper_dsc", "paper_nsd", "train_hours"])
 
 
 def _fmt_patch(p) -> str:
     return "(" + ", ".join(str(int(v)) for v in p) + ")"
 
 
-def _verdict(test: dict) -> str:
-    return ONE_SEED_EACH if test["exceeds"] is None else ("yes" if test["exceeds"] else "no")
+def pooled_seed_sd(outdir: Path, sources: list[list[str]]) -> dict[str, tuple[float, int]]:
+    """Per metric, (SD, degrees of freedom) of the table statistic between seeds, pooled over
+    the rows with several seeds (``sources``: their prediction sets): sqrt(sum (k-1) s² / sum (k-1))."""
+    out = {}
+    for metric in METRICS:
+        ss, df = 0.0, 0
+        for psets in sources:
+            v = np.array([json.loads((outdir / "metrics" / f"{p}.json").read_text())[metric] for p in psets], float)
+            v = v[np.isfinite(v)]
+            if len(v) >= 2:
+                ss, df = ss + float(((v - v.mean()) ** 2).sum()), df + len(v) - 1
+        out[metric] = (float(np.sqrt(ss / df)) if df else float("nan"), df)
+    return out
 
 
-def table_rows(config: dict, table: dict, outdir: Path, seed: int = 0) -> pd.DataFrame:
-    """One row per configured row: its prediction sets (one per training seed) read from
-    ``outdir/metrics``, plans from ``outdir/plans``, training times from ``outdir/train``."""
-    rows, baseline = [], None
-    for i, row in enumerate(table["rows"]):
+def _seeds_needed_cell(comparison: stats.Comparison, sd_row: float, sd_base: float, case_sd: float,
+                       hours: float) -> tuple[str, float]:
+    if comparison.n_cases < 2 or not all(np.isfinite(v) for v in (comparison.delta, sd_row, sd_base, case_sd)):
+        return "n/a", float("nan")
+    k = stats.seeds_needed(comparison.delta, sd_row, sd_base, case_sd, comparison.n_cases)
+    return (f"> {stats.MAX_SEEDS}", float("nan")) if k is None else (str(k), k * hours)
+
+
+def table_rows(config: dict, table: dict, outdir: Path, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """The table's rows and what its statistics rest on: {"cases": [...], "organs": [...],
+    "ranks": {metric: rows x resamples}, "borrowed_seed_sd": {metric: (sd, df)}}."""
+    rows, psets_of_row = [], []
+    for row in table["rows"]:
         models, folds = row_models(row), row_folds(config, row)
         runs = row_prediction_sets(config, table, row)                  # [(training seed, pset)]
         summaries = [json.loads((outdir / "metrics" / f"{p}.json").read_text()) for _, p in runs]
-        cases = [pd.read_csv(outdir / "metrics" / f"{p}.csv") for _, p in runs]
-        pooled_cases = pd.concat(cases, ignore_index=True)              # case_by_organ averages over seeds
         plans = [json.loads((outdir / "plans" / f"{m}.json").read_text()) for m in models]
         train_s = [sum(json.loads((outdir / training_dir(config, m, f, s) / "summary.json").read_text())[
             "wall_seconds"] for m in models for f in folds) for s, _ in runs]
-        out = {
-            "row": row.get("label", " & ".join(models)),
-            "settings": " & ".join(models),
+        psets_of_row.append([p for _, p in runs])
+        rows.append({
+            "row": row.get("label", " & ".join(models)), "settings": " & ".join(models),
             "patch_requested": " & ".join(_fmt_patch(p["topology"]["patch_requested"]) for p in plans),
             "patch_effective": " & ".join(_fmt_patch(p["topology"]["patch_effective"]) for p in plans),
             "batch": " & ".join(str(p["setting"]["batch"]) for p in plans),
             "loss": " & ".join(p["setting"]["loss"] for p in plans),
             "folds": ",".join(str(f) for f in folds),
             "seeds": ",".join(str(s) for s, _ in runs), "n_seeds": len(runs),
-            "n_cases": summaries[0]["n_cases"],
             "dice_global": float(pd.Series([x.get("dice_global", np.nan) for x in summaries], dtype=float).mean()),
             "hd95": float(pd.Series([x.get("hd95", np.nan) for x in summaries], dtype=float).mean()),
             "train_hours": float(np.mean(train_s)) / 3600,
             "paper_dsc": row.get("paper", {}).get("dsc", np.nan), "paper_nsd": row.get("paper", {}).get("nsd", np.nan),
-        }
-        per_seed = {m: [x[m] for x in summaries] for m in METRICS}
-        for metric in METRICS:
-            out[metric] = float(np.mean(per_seed[metric]))
-            out[f"{metric}_seed_sd"] = seed_sd(per_seed[metric])
-            out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bootstrap_ci_over_seeds(cases, metric, seed=seed + i)
-            if baseline is None:
-                out[f"p_{metric}"] = out[f"{metric}_diff"] = out[f"p_seed_{metric}"] = np.nan
-                out[f"{metric}_beyond_seeds"] = ""
+        })
+    tidy = [[pd.read_csv(outdir / "metrics" / f"{p}.csv") for p in psets] for psets in psets_of_row]
+    sources = config.get("seed_sd_sources")
+    borrowed = pooled_seed_sd(outdir, multi_seed_prediction_sets(config) if sources is None else sources)
+    info = {"ranks": {}, "borrowed_seed_sd": borrowed}
+    family: list[tuple[dict, str, stats.Comparison]] = []      # Holm runs over every row x both metrics
+    for metric in METRICS:
+        arrays, cases, organs = stats.score_arrays(tidy, metric)
+        info["cases"], info["organs"] = cases, organs
+        for i, (out, scores) in enumerate(zip(rows, arrays)):
+            per_seed = stats.per_seed_statistics(scores) if len(cases) else np.full(scores.shape[0], np.nan)
+            out["n_cases"] = len(cases)
+            out[metric] = float(np.mean(per_seed))
+            out[f"{metric}_seed_sd"] = stats.seed_sd(per_seed)
+            out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = stats.row_interval(scores, seed=seed + i)
+            if i == 0:
                 continue
-            out[f"p_{metric}"] = paired_wilcoxon(pooled_cases, baseline["cases"], metric)[0]
-            test = seed_spread_test(per_seed[metric], baseline[metric])
-            out[f"{metric}_diff"], out[f"p_seed_{metric}"] = test["diff"], test["p"]
-            out[f"{metric}_beyond_seeds"] = _verdict(test)
-        if baseline is None:
-            baseline = {"cases": pooled_cases, **per_seed}
-        rows.append(out)
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
-
-
-def _score(r, metric: str) -> str:
-    text = f"{r[metric]:.4f} [{r[f'{metric}_ci_low']:.3f}, {r[f'{metric}_ci_high']:.3f}]"
-    p = r[f"p_{metric}"]
-    return text + ("" if np.isnan(p) else f" (p={p:.3g})")
-
-
-def _seed_sd(r, metric: str) -> str:
-    sd = r[f"{metric}_seed_sd"]
-    return "n/a (1 seed)" if np.isnan(sd) else f"{sd:.4f}"
-
-
-def _vs_first(r, metric: str) -> str:
-    verdict = r[f"{metric}_beyond_seeds"]
-    if not isinstance(verdict, str) or not verdict:          # the first row (a CSV reads "" back as NaN)
-        return "(first row)"
-    diff = f"{r[f'{metric}_diff']:+.4f}"
-    if verdict == ONE_SEED_EACH:
-        return f"{diff} (no test: 1 seed each)"
-    word = "exceeds" if verdict == "yes" else "within"
-    return f"{diff} (p={r[f'p_seed_{metric}']:.3g}: {word} seed spread)"
-
-
-def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    paper = df["paper_dsc"].notna().any()
-    head = ["Setting", "Patch (requested)", "Patch (effective)", "Batch", "Loss", "Folds", "Seeds", "Cases",
-            "DSC Score", "DSC SD (seeds)", "DSC vs first (seeds)", "NSD Score", "NSD SD (seeds)",
-            "NSD vs first (seeds)", "Dice global", "HD95 (mm)", "Training time (h)"]
-    if paper:
-        head[14:14] = ["Paper DSC", "Paper NSD"]
-    body = []
-    for _, r in df.iterrows():
-        vals = [str(r["row"]), r["patch_requested"], r["patch_effective"], str(r["batch"]), r["loss"], r["folds"],
-                str(r["n_seeds"]), str(r["n_cases"]), _score(r, "dsc"), _seed_sd(r, "dsc"), _vs_first(r, "dsc"),
-                _score(r, "nsd"), _seed_sd(r, "nsd"), _vs_first(r, "nsd"), f"{r['dice_global']:.4f}",
-                f"{r['hd95']:.1f}", f"{r['train_hours']:.3g}"]
-        if paper:
-            vals[14:14] = [f"{r['paper_dsc']:.4f}" if pd.notna(r["paper_dsc"]) else "",
-                           f"{r['paper_nsd']:.4f}" if pd.notna(r["paper_nsd"]) else ""]
-        body.append(vals)
-    return head, body
-
-
-NOTE = ("DSC/NSD: mean over organs of per-organ means over cases, averaged over the row's training seeds "
-        "(Seeds), [95 % bootstrap CI over cases], (p: paired Wilcoxon signed-rank test against the first row "
-        "on the per-case scores averaged over seeds). SD (seeds): sample standard deviation of the score "
-        "between training seeds (n/a with 1 seed). vs first (seeds): difference of seed means from the first "
-        "row and a two-sided two-sample t-test with the seed variance pooled over both rows "
-        f"(df = n1 + n2 - 2): 'exceeds seed spread' when p < {SEED_TEST_ALPHA:g}; no test when both rows "
-        "have 1 seed. Training time: one training of the row, mean over seeds.")
-
-
-def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
-    head, body = _display_rows(df)
-    lines = [f"**{title}**" + (f" {note}" if note else ""), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(v) + " |" for v in body]
-    return "\n".join(lines) + "\n\n" + NOTE + "\n"
-
-
-def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text
-
-
-def to_latex(df: pd.DataFrame, title: str, note: str = "") -> str:
-    head, body = _display_rows(df)
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(' '.join(filter(None, (title, note, NOTE))))}}}",
-             r"\begin{tabular}{" + "l" * len(head) + "}", r"\hline", " & ".join(map(_tex, head)) + r" \\", r"\hline"]
-    lines += [" & ".join(map(_tex, v)) + r" \\" for v in body]
-    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+            c = stats.compare(scores, arrays[0], seed=seed + 1000 + i)
+            family.append((out, metric, c))
+            out[f"{metric}_delta"], out[f"{metric}_p_bootstrap"], out[f"{metric}_p_welch"] = \
+                c.delta, c.p_bootstrap, c.p_welch
+            out[f"{metric}_delta_ci_low"], out[f"{metric}_delta_ci_high"] = c.delta_ci
+            out[f"{metric}_p_better"] = c.p_better
+            out[f"{metric}_p_better_ci_low"], out[f"{metric}_p_better_ci_high"] = c.p_better_ci
+            out[f"p_{metric}"] = stats.paired_wilcoxon(pd.concat(tidy[i]), pd.concat(tidy[0]), metric)[0]
+            sd_row = out[f"{metric}_seed_sd"] if out["n_seeds"] >= 2 else borrowed[metric][0]
+            sd_base = rows[0][f"{metric}_seed_sd"] if rows[0]["n_seeds"] >= 2 else borrowed[metric][0]
+            out[f"{metric}_seeds_needed"], out[f"{metric}_seeds_needed_hours"] = _seeds_needed_cell(
+                c, sd_row, sd_base, stats.case_sd_of_difference(scores, arrays[0]), out["train_hours"])
+        rows[0][f"{metric}_verdict"] = ""
+        if len(rows) >= MIN_RANK_ROWS and len(cases) >= 2:
+            ranks = stats.rank_distribution(arrays, seed=seed + 2000)
+            info["ranks"][metric] = ranks
+            for out, (median, low, high) in zip(rows, stats.rank_summary(ranks)):
+                out[f"{metric}_rank"], out[f"{metric}_rank_low"], out[f"{metric}_rank_high"] = median, low, high
+    for (out, metric, _), (verdict, q) in zip(family, stats.verdicts([c for _, _, c in family])):
+        out[f"{metric}_verdict"], out[f"{metric}_p_holm"] = verdict, q
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), info
 
 
 def scored_organs(config: dict, table: dict, outdir: Path) -> list[str]:
@@ -179,30 +147,35 @@ def scored_organs(config: dict, table: dict, outdir: Path) -> list[str]:
     return list(organs)
 
 
-def organs_note(organs: list[str]) -> str:
-    """The caption's sentence naming the organs a table's means are over."""
-    return f"DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}."
-
-
 def write_table(config: dict, name: str, outdir: str | Path, tables_dir: str | Path) -> pd.DataFrame:
-    """``<name>.csv``, ``.md`` and ``.tex`` of one configured table."""
+    """``<name>.csv``, ``.md``, ``.tex``, ``.provenance.json`` and ``.ranks.json`` (each row's
+    bootstrap rank frequencies, empty below ``MIN_RANK_ROWS`` rows) of one configured table."""
     outdir, tables_dir = Path(outdir), Path(tables_dir)
     table = config["tables"][name]
-    df = table_rows(config, table, outdir, config.get("seed", 0))
+    print(f"[tables] {name}: two-level bootstrap ({stats.N_BOOTSTRAP} resamples) of {len(table['rows'])} rows",
+          flush=True)
+    df, info = table_rows(config, table, outdir, config.get("seed", 0))
     organs = scored_organs(config, table, outdir)
-    title, note = table.get("title", name), organs_note(organs)
+    title = table.get("title", name)
+    note = organs_note(organs) + " " + stats_note(df, info["borrowed_seed_sd"])
     with atomic_path(tables_dir / f"{name}.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(tables_dir / f"{name}.md") as tmp:
         tmp.write_text(to_markdown(df, title, note))
     with atomic_path(tables_dir / f"{name}.tex") as tmp:
         tmp.write_text(to_latex(df, title, note))
+    ranks = {m: {str(r): np.bincount(np.rint(dist).astype(int), minlength=len(df) + 1)[1:].tolist()
+                 for r, dist in zip(df["row"], info["ranks"][m])} for m in info["ranks"]}
+    write_json(tables_dir / f"{name}.ranks.json", {"title": title, "resamples": stats.N_BOOTSTRAP,
+                                                   "rows": [str(r) for r in df["row"]], "frequencies": ranks})
     record = provenance(config.get("seed"), config)
     record["organs_in_mean"] = organs
+    record["evaluation_cases"] = info["cases"]
+    record["borrowed_seed_sd"] = {m: {"sd": sd, "df": dof} for m, (sd, dof) in info["borrowed_seed_sd"].items()}
     record["row_training_seeds"] = [{"row": str(r["row"]), "seeds": [int(v) for v in str(r["seeds"]).split(",")]}
                                     for _, r in df.iterrows()]
     write_json(tables_dir / f"{name}.provenance.json", record)
-    print(f"[tables] {name}: {len(df)} rows", flush=True)
+    print(f"[tables] {name}: {len(df)} rows, verdicts DSC {list(df['dsc_verdict'][1:])}", flush=True)
     return df
 
 
