@@ -351,7 +351,7 @@ def test_tables_and_figure_cli(pipeline, tmp_path):
 
 def test_check_config_cli(tmp_path, capsys):
     assert run_cli("check-config", ROOT / "config" / "config.yaml") == 0
-    assert "10 settings, 22 training jobs, 17 prediction sets" in capsys.readouterr().out
+    assert "10 settings, 26 training jobs, 21 prediction sets" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("settings: {a: {batch: -1}}\ntables: {t: {rows: [{setting: a}]}}\n")
     assert run_cli("check-config", bad) == 2

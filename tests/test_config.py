@@ -24,7 +24,7 @@ def test_demo_config_is_valid_and_fills_defaults():
     cfg = validate_config(demo())
     assert cfg["metrics"]["nsd_tolerance_mm"]["liver"] == 5
     assert cfg["recipe"]["momentum"] == 0.99 and cfg["recipe"]["grad_clip"] == 12
-    assert cfg["recipe"]["perimeter_weight"] == 0.1 and cfg["recipe"]["precision"] == "bf16"
+    assert cfg["recipe"]["perimeter_weight"] == 0.1 and cfg["recipe"]["precision"] == "auto"
     s = resolve_setting(cfg, "p32_bs2_focal")
     assert (s["batch"], s["loss"], s["patch"], s["epochs"]) == (2, "dice_focal", [16, 32, 32], 20)
     s = resolve_setting(cfg, "p32_bs2_topk")
@@ -37,19 +37,20 @@ def test_shared_settings_train_once():
     assert len(jobs) == len(set(jobs))
     assert ("p24_bs2_ce", 0, 12345) in jobs and ("p24_bs8_ce", 4, 12345) in jobs
     # 10 single-fold settings (Tables 1-3; model B's fold 0 is Table 3's Focal row) + 4 more
-    # folds of A (the bs 8 row of Table 2) + 4 more folds of B, + Table 3's 4 rows with its second seed
+    # folds of A (the bs 8 row of Table 2) + 4 more folds of B, + Table 3's 4 rows with its 2 other seeds
     seeds = cfg["tables"]["table3"]["training_seeds"]
-    assert seeds[0] == cfg["seed"] and len(seeds) == 2 and "training_seeds" not in cfg["tables"]["table1"]
-    assert len(jobs) == 10 + 4 + 4 + 4
-    assert {s for s, f, seed in jobs if seed == seeds[1]} == {"p32_bs2_ce", "p32_bs2_focal", "p32_bs2_topk",
+    assert seeds[0] == cfg["seed"] and len(seeds) == 3 and "training_seeds" not in cfg["tables"]["table1"]
+    assert len(jobs) == 10 + 4 + 4 + 4 + 4
+    for extra in seeds[1:]:
+        assert {s for s, f, seed in jobs if seed == extra} == {"p32_bs2_ce", "p32_bs2_focal", "p32_bs2_topk",
                                                                "p32_bs2_perimeter"}
-    # 10 single-fold rows + A, B and A & B + Table 3's second seed
-    assert len(prediction_sets(cfg)) == 10 + 3 + 4
-    # p32_bs2_ce (Table 1 with one seed, Table 3 with two) is trained once per seed
-    assert [j for j in jobs if j[0] == "p32_bs2_ce"] == [("p32_bs2_ce", 0, 12345), ("p32_bs2_ce", 0, seeds[1])]
+    # 10 single-fold rows + A, B and A & B + Table 3's 2 other seeds
+    assert len(prediction_sets(cfg)) == 10 + 3 + 4 + 4
+    # p32_bs2_ce (Table 1 with one seed, Table 3 with three) is trained once per seed
+    assert [j for j in jobs if j[0] == "p32_bs2_ce"] == [("p32_bs2_ce", 0, s) for s in seeds]
     # model B's fold 0 with the base seed is Table 3's Focal row, trained once
     assert [j for j in jobs if j[0] == "p32_bs2_focal"] == (
-        [("p32_bs2_focal", 0, 12345), ("p32_bs2_focal", 0, seeds[1])] + [("p32_bs2_focal", f, 12345) for f in range(1, 5)])
+        [("p32_bs2_focal", 0, s) for s in seeds] + [("p32_bs2_focal", f, 12345) for f in range(1, 5)])
     # p24_bs8_ce (a Table 2 row and model A's fold 0) is trained once per fold
     assert [j for j in jobs if j[0] == "p24_bs8_ce"] == [("p24_bs8_ce", f, 12345) for f in range(5)]
 

@@ -282,3 +282,19 @@ def test_seed_and_fold_streams_are_keyed_on_the_tuple_not_a_sum(pipeline, tmp_pa
     assert not np.array_equal(ra, rb)
     assert stream_key(3, 1, 0, purpose=BATCH_STREAM) == [3, 1, 0, BATCH_STREAM]
     assert len({stream_seed(s, f, purpose=0) for s in range(5) for f in range(5)}) == 25
+
+
+def test_precision_auto_runs_bf16_only_on_a_cpu_with_native_bfloat16(tmp_path, monkeypatch):
+    from seggrid.engine import recipe
+
+    with_bf16, without = tmp_path / "amd", tmp_path / "intel"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert recipe.cpu_has_native_bf16(str(with_bf16)) and not recipe.cpu_has_native_bf16(str(without))
+    assert not recipe.cpu_has_native_bf16(str(tmp_path / "missing"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(recipe, "cpu_has_native_bf16", lambda native=native: native)
+        assert recipe.effective_precision("auto", cpu) == expected
+        assert recipe.effective_precision("auto", cuda) == "fp16"
+        assert recipe.effective_precision("bf16", cpu) == "bf16"          # asked for explicitly: what runs

@@ -243,7 +243,7 @@ def _add_bench_command(sub) -> None:
     sp.add_argument("--max-features", type=int, default=320)
     sp.add_argument("--max-pools-per-axis", type=int, default=5)
     sp.add_argument("--classes", type=int, default=16, help="step: output classes incl. background")
-    sp.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    sp.add_argument("--precision", choices=["fp32", "fp16", "bf16", "auto"], default="fp32")
     sp.add_argument("--loss", choices=["dice_ce", "dice_focal", "dice_topk", "dice_perimeter", "topk"], default="dice_ce")
     sp.add_argument("--no-batch-dice", action="store_true", help="step: per-sample Dice (default: batch Dice, as AMOS)")
     sp.add_argument("--augmentation", choices=["nnunet", "mirror", "none"], default="none")

@@ -5,7 +5,10 @@
 - ``lr_schedule``: factor on the initial lr at ``epoch`` of ``total``, stepped per epoch:
   ``poly`` (1 - epoch/total)**0.9 (nnU-Net), ``cosine``, ``constant``.
 - ``precision``: ``fp32``; ``fp16`` = autocast to float16 with a gradient scaler (GPU only;
-  on a CPU it runs as fp32 and says so); ``bf16`` = autocast to bfloat16 (CPU and GPU), no scaler.
+  on a CPU it runs as fp32 and says so); ``bf16`` = autocast to bfloat16 (CPU and GPU), no scaler;
+  ``auto`` = the mixed precision the device runs natively: fp16 on CUDA, bf16 on a CPU with
+  bfloat16 instructions (AVX512-BF16 or AMX-BF16), fp32 on any other CPU (there bf16 is emulated:
+  a demo step at (16, 32, 32) batch 2 took 3x as long as fp32 on an Intel Xeon without them).
 
 Losses, norms, deep-supervision weights and augmentations have their own registries in
 ``losses.py``, ``network.py`` and ``augment.py``.
@@ -13,7 +16,9 @@ Losses, norms, deep-supervision weights and augmentations have their own registr
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -32,7 +37,20 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
     "constant": lambda epoch, total: 1.0,
 }
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "auto")
+#: /proc/cpuinfo flags of native bfloat16 arithmetic
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bfloat16 instructions (Linux /proc/cpuinfo flags; False elsewhere)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
 
 
 def _novograd():
@@ -52,9 +70,12 @@ def learning_rate(setting: dict, epoch: int) -> float:
 
 
 def effective_precision(precision: str, device: torch.device) -> str:
-    """The precision that actually runs: fp16 needs CUDA, otherwise fp32."""
+    """The precision that actually runs: fp16 needs CUDA, otherwise fp32; ``auto`` resolves to
+    fp16 on CUDA, bf16 on a CPU with native bfloat16, else fp32."""
     if precision not in PRECISIONS:
         raise KeyError(f"unknown precision '{precision}'; known: {list(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else ("bf16" if cpu_has_native_bf16() else "fp32")
     return "fp32" if precision == "fp16" and device.type != "cuda" else precision
 
 

@@ -251,7 +251,8 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
         raise SeggridError(f"setting '{s['name']}': {problem}")
     precision = effective_precision(s["precision"], device)
     if rank == 0 and precision != s["precision"]:
-        print(f"[train] precision {s['precision']} needs CUDA; running {precision} on {device}", flush=True)
+        print(f"[train] precision {s['precision']}: running {precision} on {device}"
+              + (" (no native bfloat16 on this CPU)" if precision == "fp32" and device.type == "cpu" else ""), flush=True)
     patch = plan["topology"]["patch_effective"]
     fold_split = splits["folds"][fold]
     rng = stream_rng(seed, fold, dp_index, purpose=BATCH_STREAM)
