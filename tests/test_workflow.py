@@ -130,12 +130,12 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     for t in (t1, t4, pd.read_csv(tables / "table2.csv")):
         assert t["dsc"].between(0, 1).all() and t["nsd"].between(0, 1).all()
         assert (t["train_hours"] > 0).all()
-    assert "DSC Score" in (tables / "table1.md").read_text()
+    assert "DSC [95 % CI]" in (tables / "table1.md").read_text()
     # the caption names the organs the means are over: those scored in the rows' metrics
     organs = json.loads((tables / "table1.provenance.json").read_text())["organs_in_mean"]
     scored = pd.read_csv(tmp_path / "results" / "metrics" / "a__f0.csv").dropna(subset=["dsc"])["organ"].unique()
     assert set(scored) <= set(organs) and len(organs) >= 2
-    assert f"** DSC and NSD are means over {len(organs)} organs: {', '.join(organs)}." in (tables / "table1.md").read_text()
+    assert f"\n\nDSC and NSD are means over {len(organs)} organs: {', '.join(organs)}." in (tables / "table1.md").read_text()
     png = tmp_path / "results" / "figures" / "fig1_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     # setting c asks for 2 GPUs: two torchrun ranks (gloo on this CPU machine) trained it
@@ -232,7 +232,7 @@ def test_one_table_builds_only_what_its_rows_need():
     assert re.search(r"\btrain\s+4\b", out) and re.search(r"\btable\s+1\b", out), out[-3000:]
     trained = set(re.findall(r"wildcards: setting=(\w+), fold=0", out))
     assert trained == {"p160_bs2_ce", "p288_bs2_ce", "p354_bs2_ce", "p384_bs2_ce"}, trained
-    assert "trend_table1.png" in out and "table2" not in out and "ensemble" not in out
+    assert "trend_table1.png" in out and "ranks_table1.png" in out and "table2" not in out and "ensemble" not in out
     proc = snakemake("-n", "table9", "--configfile", ROOT / "config" / "amos22_task1.yaml")
     assert proc.returncode != 0 and "table9" in proc.stdout + proc.stderr
 
