@@ -7,8 +7,9 @@ min_version("9.0")
 
 
 # The demo config is the default. A --configfile given on the command line REPLACES it
-# (Snakemake would otherwise deep-merge the two grids' settings and tables).
-if not config:
+# (Snakemake would otherwise deep-merge the two grids' settings and tables); --config
+# key=value alone is applied on top of it.
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 

@@ -298,3 +298,22 @@ def test_precision_auto_runs_bf16_only_on_a_cpu_with_native_bfloat16(tmp_path, m
         assert recipe.effective_precision("auto", cpu) == expected
         assert recipe.effective_precision("auto", cuda) == "fp16"
         assert recipe.effective_precision("bf16", cpu) == "bf16"          # asked for explicitly: what runs
+
+
+def test_determinism_flag_without_the_compiler_uses_a_torch_call_that_still_exists():
+    """configure_determinism sets only the eager kernels' flag through torch's private
+    ``_set_deterministic_algorithms`` (the public call imports the compiler: 1.4 s a job) and
+    falls back to the public call if it disappears; this fails loudly when a torch upgrade
+    removes it, so the fallback's start-up cost is noticed."""
+    from seggrid.engine.device import configure_determinism
+
+    assert callable(getattr(torch._C, "_set_deterministic_algorithms", None)), \
+        "torch._C._set_deterministic_algorithms is gone: configure_determinism now imports the compiler"
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        assert configure_determinism("auto", torch.device("cpu"), compiling=False)["deterministic_kernels"]
+        assert torch.are_deterministic_algorithms_enabled()
+        configure_determinism(False, torch.device("cpu"), compiling=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)

@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT, TINY_SETTING, run_cli
 from seggrid.config import SCHEDULING_KEYS, model_setting
 from seggrid.engine.device import ALLOW_CPU_ENV, require_cuda
-from seggrid.engine.train import model_hash
+from seggrid.engine.checkpoint import model_hash
 from seggrid.errors import SeggridError
 
 

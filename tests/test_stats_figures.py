@@ -3,7 +3,6 @@ and the figures (rendered and checked as images)."""
 
 from __future__ import annotations
 
-import json
 
 import nibabel as nib
 import numpy as np

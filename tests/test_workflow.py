@@ -260,3 +260,13 @@ def test_snakefmt_check_is_clean():
     proc = subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_config_key_without_configfile_keeps_the_demo_config(tmp_path):
+    """`snakemake --config key=value` alone applies the key on top of the demo config (it
+    used to skip the demo config and fail with 'settings is required')."""
+    proc = snakemake("-n", "--config", f"outdir={tmp_path / 'elsewhere'}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert str(tmp_path / "elsewhere" / "train" / "p24_bs2_ce" / "fold_0" / "model.pt") in out
+    assert re.search(r"\btrain\s+26\b", out), out[-2000:]

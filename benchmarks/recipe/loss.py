@@ -1,6 +1,6 @@
 """Recipe component "loss": our training loss against nnU-Net 2.8.1's, on the same logits.
 
-Ours: ``seggrid.engine.train.training_loss(plan)`` (Dice + CE, deep supervision with our
+Ours: ``seggrid.engine.session.training_loss(plan)`` (Dice + CE, deep supervision with our
 weights and target downsampling) for a plan whose topology our planner gives the patch at
 2.0 x 0.688 x 0.688 mm. nnU-Net's (``nnunet_loss.py``): ``nnUNetTrainer._build_loss()`` of a
 real trainer with the same pool/conv kernels (DC_and_CE_loss with MemoryEfficientSoftDiceLoss,
@@ -75,7 +75,7 @@ def our_loss_and_grads(case: dict, arrays: dict) -> tuple[float, list[np.ndarray
     import torch
 
     from seggrid.engine.network import deep_supervision_outputs, deep_supervision_weights
-    from seggrid.engine.train import training_loss
+    from seggrid.engine.session import training_loss
 
     plan = our_plan(case["patch"], case["classes"], case["batch_dice"])
     n_ours = deep_supervision_outputs(plan)

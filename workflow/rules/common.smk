@@ -28,6 +28,7 @@ from seggrid.config import (  # noqa: E402
     validate_config,
 )
 from seggrid.errors import SeggridError  # noqa: E402
+from seggrid.outputs.status import RUN_HEADER  # noqa: E402
 from seggrid.engine.launch import cluster_resources, launch_command  # noqa: E402
 
 try:

@@ -115,7 +115,9 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
     from seggrid.engine.recipe import build_optimizer, effective_precision, grad_scaler
     from seggrid.engine.sampling import Prefetcher
     from seggrid.engine.device import use_compile
-    from seggrid.engine.train import configure_determinism, peak_memory_mb, train_step, training_loss
+    from seggrid.engine.device import configure_determinism, peak_memory_mb
+    from seggrid.engine.session import training_loss
+    from seggrid.engine.train import train_step
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -208,7 +210,8 @@ def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> No
     from seggrid.engine.recipe import build_optimizer, grad_scaler
     from seggrid.engine.planner import check_partitionable
     from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
-    from seggrid.engine.train import train_step, training_loss
+    from seggrid.engine.session import training_loss
+    from seggrid.engine.train import train_step
 
     torch.set_num_threads(cfg["threads"])
     if world > 1:

@@ -19,7 +19,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -27,11 +26,9 @@ import torch.distributed as dist
 from seggrid.config import model_setting
 from seggrid.engine.device import RESUME_STREAM, seed_everything, stream_rng, stream_seed
 from seggrid.engine.network import MODEL_FORMAT
+from seggrid.engine.session import Training
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, config_hash
-
-if TYPE_CHECKING:
-    from seggrid.engine.train import Training
 
 
 @dataclass

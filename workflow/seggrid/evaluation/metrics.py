@@ -37,11 +37,6 @@ def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_mm,
             float(surface_distance.compute_robust_hausdorff(distances, 95)))
 
 
-def nsd(reference: np.ndarray, prediction: np.ndarray, spacing_mm, tolerance_mm: float) -> float:
-    """Normalised surface Dice at ``tolerance_mm`` for two NON-empty boolean masks."""
-    return surface_metrics(reference, prediction, spacing_mm, tolerance_mm)[0]
-
-
 def organ_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_mm, tolerance_mm: float,
                   both_empty="nan", reference_empty_predicted=0) -> dict[str, float]:
     """DSC, NSD and HD95 of one organ's boolean masks under the empty-mask policy."""

@@ -27,7 +27,6 @@ from scipy import ndimage
 from seggrid.data.fingerprint import bounding_box
 
 STRUCTURE = ndimage.generate_binary_structure(3, 3)      # 26-connectivity
-NO_POSTPROCESSING = {"foreground_as_one": False, "per_class": []}
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

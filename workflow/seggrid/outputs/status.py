@@ -33,6 +33,8 @@ from seggrid.config import (base_seed, parse_prediction_set_id, prediction_sets,
 
 #: a job with no output for this long (and 3 epochs) is taken to be gone when its host is another
 STALE_S = 900.0
+#: the line workflow/rules/train.smk writes before each run of a training job appends its output
+RUN_HEADER = "[train] run started"
 ERROR_LINE = re.compile(r"(Error|error:|Traceback|Killed|CANCELLED|DUE TO TIME LIMIT)")
 
 
@@ -56,11 +58,19 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _last_error(log: Path) -> str | None:
+def newest_run(log: Path) -> list[str]:
+    """The lines of a training log's newest run: after its last ``RUN_HEADER`` (a requeued job's
+    runs all append to one log), or the whole log when it has none."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
-        return None
+        return []
+    starts = [i for i, line in enumerate(lines) if line.startswith(RUN_HEADER)]
+    return lines[starts[-1]:] if starts else lines
+
+
+def _last_error(log: Path) -> str | None:
+    lines = newest_run(log)
     errors = [line.strip() for line in lines if ERROR_LINE.search(line)]
     return errors[-1][:160] if errors else None
 
