@@ -117,13 +117,14 @@ def cmd_split(a):
 
 
 def cmd_train(a):
+    from seggrid.config import complete_plan
     from seggrid.engine.train import train
 
     splits = _read(a.splits)
     if not 0 <= a.fold < len(splits["folds"]):
         raise SeggridError(f"{a.splits}: no fold {a.fold} (has {len(splits['folds'])})")
-    train(_read(a.plan), a.preprocessed, splits, a.fold, a.out, a.seed, a.threads, a.checkpoint_every, gpus=a.gpus,
-          requeue_margin_min=a.requeue_margin_min)
+    train(complete_plan(_read(a.plan), a.plan), a.preprocessed, splits, a.fold, a.out, a.seed, a.threads,
+          a.checkpoint_every, gpus=a.gpus, requeue_margin_min=a.requeue_margin_min)
 
 
 def cmd_predict(a):

@@ -49,7 +49,15 @@ _DefaultFilling = _extend_with_defaults(Draft7Validator)
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema. Every recipe key is written once, in ``definitions.setting`` (type,
+    description, default); ``properties.recipe`` gets a copy of them with their defaults, and
+    a setting's keys lose theirs (a setting only overrides the recipe)."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    keys = schema["definitions"]["setting"]["properties"]
+    schema["properties"]["recipe"]["properties"] = copy.deepcopy(keys)
+    for sub in keys.values():
+        sub.pop("default", None)
+    return schema
 
 
 def _key(path) -> str:
@@ -201,6 +209,22 @@ def complete_setting(setting: dict) -> dict:
     out = {k: copy.deepcopy(v["default"]) for k, v in recipe.items() if "default" in v}
     out.update(copy.deepcopy(setting))
     return out
+
+
+def complete_plan(plan: dict, source: str) -> dict:
+    """A plan read from disk (plan JSON or a model's) with its setting completed from the
+    recipe defaults (:func:`complete_setting`: a plan of an older seggrid lacks newer keys) and
+    checked against the recipe's schema, once, so the engine reads every key directly."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("setting"), dict):
+        raise SeggridError(f"{source}: not a plan (no 'setting' mapping)")
+    setting = complete_setting(plan["setting"])
+    recipe = {k: v for k, v in load_schema()["properties"]["recipe"].items() if k != "default"}
+    keep = {k: setting[k] for k in recipe["properties"] if k in setting}
+    errors = sorted(Draft7Validator(recipe).iter_errors(keep), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise SeggridError(f"{source}: invalid plan setting: " + "; ".join(
+            f"key '{_key(e.absolute_path)}': {e.message}" for e in errors))
+    return {**plan, "setting": setting}
 
 
 def row_models(row: dict) -> list[str]:

@@ -133,7 +133,7 @@ def deep_supervision_outputs(plan: dict) -> int:
         return 1
     n_pools = len(plan["topology"]["strides"]) - 1
     outputs = max(1, n_pools - 1)
-    return min(outputs, 3) if s.get("deep_supervision_weights", "nnunet") == "top3_721" else outputs
+    return min(outputs, 3) if s["deep_supervision_weights"] == "top3_721" else outputs
 
 
 def deep_supervision_weights(n_outputs: int, scheme: str = "nnunet") -> torch.Tensor:
@@ -166,4 +166,4 @@ def downsample_target(target: torch.Tensor, factor: list[int]) -> torch.Tensor:
 def build_network(plan: dict) -> PlainUNet:
     topo = plan["topology"]
     return PlainUNet(plan["n_classes"], topo["features"], topo["kernels"], topo["strides"],
-                     plan["setting"].get("norm", "instance"), deep_supervision_outputs(plan))
+                     plan["setting"]["norm"], deep_supervision_outputs(plan))

@@ -97,11 +97,11 @@ def make_plan(setting: dict, target_spacing: list[float], fingerprint: dict, lab
     order = coarsest_first(target_spacing)
     topo = plan_topology(setting["patch"], [target_spacing[a] for a in order], setting["base_features"], setting["max_features"],
                          setting["max_pools_per_axis"], setting["patch_rounding"])
-    parts = setting.get("spatial_partitions", 1)
+    parts = setting["spatial_partitions"]
     partition = None
     if parts > 1:
         axis = check_partitionable(setting["name"], topo["patch_effective"], topo["divisor"], parts,
-                                   setting.get("partition_axis"))
+                                   setting["partition_axis"])
         partition = {"parts": parts, "axis": axis, "slab": topo["patch_effective"][axis] // parts}
     return {"setting": model_setting(setting), "topology": topo, "partition": partition, "target_spacing": list(target_spacing), "transpose": order,
             "labels": labels, "n_classes": max(int(k) for k in labels) + 1,

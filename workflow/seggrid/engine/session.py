@@ -19,7 +19,7 @@ from seggrid.config import batch_split_problem
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.engine.device import (BATCH_STREAM, INIT_STREAM, configure_determinism, distributed_context,
                                    seed_everything, stream_rng, stream_seed, use_compile)
-from seggrid.engine.losses import PERIMETER_WEIGHT, DeepSupervisionLoss, build_loss
+from seggrid.engine.losses import DeepSupervisionLoss, build_loss
 from seggrid.engine.network import build_network, deep_supervision_outputs, deep_supervision_weights, head_scales
 from seggrid.engine.recipe import build_optimizer, effective_precision, grad_scaler
 from seggrid.engine.sampling import PatchSampler, local_batch
@@ -32,7 +32,7 @@ def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupe
     target downsampled to its resolution (reduced over a sample's slabs under ``spatial``)."""
     s = plan["setting"]
     n_outputs = deep_supervision_outputs(plan)
-    loss = build_loss(s["loss"], s["batch_dice"], spatial, s.get("perimeter_weight", PERIMETER_WEIGHT))
+    loss = build_loss(s["loss"], s["batch_dice"], spatial, s["perimeter_weight"])
     return DeepSupervisionLoss(loss,
                                deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
                                head_scales(plan, n_outputs))
@@ -91,8 +91,8 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
               f"{world} rank(s), device {device}", flush=True)
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(stream_seed(seed, fold, purpose=INIT_STREAM))     # the same initial weights on every rank
-    compiled = use_compile(s.get("compile", "auto"), device, bool(plan.get("partition")))
-    determinism = configure_determinism(s.get("deterministic", "auto"), device, compiled)
+    compiled = use_compile(s["compile"], device, bool(plan.get("partition")))
+    determinism = configure_determinism(s["deterministic"], device, compiled)
     spatial = None
     if plan.get("partition"):
         spatial = SpatialContext.create(rank, world, plan["partition"]["parts"], plan["partition"]["axis"])
@@ -120,7 +120,7 @@ def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], dp_index, dp_size),
                                s["oversample_foreground"], np.random.default_rng(0), None, device,
                                initial_patch=patch, **group)
-    memory_format = torch.channels_last_3d if s.get("channels_last") else torch.contiguous_format
+    memory_format = torch.channels_last_3d if s["channels_last"] else torch.contiguous_format
     net = build_network(plan).to(device).to(memory_format=memory_format)
     model = net
     if spatial:

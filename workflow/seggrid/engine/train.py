@@ -134,7 +134,7 @@ def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir
     run stops at the last epoch boundary that leaves them, checkpoints and is requeued."""
     t = setup(plan, preprocessed, splits, fold, Path(out_dir), seed, threads, gpus)
     s, ckpt_path = t.setting, t.out_dir / "checkpoint_latest.pt"
-    checkpoint_every = checkpoint_every or s.get("checkpoint_every", 5)
+    checkpoint_every = checkpoint_every or s["checkpoint_every"]
     state = resume(t)
     progress = ProgressWriter(t.out_dir, s["name"], fold, s["epochs"])     # progress.json / .png (seggrid status)
     guard = WallTimeGuard.for_this_job(60 * requeue_margin_min)
@@ -170,7 +170,7 @@ def train_epoch(t: Training, epoch: int) -> tuple[torch.Tensor, float, float]:
     the seconds spent waiting for batches. A non-finite loss is looked for every
     ``finite_check_every`` steps and at the last one (one host sync each)."""
     s, iterations = t.setting, t.setting["iterations_per_epoch"]
-    check_every = s.get("finite_check_every", 25)
+    check_every = s["finite_check_every"]
     t.sampler.start_epoch()
     t.model.train()
     batches = Prefetcher(t.sampler, iterations)
@@ -235,7 +235,7 @@ def finish(t: Training, state: RunState) -> dict:
         "setting": s["name"], "fold": t.fold, "epochs": s["epochs"], "world_size": t.world, "device": str(t.device),
         "spatial_partitions": t.spatial.size if t.spatial else 1,
         "precision": t.precision, "deterministic": t.determinism, "compile": t.compiled,
-        "channels_last": bool(s.get("channels_last")), "wall_seconds": wall,
+        "channels_last": s["channels_last"], "wall_seconds": wall,
         "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
         "augment_fraction": float(np.mean([r.get("augment_fraction", 0.0) for r in log])),
         "gpu_hours": wall * t.world / 3600 if t.device.type == "cuda" else 0.0,

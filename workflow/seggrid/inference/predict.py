@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seggrid.config import complete_plan
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, read_json, write_json
 from seggrid.engine.network import MODEL_FORMAT, build_network
@@ -53,6 +54,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
             raise SeggridError(f"{path}: a model of format {fmt or 'unknown (MONAI DynUNet, before nnU-Net network)'}"
                                f", but this seggrid reads {MODEL_FORMAT}; train it again (delete the file, "
                                f"snakemake reruns the training)")
+        ckpt["plan"] = complete_plan(ckpt["plan"], str(path))
         model = build_network(ckpt["plan"]).to(device)
         model.load_state_dict(ckpt["state_dict"])
     except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:

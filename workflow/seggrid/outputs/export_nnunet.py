@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seggrid.config import complete_plan
 from seggrid.engine.network import MODEL_FORMAT, PlainUNet
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, read_json, write_json
@@ -70,7 +71,7 @@ def read_model(path: str | Path) -> dict:
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt != MODEL_FORMAT:
         raise SeggridError(f"{path}: not a seggrid model of format {MODEL_FORMAT} (found {fmt or 'no format key'})")
-    return ckpt
+    return {**ckpt, "plan": complete_plan(ckpt["plan"], str(path))}
 
 
 def _conv_norm(out: dict, state: dict, ours: str, theirs: list[str], used: set) -> None:
@@ -155,7 +156,7 @@ def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: st
     """nnU-Net plans (one ``3d_fullres`` configuration) reproducing our preprocessing and network."""
     topo, s = plan["topology"], plan["setting"]
     n = len(topo["features"])
-    norm = s.get("norm", "instance")
+    norm = s["norm"]
     if norm not in NORM_OPS:
         raise SeggridError(f"export-nnunet: norm '{norm}' has no PlainConvUNet equivalent (nnU-Net builds a norm "
                            f"as norm_op(channels, **kwargs); GroupNorm needs the group count first)")
@@ -193,7 +194,7 @@ def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: st
         "resampling_fn_seg_kwargs": {**_RESAMPLE, "is_seg": True, "order": 1},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {**_RESAMPLE, "order": 1},
-        "architecture": arch, "batch_dice": bool(s.get("batch_dice", True))}
+        "architecture": arch, "batch_dice": bool(s["batch_dice"])}
     return {"dataset_name": dataset_name, "plans_name": PLANS_NAME,
             "original_median_spacing_after_transp": configuration["spacing"],
             "original_median_shape_after_transp": configuration["median_image_size_in_voxels"],
