@@ -260,3 +260,17 @@ def test_workflow_writes_the_submission(demo_dataset, tmp_path):
     assert json.loads((res / "postprocessing" / "a.json").read_text()) is not None
     assert not (res / "probabilities_test").exists() or not any((res / "probabilities_test").iterdir())   # temp
     assert "Nothing to be done" in snakemake_n(res / "submission", "--configfile", config)
+
+
+def test_submission_table_chooses_the_submitted_row_apart_from_the_figures(demo_dataset, tmp_path):
+    """`inference.submission_table` names the table whose last row is submitted (default the
+    last table); the slice figures' `figures.slices_table` no longer decides it."""
+    root = with_test_images(demo_dataset, tmp_path / "ds", ["amos_0001"])
+    path = _grid(tmp_path, root, {"setting": "b"}, submission=True)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["inference"]["submission_table"] = "t1"
+    cfg["figures"]["slices_table"] = "t2"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake_n("--configfile", path)
+    assert re.search(r"predict --model \S+/train/a/fold_0/model.pt .*--cases test .* --labels-out \S+/submission ", out), \
+        out[-3000:]

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 from snakemake.exceptions import WorkflowError
 
 PACKAGE_DIR = Path(workflow.basedir) / "workflow"
@@ -37,6 +39,10 @@ except SeggridError as exc:
     raise WorkflowError(str(exc))
 
 OUT = config["outdir"]
+# the workflow profile's resources of the CPU steps (a rule that runs another's step reuses them)
+WORKFLOW_PROFILE_RESOURCES = yaml.safe_load((Path(workflow.basedir) / "profiles" / "default" / "config.yaml").read_text())[
+    "set-resources"
+]
 DATA = config["dataset"]
 ENV = "../../envs/seggrid.yaml"
 CUDA_ENV = "../../envs/seggrid-cuda.yaml"
@@ -261,12 +267,16 @@ def tables_json(wildcards):
     return shlex.quote(json.dumps(keep, sort_keys=True))
 
 
+def last_row_pset(table_name):
+    """The prediction set of the last row of table ``table_name`` (None: the last table)."""
+    table = config["tables"][table_name or list(config["tables"])[-1]]
+    return row_prediction_sets(config, table, table["rows"][-1])[0][1]
+
+
 def slices_pset():
     """The prediction set Figures 2-3 show: the last row of `figures.slices_table` (default:
     the last table), e.g. Table 4's A & B ensemble."""
-    name = config["figures"].get("slices_table") or list(config["tables"])[-1]
-    table = config["tables"][name]
-    return row_prediction_sets(config, table, table["rows"][-1])[0][1]
+    return last_row_pset(config["figures"]["slices_table"])
 
 
 def trend_tables():

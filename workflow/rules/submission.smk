@@ -1,5 +1,5 @@
 # The submission: the dataset's test images (no labels; AMOS imagesTs, MSD `test`, nnU-Net v2
-# imagesTs) predicted by the final prediction set, the last row of figures.slices_table
+# imagesTs) predicted by the final prediction set, the last row of inference.submission_table
 # (default: the last table; AMOS Task 1: Table 4's A & B ensemble). The same code as that
 # set's evaluation predictions: the same models, fold averaging, postprocessing decision and
 # ensembling, only the case list differs. Labels land in {OUT}/submission/<case><file_ending>
@@ -85,9 +85,9 @@ if submission_member_sets():
         conda:
             ENV
         resources:
-            # as rule `ensemble` (profiles/default): A & B of two 5-fold models, 1.0 GB, 14 s/case
-            mem_mb=4000,
-            runtime=capped_runtime(120),
+            # rule `ensemble`'s, from the workflow profile (profiles/default), capped
+            mem_mb=WORKFLOW_PROFILE_RESOURCES["ensemble"]["mem_mb"],
+            runtime=capped_runtime(WORKFLOW_PROFILE_RESOURCES["ensemble"]["runtime"]),
         params:
             dataset=dataset_args(),
             seed=prediction_set_seed(config, SUBMISSION_PSET),

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from seggrid.data.dataset import listed_test_case_ids, load_dataset
 
-SUBMISSION_PSET = slices_pset()
+SUBMISSION_PSET = last_row_pset(config["inference"]["submission_table"])
 SUBMISSION_MODELS = parse_prediction_set_id(SUBMISSION_PSET)[0]
 
 
@@ -45,15 +45,14 @@ def submission_model_inputs(wildcards):
 
 
 def submission_runtime(wildcards):
-    """A predict job's wall time (common.smk's inference_runtime) scaled by how many more
-    test cases than evaluation cases there are (known when the dataset is on disk)."""
+    """A predict job's wall time (`inference.runtime_min` per fold model, as common.smk's
+    inference_runtime) scaled by how many more test cases than evaluation cases there are
+    (known when the dataset is on disk), capped once by capped_runtime."""
     pset = getattr(wildcards, "pset", SUBMISSION_PSET)
-    base = inference_runtime(SimpleNamespace(pset=pset))
+    base = config["inference"]["runtime_min"] * len(parse_prediction_set_id(pset)[1])
     try:
         ds = load_dataset(DATA["root"], DATA["mr_case_id_min"], DATA["modalities"])
     except SeggridError:
         return base
     n_eval = len(ds.validation) or max(1, round(len(ds.training) * DATA["holdout_fraction"]))
-    minutes = base * max(1, math.ceil(len(ds.test) / n_eval))
-    cap = config["cluster"].get("max_runtime_min")
-    return minutes if cap is None else min(minutes, cap)
+    return capped_runtime(base * max(1, math.ceil(len(ds.test) / n_eval)))
