@@ -17,7 +17,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from seggrid.config import load_config, parse_prediction_set_id, prediction_set_id, prediction_sets  # noqa: E402
+from seggrid.config import load_config  # noqa: E402
+from seggrid.layout import parse_prediction_set_id, prediction_set_id, prediction_sets  # noqa: E402
 
 
 def size(path: Path) -> int:

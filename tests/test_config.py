@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from seggrid.config import (load_config, parse_prediction_set_id, prediction_set_seed, prediction_sets,
-                            resolve_setting, row_prediction_sets, single_model_set, training_dir, training_jobs,
-                            validate_config)
+from seggrid.config import load_config, resolve_setting, validate_config
+from seggrid.layout import (parse_prediction_set_id, prediction_set_seed, prediction_sets, row_prediction_sets,
+                            single_model_set, training_dir, training_jobs)
 from seggrid.errors import SeggridError
 
 DEMO = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -66,7 +66,7 @@ def test_training_seeds_make_one_prediction_set_per_seed_and_five_fold_rows_keep
     assert [p for _, p in row_prediction_sets(cfg, t2, t2["rows"][1])] == [
         "p24_bs4_ce__f0__s3", "p24_bs4_ce__f0__s4", "p24_bs4_ce__f0__s5"]
     assert row_prediction_sets(cfg, t4, t4["rows"][2]) == [(12345, "p24_bs8_ce+p32_bs2_focal__f0-1-2-3-4")]
-    # the base seed keeps today's paths; another seed adds a seed_<S> component
+    # the base seed keeps the plain paths; another seed adds a seed_<S> component
     assert training_dir(cfg, "p24_bs2_ce", 0, 12345) == "train/p24_bs2_ce/fold_0"
     assert training_dir(cfg, "p24_bs2_ce", 0, 7) == "train/p24_bs2_ce/seed_7/fold_0"
     assert parse_prediction_set_id("a+b__f0-1__s7") == (["a", "b"], [0, 1])
@@ -152,3 +152,18 @@ def test_config_readme_is_generated_from_the_schema_and_every_key_is_described(t
     # a key without a description is reported
     schema["properties"]["seed"].pop("description")
     assert undocumented(schema) == ["seed"]
+
+
+def test_prediction_set_value_round_trips_and_names_every_path():
+    from seggrid.layout import PredictionSet, metrics_file, plan_file, predictions_dir, training_dir, training_log
+
+    ens = PredictionSet(("a", "b"), (0, 1, 2, 3, 4))
+    assert ens.id == "a+b__f0-1-2-3-4" and PredictionSet.parse(ens.id) == ens
+    seeded = PredictionSet(("p32_bs2_ce",), (0,), 23456)
+    assert seeded.id == "p32_bs2_ce__f0__s23456" and PredictionSet.parse(seeded.id) == seeded
+    assert ens.member("b") == PredictionSet(("b",), (0, 1, 2, 3, 4)) and seeded.training_seed({"seed": 1}) == 23456
+    cfg = {"seed": 12345}
+    assert training_dir(cfg, "s", 3, 12345) == "train/s/fold_3" and training_dir(cfg, "s", 0, 7) == "train/s/seed_7/fold_0"
+    assert training_log(cfg, "s", 0, 7) == "logs/train/s/seed_7/fold_0.log"
+    assert (plan_file("s"), predictions_dir(ens.id), metrics_file(ens.id, "csv")) == (
+        "plans/s.json", "predictions/a+b__f0-1-2-3-4", "metrics/a+b__f0-1-2-3-4.csv")

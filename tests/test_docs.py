@@ -241,3 +241,30 @@ def test_the_pipeline_table_names_real_rules_subcommands_and_modules():
             problems += [command for o in [name, *options] if o not in subcommands | known]
         problems += [m for m in re.findall(r"`([\w/]+\.py)`", module_cell) if not (PACKAGE / m).exists()]
     assert not problems, problems
+
+
+# ---- counts the docs quote about the demo ----------------------------------------------------
+
+def test_demo_counts_quoted_in_the_docs_equal_the_config():
+    """'the demo's N trainings' (or prediction sets, evaluation cases) wherever README, docs/ and
+    the demo config say it, and 'N evaluation cases' in README and the demo config, equal what
+    the demo config gives."""
+    from seggrid.config import load_config
+    from seggrid.layout import prediction_sets, training_jobs
+
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    counts = {"trainings": len(training_jobs(cfg)), "prediction sets": len(prediction_sets(cfg)),
+              "evaluation cases": cfg["dataset"]["demo_ct_val"] + cfg["dataset"]["demo_mr_val"]}
+    texts = {p: p.read_text() for p in [ROOT / "README.md", ROOT / "config" / "config.yaml",
+                                         *sorted((ROOT / "docs").glob("*.md"))]}
+    found = 0
+    for path, text in texts.items():
+        for what, n in counts.items():
+            for m in re.finditer(rf"the demo's (\d+) {what}\b", text):
+                found += 1
+                assert int(m.group(1)) == n, f"{path.name}: '{m.group(0)}' but the demo config has {n} {what}"
+        if path.name in ("README.md", "config.yaml"):            # both speak of the demo only here
+            for m in re.finditer(r"(\d+) evaluation cases", text):
+                found += 1
+                assert int(m.group(1)) == counts["evaluation cases"], f"{path.name}: '{m.group(0)}'"
+    assert found >= 3

@@ -1,4 +1,4 @@
-"""Resources are not part of a model (issue 18): scheduling keys stay out of the plan and its
+"""Resources are not part of a model: scheduling keys stay out of the plan and its
 hash, a half-done training resumes after its GPU count changes, a job that died after its
 last epoch finishes from checkpoint_final.pt, and a GPU job without CUDA stops loudly."""
 

@@ -14,8 +14,10 @@ import sys
 import time
 
 from conftest import ROOT, run_cli, tiny_grid_config
-from seggrid.config import load_config, prediction_sets, training_jobs
-from seggrid.outputs.status import RUN_HEADER, STALE_S, newest_run, training_job_status
+from seggrid.config import load_config
+from seggrid.layout import prediction_sets, training_jobs
+from seggrid.layout import RUN_HEADER
+from seggrid.outputs.status import STALE_S, newest_run, training_job_status
 
 
 def status_lines(capsys, cfg) -> list[str]:

@@ -1,4 +1,4 @@
-"""The submission (issue 18 item 8): the dataset's test images, listed in both layouts,
+"""The submission: the dataset's test images, listed in both layouts,
 preprocessed and predicted by the same code as the evaluation cases, written in each test
 image's geometry; the workflow plans it only when the dataset lists test images."""
 
@@ -221,7 +221,7 @@ def test_dry_run_plans_the_submission(demo_dataset, tmp_path):
 
 
 def test_amos_dry_run_submission_only_when_asked(tmp_path):
-    """No AMOS data on disk: auto plans no submission (the grid dry-runs as before); true plans
+    """No AMOS data on disk: auto plans no submission (the grid dry-runs without one); true plans
     Table 4's A & B ensemble on the test images, CT only."""
     jobs = _jobs(snakemake_n("--configfile", ROOT / "config" / "amos22_task1.yaml", "--directory", ROOT))
     assert "submission" not in jobs and "preprocess_test" not in jobs

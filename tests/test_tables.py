@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from seggrid.config import prediction_set_id, training_dir
+from seggrid.layout import prediction_set_id, training_dir
 from seggrid.evaluation import stats
 
 SEEDS = [11, 22, 33]

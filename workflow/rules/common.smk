@@ -17,20 +17,25 @@ sys.path.insert(0, str(PACKAGE_DIR))
 from seggrid.config import (  # noqa: E402
     MIN_RANK_ROWS,
     model_setting,
-    multi_seed_prediction_sets,
-    parse_prediction_set_id,
-    prediction_set_seed,
-    prediction_sets,
     resolve_setting,
     row_models,
-    row_prediction_sets,
-    single_model_set,
-    training_dir,
-    training_jobs,
     validate_config,
 )
+from seggrid.layout import (  # noqa: E402
+    RUN_HEADER,
+    metrics_file,
+    multi_seed_prediction_sets,
+    parse_prediction_set_id,
+    plan_file,
+    prediction_set_seed,
+    prediction_sets,
+    row_prediction_sets,
+    single_model_set,
+    table_file,
+    training_dir,
+    training_jobs,
+)
 from seggrid.errors import SeggridError  # noqa: E402
-from seggrid.outputs.status import RUN_HEADER  # noqa: E402
 from seggrid.engine.launch import cluster_resources, launch_command  # noqa: E402
 
 try:
@@ -97,7 +102,7 @@ def setting(wildcards):
 
 
 def plan_input(wildcards):
-    return f"{OUT}/plans/{setting_name(wildcards)}.json"
+    return f"{OUT}/{plan_file(setting_name(wildcards))}"
 
 
 def train_seed(wildcards):
@@ -225,9 +230,9 @@ def table_inputs(wildcards):
     multi-seed rows (the seed SD a one-seed table borrows for "seeds needed"); outputs/report.py
     reads no other, so a failed job of another table's one-seed row blocks no table."""
     psets = table_prediction_sets(wildcards.table)
-    files = [f"{OUT}/metrics/{p}.{ext}" for p in psets for ext in ("json", "csv")]
-    files += [f"{OUT}/plans/{s}.json" for s in table_settings(wildcards.table)]
-    files += [f"{OUT}/metrics/{p}.json" for row in multi_seed_prediction_sets(config) for p in row]
+    files = [f"{OUT}/{metrics_file(p, ext)}" for p in psets for ext in ("json", "csv")]
+    files += [f"{OUT}/{plan_file(s)}" for s in table_settings(wildcards.table)]
+    files += [f"{OUT}/{metrics_file(p, 'json')}" for row in multi_seed_prediction_sets(config) for p in row]
     for p in psets:
         models, folds = parse_prediction_set_id(p)
         seed = prediction_set_seed(config, p)
@@ -237,7 +242,7 @@ def table_inputs(wildcards):
 
 def table_outputs(name):
     """Everything `snakemake <table>` builds: the table, its per-organ tables, trend and rank plots."""
-    outs = [f"{OUT}/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
+    outs = [f"{OUT}/{table_file(name, ext)}" for ext in ("csv", "md", "tex")]
     outs += [f"{OUT}/tables/per_organ/{p}.{ext}" for p in table_prediction_sets(name) for ext in ("csv", "md")]
     if name in trend_tables():
         outs.append(f"{OUT}/figures/trend_{name}.png")

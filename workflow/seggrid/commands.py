@@ -63,7 +63,8 @@ def cmd_make_scale_data(a):
 
 
 def cmd_check_config(a):
-    from seggrid.config import load_config, prediction_sets, training_jobs
+    from seggrid.config import load_config
+    from seggrid.layout import prediction_sets, training_jobs
 
     cfg = load_config(*a.configs)
     jobs = training_jobs(cfg)

@@ -18,7 +18,6 @@ a stream. 5-fold rows keep the base seed.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
@@ -256,82 +255,3 @@ def row_seeds(config: dict, table: dict, row: dict) -> list[int]:
     if row_folds(config, row) == list(range(config["folds"])):
         return [base_seed(config)]
     return table_seeds(config, table)
-
-
-def seed_dir(config: dict, seed: int) -> str:
-    """The path component of a training seed under ``train/<setting>``: '' for the base
-    ``seed`` (today's ``train/<setting>/fold_<f>``), ``/seed_<S>`` for another seed S."""
-    return "" if seed == base_seed(config) else f"/seed_{seed}"
-
-
-def training_dir(config: dict, setting: str, fold: int, seed: int) -> str:
-    """``train/<setting>[/seed_<S>]/fold_<f>``, relative to ``outdir``."""
-    return f"train/{setting}{seed_dir(config, seed)}/fold_{fold}"
-
-
-_SEED_SUFFIX = re.compile(r"__s([0-9]+)$")
-
-
-def prediction_set_id(models: list[str], folds: list[int], seed: int | None = None) -> str:
-    """Name of the averaged prediction of ``models`` x ``folds``, e.g. ``A+B__f01234``;
-    ``seed``: a training seed other than the base seed (None: the base seed), ``a__f0__s7``."""
-    return "+".join(models) + "__f" + "-".join(str(f) for f in folds) + ("" if seed is None else f"__s{seed}")
-
-
-def parse_prediction_set_id(pset: str) -> tuple[list[str], list[int]]:
-    """(models, folds) of a prediction set id (its seed: :func:`prediction_set_seed`)."""
-    models, folds = _SEED_SUFFIX.sub("", pset).rsplit("__f", 1)
-    return models.split("+"), [int(f) for f in folds.split("-")]
-
-
-def single_model_set(config: dict, pset: str, model: str) -> str:
-    """The prediction set of one ``model`` with the folds and training seed of ``pset`` (an
-    ensemble's member)."""
-    seed = prediction_set_seed(config, pset)
-    return prediction_set_id([model], parse_prediction_set_id(pset)[1], None if seed == base_seed(config) else seed)
-
-
-def prediction_set_seed(config: dict, pset: str) -> int:
-    """The training seed of a prediction set's models (the base ``seed`` without a suffix)."""
-    m = _SEED_SUFFIX.search(pset)
-    return int(m.group(1)) if m else base_seed(config)
-
-
-def row_prediction_sets(config: dict, table: dict, row: dict) -> list[tuple[int, str]]:
-    """(training seed, prediction set id) of each seed a row is trained with."""
-    models, folds, base = row_models(row), row_folds(config, row), base_seed(config)
-    return [(s, prediction_set_id(models, folds, None if s == base else s)) for s in row_seeds(config, table, row)]
-
-
-def prediction_sets(config: dict) -> list[str]:
-    """Every prediction set the tables need (one per row and training seed), each once."""
-    out: list[str] = []
-    for table in config["tables"].values():
-        for row in table["rows"]:
-            for _, pid in row_prediction_sets(config, table, row):
-                if pid not in out:
-                    out.append(pid)
-    return out
-
-
-def training_jobs(config: dict) -> list[tuple[str, int, int]]:
-    """Every (setting, fold, training seed) the tables and figures need, each once."""
-    jobs: list[tuple[str, int, int]] = []
-    for pset in prediction_sets(config):
-        models, folds = parse_prediction_set_id(pset)
-        seed = prediction_set_seed(config, pset)
-        jobs += [(m, f, seed) for m in models for f in folds]
-    jobs += [(s, 0, base_seed(config)) for s in config["figures"]["fig1_settings"]]
-    return list(dict.fromkeys(jobs))
-
-
-def multi_seed_prediction_sets(config: dict) -> list[list[str]]:
-    """The prediction sets (one per seed) of every distinct table row trained with 2 or more
-    seeds: where a table with one seed per row borrows its seed-to-seed spread from."""
-    out: list[list[str]] = []
-    for table in config["tables"].values():
-        for row in table["rows"]:
-            psets = [p for _, p in row_prediction_sets(config, table, row)]
-            if len(psets) >= 2 and psets not in out:
-                out.append(psets)
-    return out

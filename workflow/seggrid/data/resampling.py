@@ -21,7 +21,7 @@ input the edge value repeats (skimage's ``edge`` = scipy's ``nearest`` mode).
 
 Memory: labels are resampled slice by slice (a few float64 slices at a time), class scores
 one class at a time; only the image's 3D cubic path holds a float64 copy of its input (scipy's
-spline prefilter), as before.
+spline prefilter).
 """
 
 from __future__ import annotations

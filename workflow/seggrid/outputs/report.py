@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seggrid.config import MIN_RANK_ROWS, multi_seed_prediction_sets, row_folds, row_models, row_prediction_sets, training_dir
+from seggrid.config import MIN_RANK_ROWS, row_folds, row_models
+from seggrid.layout import metrics_file, multi_seed_prediction_sets, plan_file, row_prediction_sets, training_dir
 from seggrid.evaluation import stats
 from seggrid.io import atomic_path, provenance, write_json
 from seggrid.outputs.table_format import to_latex, to_markdown, organs_note, stats_note
@@ -56,7 +57,7 @@ def pooled_seed_sd(outdir: Path, sources: list[list[str]]) -> dict[str, tuple[fl
     for metric in METRICS:
         ss, df = 0.0, 0
         for psets in sources:
-            v = np.array([json.loads((outdir / "metrics" / f"{p}.json").read_text())[metric] for p in psets], float)
+            v = np.array([json.loads((outdir / metrics_file(p, "json")).read_text())[metric] for p in psets], float)
             v = v[np.isfinite(v)]
             if len(v) >= 2:
                 ss, df = ss + float(((v - v.mean()) ** 2).sum()), df + len(v) - 1
@@ -79,8 +80,8 @@ def table_rows(config: dict, table: dict, outdir: Path, seed: int = 0) -> tuple[
     for row in table["rows"]:
         models, folds = row_models(row), row_folds(config, row)
         runs = row_prediction_sets(config, table, row)                  # [(training seed, pset)]
-        summaries = [json.loads((outdir / "metrics" / f"{p}.json").read_text()) for _, p in runs]
-        plans = [json.loads((outdir / "plans" / f"{m}.json").read_text()) for m in models]
+        summaries = [json.loads((outdir / metrics_file(p, "json")).read_text()) for _, p in runs]
+        plans = [json.loads((outdir / plan_file(m)).read_text()) for m in models]
         train_s = [sum(json.loads((outdir / training_dir(config, m, f, s) / "summary.json").read_text())[
             "wall_seconds"] for m in models for f in folds) for s, _ in runs]
         psets_of_row.append([p for _, p in runs])
@@ -97,7 +98,7 @@ def table_rows(config: dict, table: dict, outdir: Path, seed: int = 0) -> tuple[
             "train_hours": float(np.mean(train_s)) / 3600,
             "paper_dsc": row.get("paper", {}).get("dsc", np.nan), "paper_nsd": row.get("paper", {}).get("nsd", np.nan),
         })
-    tidy = [[pd.read_csv(outdir / "metrics" / f"{p}.csv") for p in psets] for psets in psets_of_row]
+    tidy = [[pd.read_csv(outdir / metrics_file(p, "csv")) for p in psets] for psets in psets_of_row]
     sources = config.get("seed_sd_sources")
     borrowed = pooled_seed_sd(outdir, multi_seed_prediction_sets(config) if sources is None else sources)
     info = {"ranks": {}, "borrowed_seed_sd": borrowed}
@@ -142,7 +143,7 @@ def scored_organs(config: dict, table: dict, outdir: Path) -> list[str]:
     organs: dict[str, None] = {}
     for row in table["rows"]:
         for _, pset in row_prediction_sets(config, table, row):
-            cases = pd.read_csv(outdir / "metrics" / f"{pset}.csv")
+            cases = pd.read_csv(outdir / metrics_file(pset, "csv"))
             organs.update({o: None for o in cases.loc[cases["dsc"].notna(), "organ"]})
     return list(organs)
 

@@ -28,13 +28,12 @@ import socket
 import time
 from pathlib import Path
 
-from seggrid.config import (base_seed, parse_prediction_set_id, prediction_sets, resolve_setting, seed_dir,
-                            training_jobs)
+from seggrid.config import base_seed, resolve_setting
+from seggrid.layout import (RUN_HEADER, metrics_file, parse_prediction_set_id, prediction_sets, predictions_dir, training_dir,
+                            training_jobs, training_log)
 
 #: a job with no output for this long (and 3 epochs) is taken to be gone when its host is another
 STALE_S = 900.0
-#: the line workflow/rules/train.smk writes before each run of a training job appends its output
-RUN_HEADER = "[train] run started"
 ERROR_LINE = re.compile(r"(Error|error:|Traceback|Killed|CANCELLED|DUE TO TIME LIMIT)")
 
 
@@ -76,13 +75,16 @@ def _last_error(log: Path) -> str | None:
 
 
 def training_job_status(outdir: Path, setting: dict, fold: int, now: float | None = None, seed: int | None = None,
-                        seed_path: str = "") -> dict:
+                        base: int | None = None) -> dict:
     """The state of one training job: setting, fold, seed, state, epoch, epochs, ema, s_per_epoch,
-    eta_s, detail. ``seed_path``: '' for the base seed, ``/seed_<S>`` for another seed S."""
+    eta_s, detail. ``seed`` the job's training seed, ``base`` the grid's base seed (layout.py: a
+    seed other than the base one trains in ``seed_<S>``; neither given: the plain paths)."""
     now = time.time() if now is None else now
     name, epochs = setting["name"], setting["epochs"]
-    folder = outdir / "train" / f"{name}{seed_path}" / f"fold_{fold}"
-    log = outdir / "logs" / "train" / f"{name}{seed_path}" / f"fold_{fold}.log"
+    where = {"seed": seed if base is None else base}
+    run_seed = where["seed"] if seed is None else seed
+    folder = outdir / training_dir(where, name, fold, run_seed)
+    log = outdir / training_log(where, name, fold, run_seed)
     row = {"setting": name, "fold": fold, "seed": seed, "state": "pending", "epoch": 0, "epochs": epochs,
            "ema": None, "s_per_epoch": None, "eta_s": None, "detail": ""}
     summary = _read_json(folder / "summary.json")
@@ -115,16 +117,16 @@ def training_job_status(outdir: Path, setting: dict, fold: int, now: float | Non
 
 
 def prediction_set_status(outdir: Path, pset: str) -> str:
-    if (outdir / "metrics" / f"{pset}.json").exists():
+    if (outdir / metrics_file(pset, "json")).exists():
         return "evaluated"
-    if (outdir / "predictions" / pset).is_dir():
+    if (outdir / predictions_dir(pset)).is_dir():
         return "predicted"
     return "pending"
 
 
 def grid_status(config: dict, now: float | None = None) -> dict:
     outdir = Path(config["outdir"])
-    training = [training_job_status(outdir, resolve_setting(config, s), f, now, seed, seed_dir(config, seed))
+    training = [training_job_status(outdir, resolve_setting(config, s), f, now, seed, base_seed(config))
                 for s, f, seed in training_jobs(config)]
     psets = [{"pset": p, "state": prediction_set_status(outdir, p), "models": len(parse_prediction_set_id(p)[0])}
              for p in prediction_sets(config)]
