@@ -23,6 +23,12 @@ def test_same_seed_same_weights(pipeline, tmp_path):
     a, b = _weights(pipeline["train"] / "model.pt"), _weights(tmp_path / "again" / "model.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the run kept its own log (a requeued job's runs each keep one; Snakemake's log is truncated)
+    from seggrid.layout import RUN_HEADER, RUN_LOGS
+
+    (run,) = (tmp_path / "again" / RUN_LOGS).glob("*_jobnone.log")
+    text = run.read_text()
+    assert text.startswith(RUN_HEADER) and "[train] tiny fold 0 epoch 2/2" in text, text[-500:]
 
 
 def test_different_seed_different_weights(pipeline, tmp_path):

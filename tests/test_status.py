@@ -16,7 +16,7 @@ import time
 from conftest import ROOT, run_cli, tiny_grid_config
 from seggrid.config import load_config
 from seggrid.layout import prediction_sets, training_jobs
-from seggrid.layout import RUN_HEADER
+from seggrid.layout import RUN_HEADER, RUN_LOGS, run_log_name
 from seggrid.outputs.status import STALE_S, newest_run, training_job_status
 
 
@@ -118,16 +118,15 @@ def test_a_job_on_another_host_is_running_until_its_outputs_go_stale(tmp_path):
     os.utime(log, (written, written))
     assert training_job_status(tmp_path, setting, 0, now=written + 4000)["detail"] == (
         "seggrid: error: setting 's' fold 0: non-finite loss")
-    # a requeued job's runs append to one log: the newest run's error is shown, an older one's is not
-    with log.open("a") as fh:
-        fh.write(f"{RUN_HEADER} 2026-12-07T03:00:00Z job 42\n[train] epoch 5/10\n"
-                 "slurmstepd: error: *** JOB 42 CANCELLED DUE TO TIME LIMIT ***\n")
+    # a requeued job: each run keeps its own log in the training dir; the newest run's is read
+    runs = folder / RUN_LOGS
+    runs.mkdir()
+    (runs / run_log_name(1000.0, "42")).write_text(f"{RUN_HEADER} job 42\n[train] epoch 5/10\n"
+                                                   "slurmstepd: error: *** JOB 42 CANCELLED DUE TO TIME LIMIT ***\n")
     os.utime(log, (written, written))
     assert "DUE TO TIME LIMIT" in training_job_status(tmp_path, setting, 0, now=written + 4000)["detail"]
-    with log.open("a") as fh:
-        fh.write(f"{RUN_HEADER} 2026-12-07T04:00:00Z job 43\n[train] epoch 6/10\n")
-    os.utime(log, (written, written))
-    assert newest_run(log) == [f"{RUN_HEADER} 2026-12-07T04:00:00Z job 43", "[train] epoch 6/10"]
+    (runs / run_log_name(5000.0, "43")).write_text(f"{RUN_HEADER} job 43\n[train] epoch 6/10\n")
+    assert newest_run(folder, log) == [f"{RUN_HEADER} job 43", "[train] epoch 6/10"]
     assert "error" not in (training_job_status(tmp_path, setting, 0, now=written + 4000)["detail"] or "")
 
 

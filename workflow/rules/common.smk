@@ -22,7 +22,6 @@ from seggrid.config import (  # noqa: E402
     validate_config,
 )
 from seggrid.layout import (  # noqa: E402
-    RUN_HEADER,
     metrics_file,
     multi_seed_prediction_sets,
     parse_prediction_set_id,

@@ -44,10 +44,8 @@ rule train:
         outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
         seed=train_seed,
     shell:
-        # every run of a requeued training appends to the log after its own header (outputs/status.py)
-        f"echo '{RUN_HEADER}' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" job \"${{{{SLURM_JOB_ID:-none}}}}\" >> {{log}}; "
         "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "
-        "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --gpus {params.gpus} --requeue-margin-min {params.requeue_margin} --out {params.outdir} >> {log} 2>&1"
+        "--fold {wildcards.fold} --seed {params.seed} --threads {threads} --gpus {params.gpus} --requeue-margin-min {params.requeue_margin} --out {params.outdir} > {log} 2>&1"
 
 
 # Prediction writes only what a later step reads (inference/predict.py): labels in the input geometry

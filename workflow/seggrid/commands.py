@@ -8,6 +8,7 @@ fast.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from seggrid.errors import SeggridError
@@ -117,6 +118,25 @@ def cmd_split(a):
     write_json(a.out, make_splits(check["training"], check["validation"], a.folds, a.seed, a.holdout_fraction))
 
 
+@contextmanager
+def run_log(out_dir: Path):
+    """Rank 0 of a training job copies its output to a log of its own run in the training dir
+    (layout.RUN_LOGS): Snakemake's log of the job keeps only the latest run of a requeued job."""
+    import os
+    import time
+
+    from seggrid.io import tee_to
+    from seggrid.layout import RUN_HEADER, RUN_LOGS, run_log_name
+
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    started, job = time.time(), os.environ.get("SLURM_JOB_ID")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    with tee_to(out_dir / RUN_LOGS / run_log_name(started, job), f"{RUN_HEADER} {stamp} job {job or 'none'}"):
+        yield
+
+
 def cmd_train(a):
     from seggrid.config import complete_plan
     from seggrid.engine.train import train
@@ -124,8 +144,10 @@ def cmd_train(a):
     splits = _read(a.splits)
     if not 0 <= a.fold < len(splits["folds"]):
         raise SeggridError(f"{a.splits}: no fold {a.fold} (has {len(splits['folds'])})")
-    train(complete_plan(_read(a.plan), a.plan), a.preprocessed, splits, a.fold, a.out, a.seed, a.threads,
-          a.checkpoint_every, gpus=a.gpus, requeue_margin_min=a.requeue_margin_min)
+    plan = complete_plan(_read(a.plan), a.plan)
+    with run_log(Path(a.out)):
+        train(plan, a.preprocessed, splits, a.fold, a.out, a.seed, a.threads, a.checkpoint_every, gpus=a.gpus,
+              requeue_margin_min=a.requeue_margin_min)
 
 
 def cmd_predict(a):

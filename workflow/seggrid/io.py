@@ -19,6 +19,42 @@ TRACKED_PACKAGES = ("seggrid", "torch", "monai", "numpy", "scipy", "nibabel", "p
                     "surface-distance", "snakemake", "matplotlib")
 
 
+class _Tee:
+    """A text stream writing to ``stream`` and ``copy`` alike."""
+
+    def __init__(self, stream, copy):
+        self.stream, self.copy = stream, copy
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.copy.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def tee_to(path: Path, header: str) -> Iterator[Path]:
+    """Copy everything this process prints (stdout and stderr) to ``path`` as well, after a
+    ``header`` line; an error that leaves the block is written there too, as ``seggrid`` prints it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as fh:
+        fh.write(header + "\n")
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, fh), _Tee(err, fh)
+        try:
+            yield path
+        except BaseException as exc:
+            fh.write(f"seggrid: error: {type(exc).__name__}: {exc}\n")
+            raise
+        finally:
+            sys.stdout, sys.stderr = out, err
+
+
 @contextmanager
 def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only on success.

@@ -4,7 +4,8 @@ the tables read them from here instead of writing or decoding path strings of th
 
     plans/<setting>.json                          plan_file
     train/<setting>[/seed_<S>]/fold_<f>/          training_dir   (model.pt, log.csv, summary.json)
-    logs/train/<setting>[/seed_<S>]/fold_<f>.log  training_log
+    train/<setting>[/seed_<S>]/fold_<f>/runs/     run_log_name   (one log per run of the job)
+    logs/train/<setting>[/seed_<S>]/fold_<f>.log  training_log   (Snakemake's: the latest run)
     predictions/<set>/                            predictions_dir
     metrics/<set>.csv, metrics/<set>.json         metrics_file
     tables/<table>.<ext>                          table_file
@@ -23,8 +24,11 @@ from dataclasses import dataclass
 from seggrid.config import base_seed, row_folds, row_models, row_seeds
 
 _SEED_SUFFIX = re.compile(r"__s([0-9]+)$")
-#: the line workflow/rules/train.smk writes before each run of a training job appends to its log
+#: the first line of a training run's own log (``<training dir>/runs/<start>_job<id>.log``)
 RUN_HEADER = "[train] run started"
+#: the folder of a training dir that keeps one log per run (a requeued job runs several times;
+#: Snakemake's log of the job holds only the latest run)
+RUN_LOGS = "runs"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,13 @@ def training_dir(config: dict, setting: str, fold: int, seed: int) -> str:
 def training_log(config: dict, setting: str, fold: int, seed: int) -> str:
     """``logs/train/<setting>[/seed_<S>]/fold_<f>.log`` (every run of a requeued job appends)."""
     return f"logs/train/{setting}{seed_dir(config, seed)}/fold_{fold}.log"
+
+
+def run_log_name(started: float, job: str | None) -> str:
+    """``<UTC start, sortable>_job<SLURM job id or 'none'>.log`` under a training dir's ``RUN_LOGS``."""
+    import time
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + f"_job{job or 'none'}.log"
 
 
 def plan_file(setting: str) -> str:

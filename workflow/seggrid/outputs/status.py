@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from seggrid.config import base_seed, resolve_setting
-from seggrid.layout import (RUN_HEADER, metrics_file, parse_prediction_set_id, prediction_sets, predictions_dir, training_dir,
+from seggrid.layout import (RUN_LOGS, metrics_file, parse_prediction_set_id, prediction_sets, predictions_dir, training_dir,
                             training_jobs, training_log)
 
 #: a job with no output for this long (and 3 epochs) is taken to be gone when its host is another
@@ -57,19 +57,18 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def newest_run(log: Path) -> list[str]:
-    """The lines of a training log's newest run: after its last ``RUN_HEADER`` (a requeued job's
-    runs all append to one log), or the whole log when it has none."""
+def newest_run(folder: Path, log: Path) -> list[str]:
+    """The lines of a training job's newest run: its newest log in ``folder/RUN_LOGS`` (one per
+    run; names sort by start time), or else Snakemake's ``log`` of the job."""
+    runs = sorted((folder / RUN_LOGS).glob("*.log"))
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        return (runs[-1] if runs else log).read_text(errors="replace").splitlines()
     except OSError:
         return []
-    starts = [i for i, line in enumerate(lines) if line.startswith(RUN_HEADER)]
-    return lines[starts[-1]:] if starts else lines
 
 
-def _last_error(log: Path) -> str | None:
-    lines = newest_run(log)
+def _last_error(folder: Path, log: Path) -> str | None:
+    lines = newest_run(folder, log)
     errors = [line.strip() for line in lines if ERROR_LINE.search(line)]
     return errors[-1][:160] if errors else None
 
@@ -100,7 +99,7 @@ def training_job_status(outdir: Path, setting: dict, fold: int, now: float | Non
         row.update(epoch=progress["epoch"], ema=progress.get("pseudo_dice_ema"),
                    s_per_epoch=progress.get("seconds_per_epoch"))
     spe = row["s_per_epoch"]
-    error = _last_error(log)
+    error = _last_error(folder, log)
     if progress is not None and progress.get("host") == socket.gethostname():
         alive = _pid_alive(int(progress["pid"]))
     else:            # another host (a cluster node): alive while it writes; an error before epoch 1 ends it
