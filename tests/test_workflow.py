@@ -120,7 +120,7 @@ def test_minimal_grid_end_to_end(tmp_path, capsys):
     broken.unlink()
     proc = snakemake("--cores", 2, "--configfile", cfg)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "rule train:" in proc.stdout + proc.stderr and "wildcards: setting=d, fold=0" in proc.stdout + proc.stderr
+    assert "rule train:" in proc.stdout + proc.stderr and "wildcards: setting=d, seedpath=, fold=0" in proc.stdout + proc.stderr
     t1 = pd.read_csv(tables / "table1.csv")
     assert list(t1["row"]) == ["small", "big"]
     assert list(t1["patch_requested"]) == ["(8, 16, 16)", "(8, 22, 22)"]
@@ -217,7 +217,7 @@ def test_amos_dry_run_without_data(name, trainings, resources, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert re.search(rf"train\s+{trainings}\b", out), out[-3000:]
     for setting, gpus in resources.items():
-        block = re.search(rf"wildcards: setting={setting}, fold=0\n\s+resources: ([^\n]+)", out)
+        block = re.search(rf"wildcards: setting={setting}, seedpath=, fold=0\n\s+resources: ([^\n]+)", out)
         assert block, setting
         assert f"gpu={gpus}" in block.group(1) and "mem_mb=" in block.group(1) and "runtime=" in block.group(1)
     assert "torchrun --standalone --nproc_per_node=8 -m seggrid train" in out
@@ -230,7 +230,7 @@ def test_one_table_builds_only_what_its_rows_need():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert re.search(r"\btrain\s+4\b", out) and re.search(r"\btable\s+1\b", out), out[-3000:]
-    trained = set(re.findall(r"wildcards: setting=(\w+), fold=0", out))
+    trained = set(re.findall(r"wildcards: setting=(\w+), seedpath=, fold=0", out))
     assert trained == {"p160_bs2_ce", "p288_bs2_ce", "p354_bs2_ce", "p384_bs2_ce"}, trained
     assert "trend_table1.png" in out and "ranks_table1.png" in out and "table2" not in out and "ensemble" not in out
     proc = snakemake("-n", "table9", "--configfile", ROOT / "config" / "amos22_task1.yaml")

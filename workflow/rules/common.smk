@@ -29,6 +29,8 @@ from seggrid.layout import (  # noqa: E402
     prediction_set_seed,
     prediction_sets,
     row_prediction_sets,
+    SEED_PATH,
+    seed_of_path,
     single_model_set,
     table_file,
     training_dir,
@@ -87,27 +89,17 @@ def dataset_input(wildcards):
     return [f"{DATA['root']}/dataset.json"] if DATA["demo"] else []
 
 
-# A train job's `setting` wildcard is `<setting>` (the base seed) or `<setting>/seed_<S>`.
-SETTING_AND_SEED = r"[A-Za-z0-9][A-Za-z0-9_-]*(/seed_[0-9]+)?"
-
-
-def setting_name(wildcards):
-    """The setting of a job (without a train job's seed_<S> component)."""
-    return wildcards.setting.split("/")[0]
-
-
 def setting(wildcards):
-    return resolve_setting(config, setting_name(wildcards))
+    return resolve_setting(config, wildcards.setting)
 
 
 def plan_input(wildcards):
-    return f"{OUT}/{plan_file(setting_name(wildcards))}"
+    return f"{OUT}/{plan_file(wildcards.setting)}"
 
 
 def train_seed(wildcards):
-    """The training seed of a train job: the base seed, or S of its seed_S path component."""
-    parts = wildcards.setting.split("/")
-    return int(parts[1].removeprefix("seed_")) if len(parts) > 1 else config["seed"]
+    """The training seed of a train job, from its `seedpath` wildcard (layout.SEED_PATH)."""
+    return seed_of_path(config, wildcards.seedpath)
 
 
 def pset_seed(wildcards):

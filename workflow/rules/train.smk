@@ -1,6 +1,6 @@
 # Training one (setting, fold, training seed) and predicting the evaluation cases with it.
-# A seed S other than the base `seed` adds /seed_S to the paths (seggrid/config.py): the
-# `setting` wildcard of this rule is <setting> or <setting>/seed_<S>. Resources come
+# A seed S other than the base `seed` adds /seed_S to the paths (seggrid/layout.py): the
+# `seedpath` wildcard of this rule is '' or /seed_<S>. Resources come
 # from the setting (gpus, threads, mem_mb, runtime_min); `gpu` is Snakemake's standard
 # resource, which the SLURM executor turns into --gpus. A multi-node setting gets nodes,
 # gres (GPUs per node) and the executor's mpi/tasks resources instead (engine/launch.py).
@@ -14,15 +14,15 @@ rule train:
         preprocessed=f"{OUT}/preprocessed",
         splits=f"{OUT}/dataset/splits.json",
     output:
-        model=f"{OUT}/train/{{setting}}/fold_{{fold}}/model.pt",
-        log=f"{OUT}/train/{{setting}}/fold_{{fold}}/log.csv",
-        summary=f"{OUT}/train/{{setting}}/fold_{{fold}}/summary.json",
+        model=f"{OUT}/train/{{setting}}{{seedpath}}/fold_{{fold}}/model.pt",
+        log=f"{OUT}/train/{{setting}}{{seedpath}}/fold_{{fold}}/log.csv",
+        summary=f"{OUT}/train/{{setting}}{{seedpath}}/fold_{{fold}}/summary.json",
     log:
-        f"{OUT}/logs/train/{{setting}}/fold_{{fold}}.log",
+        f"{OUT}/logs/train/{{setting}}{{seedpath}}/fold_{{fold}}.log",
     benchmark:
-        f"{OUT}/benchmarks/train/{{setting}}/fold_{{fold}}.tsv"
+        f"{OUT}/benchmarks/train/{{setting}}{{seedpath}}/fold_{{fold}}.tsv"
     wildcard_constraints:
-        setting=SETTING_AND_SEED,
+        seedpath=SEED_PATH,
     conda:
         lambda w: env_for(setting(w)["gpus"])
     threads: lambda w: setting(w)["threads"]
@@ -41,7 +41,7 @@ rule train:
         launcher=launcher,
         gpus=train_gpus,
         requeue_margin=requeue_margin,
-        outdir=lambda w: f"{OUT}/train/{w.setting}/fold_{w.fold}",
+        outdir=lambda w: f"{OUT}/train/{w.setting}{w.seedpath}/fold_{w.fold}",
         seed=train_seed,
     shell:
         "{params.launcher} train --plan {input.plan} --preprocessed {input.preprocessed} --splits {input.splits} "

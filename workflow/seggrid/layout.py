@@ -65,6 +65,16 @@ def seed_dir(config: dict, seed: int) -> str:
     return "" if seed == base_seed(config) else f"/seed_{seed}"
 
 
+#: the regex of the seed component of a training's paths: '' (the base seed) or '/seed_<S>'
+#: (the train rule's ``seedpath`` wildcard)
+SEED_PATH = r"(/seed_[0-9]+)?"
+
+
+def seed_of_path(config: dict, seed_path: str) -> int:
+    """The training seed a :data:`SEED_PATH` component names ('' = the base seed)."""
+    return int(seed_path.removeprefix("/seed_")) if seed_path else base_seed(config)
+
+
 def training_dir(config: dict, setting: str, fold: int, seed: int) -> str:
     """``train/<setting>[/seed_<S>]/fold_<f>``."""
     return f"train/{setting}{seed_dir(config, seed)}/fold_{fold}"
