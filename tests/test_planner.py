@@ -74,10 +74,11 @@ def test_target_spacing_is_the_median_or_the_anisotropic_10th_percentile():
 
 
 def test_plan_puts_the_coarsest_axis_first():
+    from seggrid.config import complete_setting
     from seggrid.engine.planner import make_plan
 
-    setting = {"name": "s", "patch": [20, 64, 64], "base_features": 32, "max_features": 320,
-               "max_pools_per_axis": None, "patch_rounding": "up", "gpus": 1, "batch": 2}
+    setting = complete_setting({"name": "s", "patch": [20, 64, 64], "base_features": 32, "max_features": 320,
+                                "max_pools_per_axis": None, "patch_rounding": "up", "gpus": 1, "batch": 2})
     plan = make_plan(setting, [0.8, 0.8, 4.0], {}, {"0": "background", "1": "a"})     # x is coarsest
     assert plan["transpose"] == [2, 0, 1]
     assert plan["topology"]["spacing"] == [4.0, 0.8, 0.8]

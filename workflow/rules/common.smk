@@ -46,9 +46,9 @@ except SeggridError as exc:
 
 OUT = config["outdir"]
 # the workflow profile's resources of the CPU steps (a rule that runs another's step reuses them)
-WORKFLOW_PROFILE_RESOURCES = yaml.safe_load((Path(workflow.basedir) / "profiles" / "default" / "config.yaml").read_text())[
-    "set-resources"
-]
+WORKFLOW_PROFILE_RESOURCES = yaml.safe_load(
+    (Path(workflow.basedir) / "profiles" / "default" / "config.yaml").read_text()
+)["set-resources"]
 DATA = config["dataset"]
 ENV = "../../envs/seggrid.yaml"
 CUDA_ENV = "../../envs/seggrid-cuda.yaml"

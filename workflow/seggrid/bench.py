@@ -93,12 +93,12 @@ def step_plan(patch: list[int], spacing: list[float], base_features: int, max_fe
               max_pools_per_axis: int | None = 5, loss: str = "dice_ce", batch_dice: bool = True) -> dict:
     """The plan of a benchmark step: nnU-Net's recipe (SGD, instance norm, deep supervision)
     on the topology the planner gives ``patch`` at ``spacing``."""
+    from seggrid.config import complete_setting
     from seggrid.engine.planner import plan_topology
 
     topo = plan_topology(patch, spacing, base_features, max_features, max_pools_per_axis, "down")
-    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance",
-               "optimizer": "sgd_nesterov", "lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
-               "loss": loss, "batch_dice": batch_dice}
+    # the recipe's defaults (the schema's: nnU-Net's SGD, instance norm, deep supervision)
+    setting = complete_setting({"loss": loss, "batch_dice": batch_dice})
     return {"setting": setting, "topology": topo, "n_classes": classes}
 
 

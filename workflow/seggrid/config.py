@@ -217,7 +217,9 @@ def complete_plan(plan: dict, source: str) -> dict:
     if not isinstance(plan, dict) or not isinstance(plan.get("setting"), dict):
         raise SeggridError(f"{source}: not a plan (no 'setting' mapping)")
     setting = complete_setting(plan["setting"])
-    recipe = {k: v for k, v in load_schema()["properties"]["recipe"].items() if k != "default"}
+    schema = load_schema()
+    recipe = {**{k: v for k, v in schema["properties"]["recipe"].items() if k != "default"},
+              "definitions": schema["definitions"]}
     keep = {k: setting[k] for k in recipe["properties"] if k in setting}
     errors = sorted(Draft7Validator(recipe).iter_errors(keep), key=lambda e: list(e.absolute_path))
     if errors:
