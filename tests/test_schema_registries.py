@@ -41,6 +41,7 @@ def test_a_plan_is_completed_and_checked_once(tmp_path):
     plan = {"setting": {"name": "old", "loss": "dice_ce"}, "topology": {}}
     done = complete_plan(plan, "old.json")
     assert done["setting"]["batch_dice"] is False and done["setting"]["norm"] == "instance"
+    assert "gpus" not in done["setting"] and "mem_mb" not in done["setting"]     # scheduling keys: not a plan's
     with pytest.raises(SeggridError, match=r"bad\.json: invalid plan setting: key 'loss': 'dice_xx' is not one of"):
         complete_plan({"setting": {"loss": "dice_xx"}}, "bad.json")
     with pytest.raises(SeggridError, match="x.json: not a plan"):

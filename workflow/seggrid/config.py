@@ -216,7 +216,9 @@ def complete_plan(plan: dict, source: str) -> dict:
     checked against the recipe's schema, once, so the engine reads every key directly."""
     if not isinstance(plan, dict) or not isinstance(plan.get("setting"), dict):
         raise SeggridError(f"{source}: not a plan (no 'setting' mapping)")
-    setting = complete_setting(plan["setting"])
+    # scheduling keys stay out of a plan (model_setting): a job gets them from the workflow
+    setting = {k: v for k, v in complete_setting(plan["setting"]).items()
+               if k not in SCHEDULING_KEYS or k in plan["setting"]}
     schema = load_schema()
     recipe = {**{k: v for k, v in schema["properties"]["recipe"].items() if k != "default"},
               "definitions": schema["definitions"]}
