@@ -28,7 +28,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = REPO_ROOT / "benchmarks" / "recipe"
-COMPONENTS = ["planner", "resampling", "sampler", "augmentation", "loss", "lr_schedule", "sliding_window"]
+COMPONENTS = ["planner", "resampling", "normalisation", "sampler", "augmentation", "loss", "lr_schedule",
+              "sliding_window"]
 
 
 def load_component(name: str) -> ModuleType | None:

@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from common import load_json, load_npz, log, max_abs_diff, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import (fp16_exact, load_json, load_npz, log, max_abs_diff, result, run_nnunet_side, run_standalone,
+                    save_json, save_npz)
 
 SEED = 0
 N_DRAWS = 20000
@@ -49,9 +50,12 @@ PLANS = {"3d": [64, 160, 160], "dummy_2d": [64, 288, 288]}
 EFFECT_PATCH = [16, 24, 24]
 SPATIAL_PATCH = [16, 24, 24]
 DUMMY_PATCH = [8, 40, 40]
+#: the fixture's variant (tests/fixtures/nnunet/augmentation/): smaller boxes, the same checks
+SMALL_PATCHES = {"eff_patch": [8, 12, 12], "sp_patch": [8, 12, 12], "dummy_patch": [4, 16, 16]}
 SPEC: dict[str, Any] = {
     "seed": SEED, "n_draws": N_DRAWS, "plans": PLANS, "draw_seeds": {"3d": SEED + 1, "dummy_2d": SEED + 2},
-    "sp_patch": SPATIAL_PATCH, "dummy_patch": DUMMY_PATCH, "n_spatial": 10, "n_dummy": 3, "noise_std": 0.07,
+    "eff_patch": EFFECT_PATCH, "sp_patch": SPATIAL_PATCH, "dummy_patch": DUMMY_PATCH, "n_spatial": 10, "n_dummy": 3,
+    "noise_std": 0.07,
     "blur_sigmas": [[0.5, 0.5, 0.5], [1.0, 1.0, 1.0], [0.62, 0.91, 0.77], [5 / 6, 0.75, 7 / 12]],
     "brightness": [0.75, 0.8, 0.97, 1.0, 1.1, 1.25], "contrast": [0.75, 0.8, 0.97, 1.0, 1.1, 1.25],
     "lowres": [0.5, 0.53125, 0.6875, 0.7371, 0.85, 0.99, 1.0], "lowres_edge": 0.6875 + 1e-9,
@@ -89,19 +93,30 @@ def image_and_label(rng: np.random.Generator, shape: list[int], outside: bool) -
     return img[None], lab[None]
 
 
-def make_inputs(workdir: Path) -> dict[str, np.ndarray]:
+def prepare(workdir: Path, small: bool = False) -> None:
+    """Write inputs.json (the spec) and inputs.npz (images and labels) for nnU-Net's side.
+
+    ``small``: the boxes of :data:`SMALL_PATCHES`, images rounded to float16 values."""
     from seggrid.engine.augment import initial_patch_size
 
+    spec = dict(SPEC, **SMALL_PATCHES) if small else dict(SPEC)
     rng = np.random.default_rng(SEED)
     arrays: dict[str, np.ndarray] = {}
-    arrays["eff_img"], arrays["eff_lab"] = image_and_label(rng, EFFECT_PATCH, outside=False)
-    arrays["sp_img"], arrays["sp_lab"] = image_and_label(rng, initial_patch_size(SPATIAL_PATCH), outside=True)
-    arrays["dummy_img"], arrays["dummy_lab"] = image_and_label(rng, initial_patch_size(DUMMY_PATCH), outside=True)
-    spec = dict(SPEC, affine_angles=rng.uniform(-np.pi, np.pi, (10, 3)).tolist(),
+    arrays["eff_img"], arrays["eff_lab"] = image_and_label(rng, spec["eff_patch"], outside=False)
+    arrays["sp_img"], arrays["sp_lab"] = image_and_label(rng, initial_patch_size(spec["sp_patch"]), outside=True)
+    arrays["dummy_img"], arrays["dummy_lab"] = image_and_label(rng, initial_patch_size(spec["dummy_patch"]),
+                                                               outside=True)
+    if small:
+        arrays = {k: fp16_exact(v) if k.endswith("_img") else v for k, v in arrays.items()}
+    spec.update(affine_angles=rng.uniform(-np.pi, np.pi, (10, 3)).tolist(),
                 affine_scales=rng.uniform(0.7, 1.4, 10).tolist())
     save_json(workdir / "inputs.json", spec)
     save_npz(workdir / "inputs.npz", **arrays)
-    return {**arrays, "spec": spec}
+
+
+def load_inputs(workdir: Path) -> dict[str, Any]:
+    """inputs.npz's arrays and, under "spec", inputs.json."""
+    return {**load_npz(workdir / "inputs.npz"), "spec": load_json(workdir / "inputs.json")}
 
 
 # --- 1. parameters ----------------------------------------------------------------------------------
@@ -225,7 +240,7 @@ def compare_effects(inputs: dict, theirs: dict) -> dict:
     mirror_img, mirror_lab = [], []
     for axes in itertools.chain.from_iterable(itertools.combinations(range(3), k) for k in range(4)):
         key = "".join(map(str, axes)) or "none"
-        o_img, o_lab = none([img], [lab], [SampleParams(mirror=list(axes))], EFFECT_PATCH, gen)
+        o_img, o_lab = none([img], [lab], [SampleParams(mirror=list(axes))], spec["eff_patch"], gen)
         mirror_img.append((o_img[0].numpy(), theirs[f"mirror_img_{key}"]))
         mirror_lab.append((o_lab[0].numpy(), theirs[f"mirror_lab_{key}"]))
     diffs["mirror_image"] = max(max_abs_diff(a, b) for a, b in mirror_img)
@@ -234,7 +249,7 @@ def compare_effects(inputs: dict, theirs: dict) -> dict:
     chain = SampleParams(blur_sigma=np.array(c["blur_sigma"]), brightness=c["brightness"], contrast=c["contrast"],
                          lowres=np.full(3, c["lowres"]), gamma_inverted=c["gamma_inverted"], gamma=c["gamma"],
                          mirror=list(c["mirror"]))
-    o_img, o_lab = full([img], [lab], [chain], EFFECT_PATCH, gen)
+    o_img, o_lab = full([img], [lab], [chain], spec["eff_patch"], gen)
     diffs["chain_image"] = max_abs_diff(o_img[0].numpy(), theirs["chain_img"])
     diffs["chain_label"] = max_abs_diff(o_lab[0].numpy(), theirs["chain_lab"])
     # noise: random, so its std (and mean 0) against the requested std, within 4 standard errors
@@ -249,8 +264,8 @@ def compare_effects(inputs: dict, theirs: dict) -> dict:
     # n * zoom lies within float32 rounding of a .5 the downsampled size differs by one voxel
     s = spec["lowres_edge"]
     edge = {"zoom_float64": s, "zoom_float32": float(np.float32(s)),
-            "size_ours": [max(1, round(n * s)) for n in EFFECT_PATCH],
-            "size_nnunet": [round(n * float(np.float32(s))) for n in EFFECT_PATCH],
+            "size_ours": [max(1, round(n * s)) for n in spec["eff_patch"]],
+            "size_nnunet": [round(n * float(np.float32(s))) for n in spec["eff_patch"]],
             "max_abs_diff": max_abs_diff(intensity(lowres=np.full(3, s)), theirs["lowres_edge"])}
     return {"match": ok and noise_ok, "tolerance": FLOAT_TOL, "max_abs_diff": diffs,
             "noise": {"requested_std": sigma, **noise, "match": noise_ok},
@@ -299,11 +314,11 @@ def compare_spatial(inputs: dict, theirs: dict) -> dict:
 
     for i in [*range(spec["n_spatial"]), "extreme", "crop"]:
         a = theirs[f"sp_{i}_affine"]
-        one(f"sp_{i}", inputs["sp_img"], inputs["sp_lab"], None if np.isnan(a).any() else a, SPATIAL_PATCH)
+        one(f"sp_{i}", inputs["sp_img"], inputs["sp_lab"], None if np.isnan(a).any() else a, spec["sp_patch"])
     for i in range(spec["n_dummy"]):
         m = np.eye(3)
         m[1:, 1:] = theirs[f"dummy_{i}_affine"]
-        one(f"dummy_{i}", inputs["dummy_img"], inputs["dummy_lab"], m, DUMMY_PATCH)
+        one(f"dummy_{i}", inputs["dummy_img"], inputs["dummy_lab"], m, spec["dummy_patch"])
     angles, scales = np.asarray(spec["affine_angles"]), np.asarray(spec["affine_scales"])
     ours_3d = np.stack([rotation_matrix(a) @ np.diag([s] * 3) for a, s in zip(angles, scales)])
     ours_2d = np.stack([(axis_rotation(0, a[0]) @ np.diag([1.0, s, s]))[1:, 1:] for a, s in zip(angles, scales)])
@@ -370,33 +385,50 @@ def quantities(rec: dict[str, np.ndarray], dummy: bool) -> dict[str, tuple[np.nd
     return out
 
 
-def compare_draws(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray], dummy: bool) -> dict:
-    """Side by side: rate, mean, min, max (and share below 1 for BGContrast draws); equal within
-    MC_SIGMAS standard errors, values inside the nominal range."""
-    qo, qt = quantities(mine, dummy), quantities(theirs, dummy)
+BELOW_1_KEYS = ("brightness", "contrast", "gamma_inverted", "gamma")
+
+
+def draw_summary(rec: dict[str, np.ndarray], dummy: bool) -> dict[str, dict]:
+    """quantity -> {"n": draws, "count": values (where applied), mean, var, min, max, below_1}:
+    all :func:`compare_draws` needs (a fixture stores this instead of the draws)."""
+    out = {}
+    for key, (v, n) in quantities(rec, dummy).items():
+        row: dict[str, Any] = {"n": int(n), "count": int(len(v))}
+        if len(v):
+            row.update(mean=float(np.mean(v)), var=float(np.var(v)), min=float(v.min()), max=float(v.max()))
+            if key in BELOW_1_KEYS:
+                row["below_1"] = float(np.mean(v < 1))
+        out[key] = row
+    return out
+
+
+def compare_draws(mine: dict[str, dict], theirs: dict[str, dict]) -> dict:
+    """Side by side (two :func:`draw_summary`): rate, mean, min, max (and share below 1 for
+    BGContrast draws); equal within MC_SIGMAS standard errors, values inside the nominal range."""
     table, ok_all = {}, True
-    for key in qo:
-        (vo, no), (vt, nt) = qo[key], qt[key]
+    for key in mine:
+        o, t = mine[key], theirs.get(key, {"n": 1, "count": -1})
         row: dict[str, Any] = {}
         checks = []
         if not key.startswith(("mirror", "lowres_ax")):
-            po, pt = len(vo) / no, len(vt) / nt
+            po, pt = o["count"] / o["n"], t["count"] / t["n"]
             row["rate"] = [po, pt]
-            checks.append(abs(po - pt) <= MC_SIGMAS * np.sqrt(po * (1 - po) / no + pt * (1 - pt) / nt))
-        if len(vo) and len(vt):
-            mo, mt = float(np.mean(vo)), float(np.mean(vt))
-            row.update(mean=[mo, mt], min=[float(vo.min()), float(vt.min())], max=[float(vo.max()), float(vt.max())])
-            se = np.sqrt(np.var(vo) / len(vo) + np.var(vt) / len(vt))
+            checks.append(abs(po - pt) <= MC_SIGMAS * np.sqrt(po * (1 - po) / o["n"] + pt * (1 - pt) / t["n"]))
+        if o["count"] > 0 and t["count"] > 0:
+            mo, mt = o["mean"], t["mean"]
+            row.update(mean=[mo, mt], min=[o["min"], t["min"]], max=[o["max"], t["max"]])
+            se = np.sqrt(o["var"] / o["count"] + t["var"] / t["count"])
             checks.append(abs(mo - mt) <= MC_SIGMAS * se if se > 0 else mo == mt)
             if key in RANGES:
                 lo, hi = RANGES[key]
-                checks.append(min(vo.min(), vt.min()) >= lo and max(vo.max(), vt.max()) <= hi)
-            if key in ("brightness", "contrast", "gamma_inverted", "gamma"):
-                bo, bt = float(np.mean(vo < 1)), float(np.mean(vt < 1))
+                checks.append(min(o["min"], t["min"]) >= lo and max(o["max"], t["max"]) <= hi)
+            if key in BELOW_1_KEYS:
+                bo, bt = o["below_1"], t["below_1"]
                 row["below_1"] = [bo, bt]
-                checks.append(abs(bo - bt) <= MC_SIGMAS * np.sqrt(bo * (1 - bo) / len(vo) + bt * (1 - bt) / len(vt)))
+                checks.append(abs(bo - bt) <= MC_SIGMAS * np.sqrt(bo * (1 - bo) / o["count"]
+                                                                  + bt * (1 - bt) / t["count"]))
         else:
-            checks.append(len(vo) == len(vt))
+            checks.append(o["count"] == t["count"])
         row["ok"] = bool(all(checks))
         ok_all &= row["ok"]
         table[key] = row
@@ -406,32 +438,64 @@ def compare_draws(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray], du
 # --- driver ------------------------------------------------------------------------------------------
 
 
+FIXTURE_FILES = ["inputs.json", "inputs.npz", "nnunet.json", "nnunet.npz", "nnunet_draws.json"]
+
+
+def their_draw_summaries(workdir: Path, theirs: dict[str, np.ndarray]) -> dict[str, dict]:
+    """nnU-Net's draws per plan as :func:`draw_summary`: from nnunet_draws.json (a fixture) or
+    from the raw draws in nnunet.npz."""
+    path = Path(workdir) / "nnunet_draws.json"
+    if path.is_file():
+        return load_json(path)
+    out = {}
+    for tag in PLANS:
+        prefix = f"draw_{tag}_"
+        out[tag] = draw_summary({k[len(prefix):]: v for k, v in theirs.items() if k.startswith(prefix)},
+                                tag == "dummy_2d")
+    return out
+
+
+def slim(workdir: Path) -> None:
+    """For a fixture: nnU-Net's draws summarised into nnunet_draws.json and dropped from nnunet.npz."""
+    theirs = load_npz(workdir / "nnunet.npz")
+    save_json(workdir / "nnunet_draws.json", their_draw_summaries(workdir, theirs))
+    save_npz(workdir / "nnunet.npz", **{k: v for k, v in theirs.items() if not k.startswith("draw_")})
+
+
 def compare(nnunet_python: str, workdir: Path) -> dict:
-    inputs = make_inputs(workdir)
+    prepare(workdir)
     log("[augmentation] running nnU-Net's get_training_transforms, transforms and draws")
     run_nnunet_side(nnunet_python, __file__, workdir)
-    report, theirs = load_json(workdir / "nnunet.json"), load_npz(workdir / "nnunet.npz")
-    parameters = {tag: compare_parameters(our_pipeline(patch), report["configs"][tag]) for tag, patch in PLANS.items()}
+    return check(workdir)
+
+
+def check(workdir: Path) -> dict:
+    """Ours on the inputs of ``workdir`` against nnU-Net's results recorded there."""
     from seggrid.engine.augment import initial_patch_size
 
-    parameters["initial_patch_small"] = {k: {"ours": initial_patch_size(SPEC[k]), "nnunet": v}
+    inputs = load_inputs(workdir)
+    spec = inputs["spec"]
+    report, theirs = load_json(workdir / "nnunet.json"), load_npz(workdir / "nnunet.npz")
+    plans = spec["plans"]
+    parameters = {tag: compare_parameters(our_pipeline(patch), report["configs"][tag]) for tag, patch in plans.items()}
+    parameters["initial_patch_small"] = {k: {"ours": initial_patch_size(spec[k]), "nnunet": v}
                                          for k, v in report["initial_patch"].items()}
     small_ok = all(same(v["ours"], v["nnunet"]) for v in parameters["initial_patch_small"].values())
     log("[augmentation] effects and spatial")
     effects = compare_effects(inputs, theirs)
     spatial = compare_spatial(inputs, theirs)
-    log(f"[augmentation] {N_DRAWS} draws of ours per config")
+    log(f"[augmentation] {spec['n_draws']} draws of ours per config")
+    their_summaries = their_draw_summaries(workdir, theirs)
     draws: dict[str, Any] = {}
-    for tag, patch in PLANS.items():
-        prefix = f"draw_{tag}_"
-        their_draws = {k[len(prefix):]: v for k, v in theirs.items() if k.startswith(prefix)}
-        draws[tag] = compare_draws(our_draws(patch, N_DRAWS, SPEC["draw_seeds"][tag]), their_draws, tag == "dummy_2d")
+    for tag, patch in plans.items():
+        mine = draw_summary(our_draws(patch, spec["n_draws"], spec["draw_seeds"][tag]), tag == "dummy_2d")
+        draws[tag] = compare_draws(mine, their_summaries[tag])
     flags = report["gamma_flags"]
     draws["nnunet_gamma_flags"] = {"[applied, inverted, stats retained]": flags}
     flags_ok = all(f["gamma_inverted"][0] == f["gamma_inverted"][1] == f["gamma_inverted"][2]
                    and f["gamma"][1] == 0 and f["gamma"][0] == f["gamma"][2] for f in flags.values())
-    match = (all(parameters[t]["match"] for t in PLANS) and small_ok and effects["match"] and spatial["match"]
-             and all(draws[t]["match"] for t in PLANS) and flags_ok)
+    match = (all(parameters[t]["match"] for t in plans) and small_ok and effects["match"] and spatial["match"]
+             and all(draws[t]["match"] for t in plans) and flags_ok)
     return result("augmentation", match, parameters=parameters, effects=effects, spatial=spatial, draws=draws)
 
 

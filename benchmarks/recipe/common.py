@@ -11,6 +11,20 @@ Protocol (every component follows it):
   with ``nnunet_python``: that script uses nnU-Net 2.8.1's OWN functions on the same inputs
   and writes its results to ``workdir``), then compares and returns :func:`result`'s dict:
   at least ``{"component": name, "match": bool}`` plus numbers (JSON-able).
+* ``compare`` is split in two so that nnU-Net's answers can be recorded once and checked
+  without nnU-Net (``benchmarks/record_nnunet_fixtures.py`` -> ``tests/fixtures/nnunet/<name>/``
+  -> ``tests/test_conformance.py``)::
+
+      def prepare(workdir: Path, small: bool = False) -> None   # inputs only (seeded)
+      def check(workdir: Path) -> dict                          # reads inputs AND nnU-Net's
+                                                                # outputs from workdir, compares
+      FIXTURE_FILES = [...]  or  def fixture_files(workdir) -> list[str]
+      def slim(workdir) -> None                                 # optional: shrink for a fixture
+
+  ``compare`` = ``prepare`` + :func:`run_nnunet_side` + ``check``. ``check`` must read every
+  input from ``workdir`` (never regenerate it: a fixture's inputs were made by the code of its
+  day), and ``small=True`` selects the component's small variant of its cases (a fixture
+  stays small; same kinds of case, same tolerances).
 * Each component ends with::
 
       if __name__ == "__main__":
@@ -141,9 +155,17 @@ def save_npz(path: Path, **arrays: Any) -> None:
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` into a plain dict (file closed on return)."""
+    """Load every array of an ``.npz`` into a plain dict (file closed on return).
+
+    float16 arrays come back as float32: the components exchange float32 only, and a fixture
+    (``record_fixtures.py``) stores a float32 array whose values are all float16 values as float16."""
     with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k] for k in data.files}
+
+
+def fp16_exact(array: np.ndarray) -> np.ndarray:
+    """``array`` as float32 rounded to float16 values: inputs a fixture stores exactly in 2 bytes."""
+    return np.asarray(array, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 def save_json(path: Path, obj: Any) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import fp16_exact, load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
 
 SPACING = [2.0, 0.68825001, 0.68825001]
 #: (patch, batch, classes, batch_dice, classes present in the target)
@@ -35,6 +35,15 @@ CASES = [
     ([8, 64, 64], 2, 6, True, [0, 2, 5]),
     ([8, 64, 64], 2, 6, False, [0, 2, 5]),
     ([32, 96, 96], 2, 16, True, None),
+]
+#: the fixture's cases (tests/fixtures/nnunet/loss/): small, the same kinds (batch Dice on and off,
+#: classes missing from the target, 16 classes, batch 3)
+SMALL_CASES = [
+    ([4, 16, 16], 2, 4, True, None),
+    ([4, 16, 16], 2, 4, False, None),
+    ([4, 16, 16], 2, 6, True, [0, 2, 5]),
+    ([4, 16, 16], 2, 6, False, [0, 2, 5]),
+    ([4, 12, 8], 3, 16, True, None),
 ]
 LOSS_TOLERANCE = 1e-5          # float32 sums of up to ~1e5 voxels on both sides
 GRAD_REL_TOLERANCE = 1e-4      # max |g_ours - g_nnunet| / max |g_nnunet|
@@ -49,17 +58,22 @@ def our_plan(patch: list[int], classes: int, batch_dice: bool) -> dict:
     return {"setting": setting, "topology": plan_topology(patch, SPACING), "n_classes": classes}
 
 
-def make_inputs(workdir: Path, seed: int = 0) -> list[dict]:
-    """Write case_<i>.npz (logits_<k>, target) and cases.json; return the case descriptions."""
+def prepare(workdir: Path, small: bool = False, seed: int = 0) -> list[dict]:
+    """Write case_<i>.npz (logits_<k>, target) and cases.json; return the case descriptions.
+
+    ``small``: :data:`SMALL_CASES`, logits rounded to float16 values (a fixture stores them in
+    half the bytes, exactly)."""
     rng = np.random.default_rng(seed)
     described = []
-    for i, (patch, batch, classes, batch_dice, present) in enumerate(CASES):
+    for i, (patch, batch, classes, batch_dice, present) in enumerate(SMALL_CASES if small else CASES):
         topo = our_plan(patch, classes, batch_dice)["topology"]
         strides = np.array(topo["strides"])
         factors = np.cumprod(strides, axis=0)[:-1]          # one per nnU-Net deep-supervision output
         shapes = [[int(round(p / f)) for p, f in zip(topo["patch_effective"], fac)] for fac in factors]
         logits = {f"logits_{k}": (rng.standard_normal((batch, classes, *s)) * 2.0).astype(np.float32)
                   for k, s in enumerate(shapes)}
+        if small:
+            logits = {k: fp16_exact(v) for k, v in logits.items()}
         values = np.arange(classes) if present is None else np.array(present)
         target = values[rng.integers(0, len(values), (batch, 1, *topo["patch_effective"]))].astype(np.int64)
         save_npz(workdir / f"case_{i}.npz", target=target, **logits)
@@ -86,10 +100,22 @@ def our_loss_and_grads(case: dict, arrays: dict) -> tuple[float, list[np.ndarray
     return loss.item(), [t.grad.numpy() for t in logits], weights
 
 
+def fixture_files(workdir: Path) -> list[str]:
+    """The files of a run that make this component's fixture (tests/fixtures/nnunet/loss/)."""
+    n = len(load_json(workdir / "cases.json")["cases"])
+    return ["cases.json", *(f"{p}case_{i}.npz" for i in range(n) for p in ("", "nnunet_"))]
+
+
 def compare(nnunet_python: str, workdir: Path) -> dict:
-    cases = make_inputs(workdir)
-    log(f"[loss] {len(cases)} cases written; running nnU-Net's DC_and_CE_loss + DeepSupervisionWrapper")
+    prepare(workdir)
+    log("[loss] cases written; running nnU-Net's DC_and_CE_loss + DeepSupervisionWrapper")
     run_nnunet_side(nnunet_python, __file__, workdir)
+    return check(workdir)
+
+
+def check(workdir: Path) -> dict:
+    """Our loss and gradients on the logits of ``workdir`` against nnU-Net's recorded there."""
+    cases = load_json(workdir / "cases.json")["cases"]
     rows, offsets, loss_diffs, grad_rel, weight_diffs, heads_ok = [], [], [], [], [], True
     for i, case in enumerate(cases):
         arrays = load_npz(workdir / f"case_{i}.npz")

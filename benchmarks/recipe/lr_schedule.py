@@ -40,9 +40,22 @@ def ours() -> dict:
                      "oversample_foreground": setting["oversample_foreground"], "grad_clip": setting["grad_clip"]}}
 
 
+#: the files of a run that make this component's fixture (tests/fixtures/nnunet/lr_schedule/)
+FIXTURE_FILES = ["nnunet_lr_schedule.json"]
+
+
+def prepare(workdir: Path, small: bool = False) -> None:
+    """Nothing to write: nnU-Net's side needs no input."""
+
+
 def compare(nnunet_python: str, workdir: Path) -> dict:
     log("[lr_schedule] running nnU-Net's configure_optimizers + on_train_epoch_start for every epoch")
     run_nnunet_side(nnunet_python, __file__, workdir)
+    return check(workdir)
+
+
+def check(workdir: Path) -> dict:
+    """Our schedule and optimizer against nnU-Net's recorded in ``workdir``."""
     theirs, mine = load_json(workdir / "nnunet_lr_schedule.json"), ours()
     same_length = len(theirs["lrs"]) == len(mine["lrs"])
     diff = float(np.max(np.abs(np.subtract(mine["lrs"], theirs["lrs"])))) if same_length else float("inf")

@@ -58,12 +58,28 @@ def ours(case: dict, rounding: str = "up") -> dict:
             "patch": topo["patch_effective"]}
 
 
+#: the files of a run that make this component's fixture (tests/fixtures/nnunet/planner/)
+FIXTURE_FILES = ["cases.json", "nnunet_planner.json"]
+
+
+def prepare(workdir: Path, small: bool = False) -> None:
+    """Write the inputs of nnU-Net's side (``small`` changes nothing: the cases are tiny)."""
+    save_json(workdir / "cases.json", make_cases())
+
+
 def compare(nnunet_python: str, workdir: Path) -> dict:
-    cases = make_cases()
-    save_json(workdir / "cases.json", cases)
-    log(f"[planner] {len(cases)} cases; running nnU-Net's get_pool_and_conv_props")
+    prepare(workdir)
+    log("[planner] running nnU-Net's get_pool_and_conv_props")
     run_nnunet_side(nnunet_python, __file__, workdir)
+    return check(workdir)
+
+
+def check(workdir: Path) -> dict:
+    """Our planner on the cases of ``workdir`` against nnU-Net's answers recorded there."""
+    cases = load_json(workdir / "cases.json")
     theirs = load_json(workdir / "nnunet_planner.json")
+    if len(theirs) != len(cases):
+        raise ValueError(f"{len(cases)} cases but {len(theirs)} nnU-Net answers in {workdir}")
     mismatches, cap_option, paper = [], [], []
     for case, ref in zip(cases, theirs):
         mine = ours(case)
@@ -88,6 +104,7 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
                               "note": "not in match: nnU-Net never caps (max_numpool 999999); its "
                                       "get_pool_and_conv_props takes the finest spacing BEFORE removing "
                                       "capped axes, engine/planner.py after"})
+
 
 if __name__ == "__main__":
     run_standalone(compare, "planner", sys.argv[1:])

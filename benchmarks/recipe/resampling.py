@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import (fp16_exact, load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json,
+                    save_npz)
 
 CASES = [  # name, shape (network order), original spacing, target spacing
     ("aniso_z_up", [20, 96, 88], [5.0, 0.78, 0.78], [2.0, 0.69, 0.69]),
@@ -38,7 +39,16 @@ CASES = [  # name, shape (network order), original spacing, target spacing
     ("aniso_axis2", [48, 60, 16], [1.0, 0.9, 4.0], [2.0, 1.0, 1.0]),
     ("aniso_target", [36, 64, 64], [1.2, 1.0, 1.0], [4.0, 1.0, 1.0]),
 ]
+#: the fixture's cases (tests/fixtures/nnunet/resampling/): the same spacings, smaller shapes
+SMALL_CASES = [
+    ("aniso_z_up", [6, 16, 16], [5.0, 0.78, 0.78], [2.0, 0.69, 0.69]),
+    ("iso_down", [12, 14, 14], [0.8, 0.8, 0.8], [1.6, 1.1, 1.3]),
+    ("iso_mixed", [8, 10, 12], [1.5, 1.2, 0.7], [1.0, 0.9, 1.1]),
+    ("aniso_axis2", [12, 16, 6], [1.0, 0.9, 4.0], [2.0, 1.0, 1.0]),
+    ("aniso_target", [12, 16, 16], [1.2, 1.0, 1.0], [4.0, 1.0, 1.0]),
+]
 LOGIT_CLASSES = 6
+SMALL_LOGIT_CLASSES = 4
 IMAGE_TOL, LABEL_MIN, LOGIT_TOL = 1e-4, 0.999, 1e-4
 SPACING_PAIRS = [  # (current, new) for the separate-axis decision only
     ([5.0, 0.7, 0.7], [2.0, 0.69, 0.69]), ([3.0, 0.75, 0.75], [2.0, 0.688, 0.688]),
@@ -84,12 +94,12 @@ def make_case(shape: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), labels
 
 
-def make_logits(shape: list[int], seed: int) -> np.ndarray:
+def make_logits(shape: list[int], seed: int, classes: int = LOGIT_CLASSES) -> np.ndarray:
     """Smooth (C, z, y, x) float32 logits: box-filtered noise, scale ~5."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
-    noise = rng.normal(size=(LOGIT_CLASSES, *shape))
+    noise = rng.normal(size=(classes, *shape))
     return (ndimage.uniform_filter(noise, size=(1, 3, 5, 5)) * 12.0).astype(np.float32)
 
 
@@ -103,30 +113,57 @@ def ours(case: dict, arrays: dict) -> dict:
     axis = separate_axis(case["spacing"], case["target"])
     back_axis = separate_axis(case["target"], case["spacing"])
     logits = torch.from_numpy(arrays["logits"])
-    back = torch.stack([resample_scores(logits[c], case["shape"], back_axis) for c in range(LOGIT_CLASSES)])
+    classes = logits.shape[0]
+    back = torch.stack([resample_scores(logits[c], case["shape"], back_axis) for c in range(classes)])
     return {"shape": shape, "axis": axis, "back_axis": back_axis,
             "image": resample_image(arrays["image"], shape, axis=axis),
             "labels": resample_labels(arrays["labels"], shape, 10, axis=axis),
             "back_logits": back.numpy(),
-            "back_labels": scores_to_labels(lambda c: logits[c], LOGIT_CLASSES, case["shape"], back_axis)}
+            "back_labels": scores_to_labels(lambda c: logits[c], classes, case["shape"], back_axis)}
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
+def prepare(workdir: Path, small: bool = False) -> None:
+    """Write <case>_inputs.npz (image, labels, logits at the target shape) and resampling_inputs.json.
+
+    ``small``: :data:`SMALL_CASES`, 4 logit classes, image and logits rounded to float16 values."""
     from seggrid.data.preprocess import new_shape
-    from seggrid.data.resampling import separate_axis
 
     cases = []
-    for i, (name, shape, spacing, target) in enumerate(CASES):
+    for i, (name, shape, spacing, target) in enumerate(SMALL_CASES if small else CASES):
         image, labels = make_case(shape, i)
         case = {"name": name, "shape": shape, "spacing": spacing, "target": target,
                 "target_shape": new_shape(shape, spacing, target)}
-        save_npz(workdir / f"{name}_inputs.npz", image=image, labels=labels,
-                 logits=make_logits(case["target_shape"], 100 + i))
+        logits = make_logits(case["target_shape"], 100 + i, SMALL_LOGIT_CLASSES if small else LOGIT_CLASSES)
+        if small:
+            image, logits = fp16_exact(image), fp16_exact(logits)
+        save_npz(workdir / f"{name}_inputs.npz", image=image, labels=labels, logits=logits)
         cases.append(case)
     save_json(workdir / "resampling_inputs.json", {"cases": cases, "spacing_pairs": SPACING_PAIRS})
-    log(f"[resampling] nnU-Net's resample_data_or_seg_to_shape on {len(cases)} cases")
+
+
+def fixture_files(workdir: Path) -> list[str]:
+    """The files of a run that make this component's fixture (tests/fixtures/nnunet/resampling/)."""
+    names = [c["name"] for c in load_json(workdir / "resampling_inputs.json")["cases"]]
+    return ["resampling_inputs.json", "nnunet_resampling.json",
+            *(f"{n}_{kind}.npz" for n in names for kind in ("inputs", "nnunet"))]
+
+
+def compare(nnunet_python: str, workdir: Path) -> dict:
+    prepare(workdir)
+    log(f"[resampling] nnU-Net's resample_data_or_seg_to_shape on {len(CASES)} cases")
     run_nnunet_side(nnunet_python, __file__, workdir)
+    return check(workdir)
+
+
+def check(workdir: Path) -> dict:
+    """Ours on the arrays of ``workdir`` against nnU-Net's results recorded there."""
+    from seggrid.data.resampling import separate_axis
+
+    spec = load_json(workdir / "resampling_inputs.json")
+    cases, spacing_pairs = spec["cases"], spec["spacing_pairs"]
     theirs_meta = load_json(workdir / "nnunet_resampling.json")
+    if len(theirs_meta["cases"]) != len(cases):
+        raise ValueError(f"{len(cases)} cases but {len(theirs_meta['cases'])} nnU-Net results in {workdir}")
 
     rows, ok = [], True
     for case, meta in zip(cases, theirs_meta["cases"]):
@@ -158,13 +195,13 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
         ok = ok and row["match"]
         rows.append(row)
 
-    axes_ours = [separate_axis(c, n) for c, n in SPACING_PAIRS]
+    axes_ours = [separate_axis(c, n) for c, n in spacing_pairs]
     axis_diff = [f"{c} -> {n}: ours {a}, nnU-Net {t}"
-                 for (c, n), a, t in zip(SPACING_PAIRS, axes_ours, theirs_meta["spacing_pairs_axis"]) if a != t]
+                 for (c, n), a, t in zip(spacing_pairs, axes_ours, theirs_meta["spacing_pairs_axis"]) if a != t]
     ok = ok and not axis_diff
     return result("resampling", ok, rule=f"image max|diff| <= {IMAGE_TOL} x input range, labels and back-mapped "
                   f"labels equal on >= {LABEL_MIN:.1%}, back-mapped logits within {LOGIT_TOL} x range, "
-                  "same shapes and separate axes", cases=rows, spacing_pairs=len(SPACING_PAIRS),
+                  "same shapes and separate axes", cases=rows, spacing_pairs=len(spacing_pairs),
                   separate_axis_differences=axis_diff, nnunet_kwargs=theirs_meta["kwargs"])
 
 

@@ -42,9 +42,13 @@ def _our_forced_start(shape, patch, voxel) -> list[int]:
     return sampler._box_start(np.array(shape), True, {1: np.array([voxel])}).tolist()
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
+#: the files of a run that make this component's fixture (tests/fixtures/nnunet/sampler/)
+FIXTURE_FILES = ["sampler_inputs.json", "nnunet_sampler.json"]
+
+
+def prepare(workdir: Path, small: bool = False) -> None:
+    """Write the shapes, batches and voxels nnU-Net's side reads (``small``: the same, they are tiny)."""
     from seggrid.engine.augment import initial_patch_size
-    from seggrid.engine.sampling import box_bounds, forced_foreground_counts, local_batch
 
     inputs = {"patches": PATCHES, "quota": QUOTAS,
               "forced": [{"shape": s, "patch": p, "initial": initial_patch_size(p), "voxel": v}
@@ -52,16 +56,33 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
               "random": [{"shape": s, "patch": p, "initial": initial_patch_size(p), "draws": 4000}
                          for s, p, _ in PLACEMENTS[:4]]}
     save_json(workdir / "sampler_inputs.json", inputs)
+
+
+def compare(nnunet_python: str, workdir: Path) -> dict:
+    prepare(workdir)
     log("[sampler] nnU-Net's trainer and data loader on the same shapes, batches and voxels")
     run_nnunet_side(nnunet_python, __file__, workdir)
-    theirs = load_json(workdir / "nnunet_sampler.json")
+    return check(workdir)
 
-    initial = {"ours": [initial_patch_size(p) for p in PATCHES], "nnunet": theirs["initial"]}
+
+def check(workdir: Path) -> dict:
+    """Ours on the inputs of ``workdir`` against nnU-Net's answers recorded there."""
+    from seggrid.engine.augment import initial_patch_size
+    from seggrid.engine.sampling import box_bounds, forced_foreground_counts, local_batch
+
+    inputs = load_json(workdir / "sampler_inputs.json")
+    theirs = load_json(workdir / "nnunet_sampler.json")
+    patches, quotas = inputs["patches"], [tuple(q) for q in inputs["quota"]]
+    placements = [(c["shape"], c["patch"], c["voxel"]) for c in inputs["forced"]]
+
+    initial = {"ours": [initial_patch_size(p) for p in patches], "nnunet": theirs["initial"]}
     quota_ours = [[[local_batch(b, r, w), c] for r, c in enumerate(forced_foreground_counts(b, w, 0.33))]
-                  for w, b in QUOTAS]
+                  for w, b in quotas]
     quota_diff = [f"world {w} batch {b}: ours {o}, nnU-Net {t}"
-                  for (w, b), o, t in zip(QUOTAS, quota_ours, theirs["quota"]) if o != t]
-    forced_ours = [_our_forced_start(s, p, v) for s, p, v in PLACEMENTS]
+                  for (w, b), o, t in zip(quotas, quota_ours, theirs["quota"]) if o != t]
+    if len(theirs["quota"]) != len(quotas):
+        quota_diff.append(f"{len(quotas)} quota cases, {len(theirs['quota'])} answers")
+    forced_ours = [_our_forced_start(s, p, v) for s, p, v in placements]
     random_ours = [[a.tolist(), b.tolist()] for a, b in
                    (box_bounds(np.array(c["shape"]), np.array(c["initial"]), np.array(c["patch"]))
                     for c in inputs["random"])]
@@ -69,7 +90,7 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
     ok = {"initial_patch": initial["ours"] == initial["nnunet"], "quota": not quota_diff,
           "forced_start": forced_ours == theirs["forced"], "random_range": random_ours == random_theirs}
     return result("sampler", all(ok.values()), checks=ok, initial_patch=initial,
-                  quota_cases=len(QUOTAS), quota_differences=quota_diff,
+                  quota_cases=len(quotas), quota_differences=quota_diff,
                   forced_start={"ours": forced_ours, "nnunet": theirs["forced"]},
                   random_range={"ours": random_ours, "nnunet": random_theirs},
                   global_forced_per_batch={f"{b}": sum(forced_foreground_counts(b, 1, 0.33)) for b in (2, 4, 8, 16, 64)})

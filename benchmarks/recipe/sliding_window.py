@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import (fp16_exact, load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json,
+                    save_npz)
 
 PATCH_REQUESTED = [16, 24, 24]
 SPACING = [2.0, 1.0, 1.0]
@@ -47,6 +48,9 @@ STEP = 0.5
 STEP_CASES = [((110,), (64,), 0.5), ((9,), (4,), 0.75), ((50,), (16,), 1.0), ((64,), (64,), 0.5),
               ((40, 57, 30), (16, 24, 24), 0.5), ((150, 558, 558), (64, 160, 160), 0.5),
               ((97, 401, 373), (64, 352, 352), 0.5), ((33, 47, 81), (32, 32, 32), 0.33)]
+#: the fixture's variant (tests/fixtures/nnunet/sliding_window/): a smaller patch and network,
+#: images of the same kinds (smaller than the patch in z, in y; no multiple of it)
+SMALL = {"patch": [8, 16, 16], "features": (4, 8), "shapes": [(7, 18, 17), (10, 13, 17), (11, 17, 19)]}
 AGREEMENT_NEEDED = 0.999
 MATCH_RULE = ("labels agree >= 0.999 with nnU-Net's unmodified predictor on every image for the trained weights, "
               "and >= 0.999 with logits within 1e-4 against its float32-accumulator run for every weight set; "
@@ -98,20 +102,30 @@ def make_weights(topo: dict, rng: np.random.Generator):
     return random_net.eval(), trained, perturbed.eval()
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
+def _network(topo: dict, classes: int):
+    from seggrid.engine.network import PlainUNet
+
+    return PlainUNet(classes, topo["features"], topo["kernels"], topo["strides"])
+
+
+def prepare(workdir: Path, small: bool = False) -> None:
+    """Plan, train and write the weight sets, the images and setup.json.
+
+    ``small``: :data:`SMALL` (patch, features, shapes); images rounded to float16 values."""
     import torch
 
     from seggrid.engine.planner import plan_topology
-    from seggrid.inference.sliding_window import gaussian_importance, sliding_window_logits, tile_starts
 
     torch.set_num_threads(2)
     workdir = Path(workdir)
     rng = np.random.default_rng(0)
-    topo = plan_topology(PATCH_REQUESTED, SPACING, base_features=8, max_features=32)
-    patch = topo["patch_effective"]
+    base, top = SMALL["features"] if small else (8, 32)
+    topo = plan_topology(SMALL["patch"] if small else PATCH_REQUESTED, SPACING, base_features=base, max_features=top)
     random_net, trained, perturbed = make_weights(topo, rng)
     weight_sets = {"random": [random_net], "trained_2folds": [trained, perturbed]}
-    images = [smooth_image(s, rng) for s in SHAPES]
+    images = [smooth_image(s, rng) for s in (SMALL["shapes"] if small else SHAPES)]
+    if small:
+        images = [fp16_exact(i) for i in images]
     for name, nets in weight_sets.items():
         for f, n in enumerate(nets):
             save_npz(workdir / f"weights_{name}_{f}.npz", **{k: v.numpy() for k, v in n.state_dict().items()})
@@ -119,7 +133,44 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
     save_json(workdir / "setup.json", {"topology": topo, "classes": CLASSES, "step": STEP, "step_cases": STEP_CASES,
                                        "weight_sets": {k: len(v) for k, v in weight_sets.items()},
                                        "n_images": len(images)})
+
+
+def fixture_files(workdir: Path) -> list[str]:
+    """The files of a run that make this component's fixture (tests/fixtures/nnunet/sliding_window/)."""
+    sets = load_json(Path(workdir) / "setup.json")["weight_sets"]
+    return ["setup.json", "images.npz", "nnunet_logits.npz", "nnunet_facts.json",
+            *(f"weights_{name}_{f}.npz" for name, n in sets.items() for f in range(n))]
+
+
+def compare(nnunet_python: str, workdir: Path) -> dict:
+    prepare(workdir)
     seconds = run_nnunet_side(nnunet_python, __file__, workdir)
+    return {**check(workdir), "nnunet_seconds": round(seconds, 1)}
+
+
+def check(workdir: Path) -> dict:
+    """Our sliding window with the weights and images of ``workdir`` against nnU-Net's logits there."""
+    import torch
+
+    from seggrid.inference.sliding_window import gaussian_importance, sliding_window_logits, tile_starts
+
+    torch.set_num_threads(2)
+    workdir = Path(workdir)
+    setup = load_json(workdir / "setup.json")
+    topo, step_cases = setup["topology"], [tuple(tuple(v) if isinstance(v, list) else v for v in c)
+                                           for c in setup["step_cases"]]
+    patch = topo["patch_effective"]
+    weight_sets = {}
+    for name, n in setup["weight_sets"].items():
+        nets = []
+        for f in range(n):
+            net = _network(topo, setup["classes"])
+            state = load_npz(workdir / f"weights_{name}_{f}.npz")
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            nets.append(net.eval())
+        weight_sets[name] = nets
+    arrays = load_npz(workdir / "images.npz")
+    images = [arrays[f"image_{i}"] for i in range(setup["n_images"])]
     theirs = load_npz(workdir / "nnunet_logits.npz")
     facts = load_json(workdir / "nnunet_facts.json")
 
@@ -128,7 +179,7 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
         rows = {"label_agreement": [], "max_abs_logit_diff": [], "label_agreement_inside": [],
                 "disagreements_on_outer_face": [], "fp32_label_agreement": [], "fp32_max_abs_logit_diff": []}
         for i, img in enumerate(images):
-            ours = sliding_window_logits(nets, img, patch, STEP, 8, "cpu", "fp32").numpy()
+            ours = sliding_window_logits(nets, img, patch, setup["step"], 8, "cpu", "fp32").numpy()
             labels = ours.argmax(0)
             for key, prefix in (("nnunet", ""), ("fp32", "fp32_")):
                 ref = theirs[f"{prefix}{name}_{i}"].astype(np.float32)
@@ -150,21 +201,21 @@ def compare(nnunet_python: str, workdir: Path) -> dict:
            "fp32_label_agreement": [a for r in per_set.values() for a in r["fp32_label_agreement"]],
            "fp32_max_abs_logit_diff": [d for r in per_set.values() for d in r["fp32_max_abs_logit_diff"]],
            "rows": [f"{name} image {i}" for name in per_set for i in range(len(images))],
-           "shapes": [list(s) for s in SHAPES]}
+           "shapes": [list(i.shape) for i in images]}
 
     starts_equal = all(tile_starts(img, tile, step) == facts["steps"][k]
-                       for k, (img, tile, step) in enumerate(STEP_CASES))
+                       for k, (img, tile, step) in enumerate(step_cases))
     ours_g = gaussian_importance(patch, dtype=torch.float32).numpy()
     theirs_g = np.asarray(facts["gaussian_float32"], dtype=np.float32).reshape(ours_g.shape)
     gaussian_rel = float(np.abs(ours_g - theirs_g).max() / np.abs(theirs_g).max())
     match = trained_ok and fp32_ok and starts_equal and gaussian_rel <= 1e-6
     return result("sliding_window", match, **out, per_weight_set=per_set, match_rule=MATCH_RULE, patch=patch,
-                  classes=CLASSES,
-                  tile_step=STEP, mirroring="8 (all subsets of z, y, x)", agreement_needed=AGREEMENT_NEEDED,
-                  tile_starts_equal=starts_equal, tile_start_cases=len(STEP_CASES),
+                  classes=setup["classes"],
+                  tile_step=setup["step"], mirroring="8 (all subsets of z, y, x)", agreement_needed=AGREEMENT_NEEDED,
+                  tile_starts_equal=starts_equal, tile_start_cases=len(step_cases),
                   gaussian_max_rel_diff=gaussian_rel, nnunet_accumulator=facts["accumulator_dtype"],
                   ours="seggrid.inference.sliding_window.sliding_window_logits (float32)",
-                  nnunet=facts["called"], nnunet_seconds=round(seconds, 1))
+                  nnunet=facts["called"])
 
 
 if __name__ == "__main__":
