@@ -79,13 +79,9 @@ def test_random_rotation_and_scaling_keep_image_and_label_aligned():
         assert inside.any()
 
 
-def test_initial_patch_is_nnunets_get_patch_size():
-    """Values printed by nnU-Net 2.8.1's own get_patch_size (rotation 30 deg, or 180 deg capped at
-    90 in dummy 2D, scale 0.85; dummy 2D keeps axis 0), see benchmarks/recipe/sampler.py."""
-    assert initial_patch_size([64, 160, 160]) == [159, 257, 200]
-    assert initial_patch_size([64, 288, 288]) == [64, 338, 338]
-    assert initial_patch_size([64, 384, 384]) == [64, 451, 451]
-    assert initial_patch_size([16, 24, 24]) == [30, 38, 33]
+# nnU-Net 2.8.1's own numbers (initial patch of get_patch_size, the foreground quota per world size and
+# global batch, get_bbox's box bounds, every augmentation parameter) are checked against fixtures it
+# recorded: tests/test_conformance.py (components sampler and augmentation).
 
 
 def test_intensity_transforms_change_the_image_but_never_the_label():
@@ -360,22 +356,13 @@ def test_forced_foreground_per_global_batch_is_nnunets_whatever_the_gpu_count(wo
     assert all(c == local_batch(batch, r, world) for r, c in enumerate(counts) if r > first)
 
 
-def test_forced_counts_of_the_issue_table():
-    assert sum(forced_foreground_counts(2, 2, 0.33)) == 1          # p288 bs 2 on 2 GPUs (was 0)
-    assert forced_foreground_counts(2, 2, 0.33) == [0, 1]
-    assert sum(forced_foreground_counts(16, 4, 0.33)) == 5         # was 4
-    assert sum(forced_foreground_counts(64, 8, 0.33)) == 21        # was 24
-    assert forced_foreground_counts(8, 4, 0.33) == [0, 0, 1, 2]    # model B: 3 of 8 (was 4)
-
-
-def test_initial_box_bounds_follow_get_bbox():
-    # case larger than the patch: pad = initial - patch = 14, 14, 9, the odd voxel below: (-9) // 2 = -5
-    # (values of nnU-Net's own get_bbox, benchmarks/recipe/sampler.py)
-    lo, hi = box_bounds(np.array([40, 60, 50]), np.array([30, 38, 33]), np.array([16, 24, 24]))
-    assert lo.tolist() == [-7, -7, -5] and hi.tolist() == [17, 29, 22]
-    # smaller than the patch on axis 0: padded to the initial patch, one position (centred)
-    lo, hi = box_bounds(np.array([10, 60, 50]), np.array([30, 38, 33]), np.array([16, 24, 24]))
-    assert lo[0] == hi[0] == -10
+def test_box_bounds_pad_to_the_initial_patch_and_centre_a_case_smaller_than_the_patch():
+    # the bounds themselves are nnU-Net's get_bbox's: tests/test_conformance.py (component sampler)
+    initial, patch = np.array(initial_patch_size([16, 24, 24])), np.array([16, 24, 24])
+    lo, hi = box_bounds(np.array([40, 60, 50]), initial, patch)
+    assert (lo <= 0).all() and (hi + initial >= [40, 60, 50]).all()
+    lo, hi = box_bounds(np.array([10, 60, 50]), initial, patch)      # smaller than the patch on axis 0
+    assert lo[0] == hi[0]
 
 
 def _one_voxel_case(tmp_path, shape, voxel):

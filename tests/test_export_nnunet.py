@@ -1,7 +1,7 @@
 """`seggrid export-nnunet`: the exported nnU-Net model folder reads back into our network with the
 same output; its layout, plans and parameter names are nnU-Net 2.8.1's (worked out here from
 PlainConvUNet's naming, not imported: CI has no nnU-Net); bad input is refused naming the file.
-nnU-Net's own predictor on an export is checked by benchmarks/predict_vs_nnunet.sh."""
+nnU-Net's own predictor on an export is checked by benchmarks/speed/predict_vs_nnunet.sh."""
 
 from __future__ import annotations
 

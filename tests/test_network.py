@@ -59,7 +59,7 @@ def test_norm_registry(norm, kind):
 def test_paper_network_has_nnunets_parameter_count():
     """(64,160,160) at AMOS spacing, 16 classes: dynamic-network-architectures 0.4.4's
     PlainConvUNet (what nnU-Net 2.8.1 trains) has 31,124,368 parameters, counted with
-    benchmarks/nnunet_step.py; it also builds the lowest head, which nnU-Net weights 0
+    benchmarks/speed/nnunet_step.py; it also builds the lowest head, which nnU-Net weights 0
     (320 * 16 + 16 = 5,136 parameters) and we leave out."""
     net = build_network(_plan([64, 160, 160], AMOS_SPACING, base=32, cap=320, classes=16))
     assert sum(p.numel() for p in net.parameters()) == 31_124_368 - 5_136

@@ -1,4 +1,4 @@
-"""The verdicts' calibration on simulated tables with a known truth (benchmarks/statistics_calibration.py):
+"""The verdicts' calibration on simulated tables with a known truth (benchmarks/statistics/statistics_calibration.py):
 no difference -> "differs" in at most 5 % of 200 tables; a planted difference of 3 seed SDs
 with 5 seeds a row -> "differs" in at least 80 %."""
 
@@ -8,7 +8,8 @@ import importlib.util
 
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("statistics_calibration", ROOT / "benchmarks" / "statistics_calibration.py")
+spec = importlib.util.spec_from_file_location("statistics_calibration",
+                                              ROOT / "benchmarks" / "statistics" / "statistics_calibration.py")
 calibration = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(calibration)
 

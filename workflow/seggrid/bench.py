@@ -4,7 +4,7 @@
 on batches from the real sampler and :class:`~seggrid.engine.sampling.Prefetcher`) at any patch,
 batch, network width, class count, precision and device: median seconds per step, peak
 memory (CUDA max allocated on a GPU, peak RSS on a CPU) and the fraction of the step spent
-waiting for data. ``benchmarks/step_vs_nnunet.sh`` runs nnU-Net's network and loss on the
+waiting for data. ``benchmarks/speed/step_vs_nnunet.sh`` runs nnU-Net's network and loss on the
 same shapes beside it.
 
 ``seggrid bench step --spatial-partitions N``: the same step with each sample split into N

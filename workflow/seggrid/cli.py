@@ -61,7 +61,7 @@ def _add_setup_commands(sub) -> None:
     sp.add_argument("--out", default="config/README.md")
 
     sp = _add(sub, "make-scale-data", commands.cmd_make_scale_data,
-             "build AMOS-sized cases (CT and MR, both orientations) for benchmarks/scale.sh")
+             "build AMOS-sized cases (CT and MR, both orientations) for benchmarks/resources/scale.sh")
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=int, default=0)
     for k, d in (("ct-train", 4), ("mr-train", 2), ("ct-val", 1), ("mr-val", 1)):

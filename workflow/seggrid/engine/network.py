@@ -18,7 +18,7 @@ lowest ones, which it weights 0), so our parameter count is that many 1x1x1 head
 We write the network ourselves rather than depend on ``dynamic-network-architectures``: its
 0.4.4 wheel requires ``timm``, which pulls ``torchvision`` and with it a different torch
 (measured: installing nnunetv2 2.8.1 replaced torch 2.13.0 by a 5.5 GB CUDA torch 2.14.1).
-``benchmarks/step_vs_nnunet.sh`` prints both networks' parameter counts side by side.
+``benchmarks/speed/step_vs_nnunet.sh`` prints both networks' parameter counts side by side.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ is ours.
 
 nnU-Net accumulates in float16 (``predicted_logits`` and ``n_predictions`` are ``torch.half``
 on every device, and so is its importance map); we accumulate in float32, which is what
-``benchmarks/recipe/sliding_window.py`` measures against.
+``benchmarks/conformance/recipe/sliding_window.py`` measures against.
 """
 
 from __future__ import annotations
