@@ -116,7 +116,9 @@ def stats_note(df: pd.DataFrame, borrowed: dict[str, tuple[float, int]]) -> str:
         text += " (n/a where a row has 1 seed: no row of the grid has several)"
     text += "."
     if df["dsc_rank"].notna().any():
-        text += " Rank: median and 95 % interval of the row's DSC rank (1 = best) over the bootstrap."
+        text += " Rank: median and 95 % interval of the row's DSC rank (1 = best) over the bootstrap"
+        text += (" (a row with one seed carries no seed noise into it: its interval is too narrow)."
+                 if (df["n_seeds"] < 2).any() else ".")
     return text + " Training time: one training of the row, mean over seeds."
 
 
