@@ -44,8 +44,10 @@ def test_every_cpu_step_has_measured_resources_in_the_workflow_profile():
     profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
     assert set(profile) == {"set-resources"}       # nothing a site profile sets: the workflow profile overrides it
     rules = {m for f in (ROOT / "workflow" / "rules").glob("*.smk")
-             for m in re.findall(r"^rule (\w+):", f.read_text(), re.M)}
-    from_config = {"train", "predict", "predict_member", "predict_cv", "predict_test_member"}   # from the config
+             for m in re.findall(r"^\s*(?:rule (\w+):|use rule \w+ as (\w+) with:)", f.read_text(), re.M)}
+    rules = {a or b for a, b in rules}
+    # from the config (inference.*, the settings); the submission: a predict job's, or rule ensemble's
+    from_config = {"train", "predict", "predict_member", "predict_cv", "predict_test_member", "submission"}
     assert set(profile["set-resources"]) == rules - from_config - {"all"}
     assert all({"mem_mb", "runtime"} <= set(r) for r in profile["set-resources"].values())
 

@@ -202,13 +202,13 @@ def test_dry_run_plans_the_submission(demo_dataset, tmp_path):
     out = snakemake_n("--configfile", _grid(tmp_path, tmp_path / "ds", ens))
     jobs = _jobs(out)
     assert jobs["preprocess_test"] == 1 and jobs["predict_test_member"] == 2 and jobs["submission"] == 1, jobs
-    assert "preprocess --dataset" in out and "--test-cases --out" in out
+    assert "preprocess --dataset" in out and "--test-cases --fingerprint" in out
     for m in ("a", "b"):
         assert re.search(rf"predict --model \S+/train/{m}/fold_0/model.pt \S+/train/{m}/fold_1/model.pt "
                          rf"--postprocessing \S+/postprocessing/{m}.json --preprocessed \S+/preprocessed_test "
-                         r"--cases test", out), m
-    assert re.search(r"ensemble --cases test --members \S+/probabilities_test/a__f0-1 \S+/probabilities_test/b__f0-1 "
-                     r"--preprocessed \S+/preprocessed_test .* --out \S+/results/submission ", out)
+                         r".*--cases test", out), m
+    assert re.search(r"ensemble --members \S+/probabilities_test/a__f0-1 \S+/probabilities_test/b__f0-1 "
+                     r"--preprocessed \S+/preprocessed_test --cases test .* --out \S+/results/submission ", out)
     # a single-model last row: one predict job writes the labels
     out = snakemake_n("--configfile", _grid(tmp_path, tmp_path / "ds", {"setting": "b", "folds": "all"}))
     assert "predict_test_member" not in _jobs(out) and _jobs(out)["submission"] == 1
@@ -231,8 +231,8 @@ def test_amos_dry_run_submission_only_when_asked(tmp_path):
     out = snakemake_n("--configfile", tmp_path / "amos.yaml", "--directory", ROOT)
     jobs = _jobs(out)
     assert jobs["submission"] == 1 and jobs["predict_test_member"] == 2 and jobs["preprocess_test"] == 1
-    assert re.search(r"ensemble --cases test --members \S+/p160_bs16_ce__f0-1-2-3-4 \S+/p288_bs8_focal__f0-1-2-3-4 "
-                     r".*--modalities CT .*--out results/amos22_task1/submission ", out)
+    assert re.search(r"ensemble --members \S+/p160_bs16_ce__f0-1-2-3-4 \S+/p288_bs8_focal__f0-1-2-3-4 "
+                     r".*--cases test .*--modalities CT .*--out results/amos22_task1/submission ", out)
     assert not (ROOT / "data" / "amos22").exists()
 
 

@@ -7,6 +7,12 @@ from types import SimpleNamespace
 from seggrid.data.dataset import listed_test_case_ids, load_dataset
 
 SUBMISSION_PSET = last_row_pset(config["inference"]["submission_table"])
+# a predict rule's inputs for the test images (PREDICT_INPUT of train.smk, preprocessed_test)
+SUBMISSION_INPUT = dict(
+    preprocessed=f"{OUT}/preprocessed_test",
+    splits=f"{OUT}/dataset/splits.json",
+    dataset=dataset_input,
+)
 SUBMISSION_MODELS = parse_prediction_set_id(SUBMISSION_PSET)[0]
 
 
