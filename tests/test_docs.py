@@ -49,7 +49,7 @@ def make_targets() -> set[str]:
 
 def rule_names() -> set[str]:
     text = "\n".join(p.read_text() for p in [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk")])
-    return set(re.findall(r"^\s*rule (\w+):", text, re.M))
+    return {a or b for a, b in re.findall(r"^\s*(?:rule (\w+):|use rule \w+ as (\w+) with:)", text, re.M)}
 
 
 def seggrid_parser():
