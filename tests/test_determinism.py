@@ -244,7 +244,7 @@ def test_compile_auto_is_off_on_cpu_and_a_compiled_training_saves_the_plain_netw
 
 
 def test_bf16_on_the_cpu_is_deterministic_and_differs_from_fp32(pipeline, tmp_path):
-    """The demo trains with precision bf16 on the CPU (autocast, no grad scaler): the same
+    """bf16 on the CPU (the demo's precision where the CPU has bfloat16; autocast, no grad scaler): the same
     seed gives bitwise the same weights twice, the run really is bf16 (its weights differ
     from the fp32 run's), and the summary records what ran. Determinism is set without
     importing torch's compiler when nothing is compiled."""
