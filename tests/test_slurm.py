@@ -91,8 +91,9 @@ def snakemake_slurm(env, tmp: Path, cfg: Path, *targets: str, timeout: float = 6
 
 def submitted_training_jobs(text: str) -> dict[str, str]:
     """setting -> SLURM job id, from snakemake's "submitted with SLURM jobid N (log:
-    .../rule_train/<setting>_<fold>/N.log)"."""
-    return {m.group(2): m.group(1) for m in re.finditer(r"SLURM jobid (\d+) \(log: \S*/rule_train/(\w+)_0/", text)}
+    .../rule_train/<setting>_<seedpath>_<fold>/N.log)" (the base seed's seedpath is empty)."""
+    return {m.group(2): m.group(1)
+            for m in re.finditer(r"SLURM jobid (\d+) \(log: \S*/rule_train/(\w+?)_{1,2}0/", text)}
 
 
 # No ordinary checkpoint (only the wall-time stops write one). How many runs it takes is
