@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from common import (fp16_exact, load_json, load_npz, log, max_abs_diff, result, run_nnunet_side, run_standalone,
-                    save_json, save_npz)
+from common import (fp16_exact, load_json, load_npz, log, max_abs_diff, protocol_compare, result,
+                    run_standalone, save_json, save_npz)
 
 SEED = 0
 N_DRAWS = 20000
@@ -464,13 +464,6 @@ def slim(workdir: Path) -> None:
     save_npz(workdir / "nnunet.npz", **{k: v for k, v in theirs.items() if not k.startswith("draw_")})
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    log("[augmentation] running nnU-Net's get_training_transforms, transforms and draws")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def check(workdir: Path) -> dict:
     """Ours on the inputs of ``workdir`` against nnU-Net's results recorded there."""
     from seggrid.engine.augment import initial_patch_size
@@ -499,6 +492,9 @@ def check(workdir: Path) -> dict:
     match = (all(parameters[t]["match"] for t in plans) and small_ok and effects["match"] and spatial["match"]
              and all(draws[t]["match"] for t in plans) and flags_ok)
     return result("augmentation", match, parameters=parameters, effects=effects, spatial=spatial, draws=draws)
+
+
+compare = protocol_compare(prepare, check, __file__, "[augmentation] running nnU-Net's get_training_transforms, transforms and draws")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ Protocol (every component follows it):
       FIXTURE_FILES = [...]  or  def fixture_files(workdir) -> list[str]
       def slim(workdir) -> None                                 # optional: shrink for a fixture
 
-  ``compare`` = ``prepare`` + :func:`run_nnunet_side` + ``check``. ``check`` must read every
+  ``compare`` = ``prepare`` + :func:`run_nnunet_side` + ``check``: write
+  ``compare = protocol_compare(prepare, check, __file__, "[<name>] what nnU-Net runs")``. ``check`` must read every
   input from ``workdir`` (never regenerate it: a fixture's inputs were made by the code of its
   day), and ``small=True`` selects the component's small variant of its cases (a fixture
   stays small; same kinds of case, same tolerances).
@@ -201,6 +202,21 @@ def max_abs_diff(a: Any, b: Any) -> float:
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"shapes differ: {a_arr.shape} vs {b_arr.shape}")
     return float(np.max(np.abs(a_arr - b_arr))) if a_arr.size else 0.0
+
+
+def protocol_compare(prepare: Callable[[Path], Any], check: Callable[[Path], dict], component_file: str | Path,
+                     message: str = "") -> Callable[[str, Path], dict]:
+    """A component's ``compare``: ``prepare`` + :func:`run_nnunet_side` (``message`` logged
+    first) + ``check``, with nnU-Net's side's seconds added as ``nnunet_seconds``."""
+
+    def compare(nnunet_python: str, workdir: Path) -> dict:
+        prepare(workdir)
+        if message:
+            log(message)
+        seconds = run_nnunet_side(nnunet_python, component_file, workdir)
+        return {**check(workdir), "nnunet_seconds": round(seconds, 1)}
+
+    return compare
 
 
 def result(component: str, match: bool, **numbers: Any) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import fp16_exact, load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import (fp16_exact, load_json, load_npz, protocol_compare, result, run_standalone, save_json,
+                    save_npz)
 
 SPACING = [2.0, 0.68825001, 0.68825001]
 #: (patch, batch, classes, batch_dice, classes present in the target)
@@ -106,13 +107,6 @@ def fixture_files(workdir: Path) -> list[str]:
     return ["cases.json", *(f"{p}case_{i}.npz" for i in range(n) for p in ("", "nnunet_"))]
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    log("[loss] cases written; running nnU-Net's DC_and_CE_loss + DeepSupervisionWrapper")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def check(workdir: Path) -> dict:
     """Our loss and gradients on the logits of ``workdir`` against nnU-Net's recorded there."""
     cases = load_json(workdir / "cases.json")["cases"]
@@ -145,6 +139,9 @@ def check(workdir: Path) -> dict:
                   tolerance={"loss": LOSS_TOLERANCE, "grad_rel": GRAD_REL_TOLERANCE},
                   note="both Dice terms are -dc (nnU-Net's form): totals and gradients compared directly",
                   per_case=rows)
+
+
+compare = protocol_compare(prepare, check, __file__, "[loss] cases written; running nnU-Net's DC_and_CE_loss + DeepSupervisionWrapper")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, log, result, run_nnunet_side, run_standalone
+from common import load_json, protocol_compare, result, run_standalone
 
 TOLERANCE = 1e-12
 OPTIMIZER_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "dampening")
@@ -48,12 +48,6 @@ def prepare(workdir: Path, small: bool = False) -> None:
     """Nothing to write: nnU-Net's side needs no input."""
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    log("[lr_schedule] running nnU-Net's configure_optimizers + on_train_epoch_start for every epoch")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def check(workdir: Path) -> dict:
     """Our schedule and optimizer against nnU-Net's recorded in ``workdir``."""
     theirs, mine = load_json(workdir / "nnunet_lr_schedule.json"), ours()
@@ -68,6 +62,9 @@ def check(workdir: Path) -> dict:
                   lr_first_last={"ours": [mine["lrs"][0], mine["lrs"][-1]],
                                  "nnunet": [theirs["lrs"][0], theirs["lrs"][-1]]},
                   optimizer=mine["optimizer"], loop=mine["loop"], differences=different)
+
+
+compare = protocol_compare(prepare, check, __file__, "[lr_schedule] running nnU-Net's configure_optimizers + on_train_epoch_start for every epoch")
 
 
 if __name__ == "__main__":

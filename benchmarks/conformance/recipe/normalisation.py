@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, load_npz, log, max_abs_diff, result, run_nnunet_side, run_standalone, save_json, save_npz
+from common import (load_json, load_npz, max_abs_diff, protocol_compare, result, run_standalone, save_json,
+                    save_npz)
 
 TOLERANCE = 1e-5
 PROPERTIES = {"mean": 100.5, "std": 210.25, "percentile_00_5": -950.0, "percentile_99_5": 1450.0,
@@ -67,13 +68,6 @@ def prepare(workdir: Path, small: bool = False) -> None:
     save_json(workdir / "normalisation_inputs.json", {"properties": PROPERTIES, "channel_names": CHANNEL_NAMES})
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    log("[normalisation] nnU-Net's crop_to_nonzero, CTNormalization, ZScoreNormalization")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def ours(img: np.ndarray, properties: dict) -> tuple[list[list[int]], dict[str, np.ndarray]]:
     from seggrid.data.fingerprint import crop, nonzero_bbox
     from seggrid.data.normalization import ct_normalise, zscore_normalise
@@ -116,6 +110,9 @@ def check(workdir: Path) -> dict:
                    and not (s["ours"] == "refused" and s["nnunet"] not in implemented)}
     return result("normalisation", ok and not differences, tolerance=TOLERANCE, images=rows,
                   schemes=schemes, differences=differences)
+
+
+compare = protocol_compare(prepare, check, __file__, "[normalisation] nnU-Net's crop_to_nonzero, CTNormalization, ZScoreNormalization")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, log, result, run_nnunet_side, run_standalone, save_json
+from common import load_json, protocol_compare, result, run_standalone, save_json
 
 PAPER_PATCHES = [[64, 160, 160], [64, 288, 288], [64, 354, 354], [64, 384, 384]]
 DEMO_PATCHES = [[16, 24, 24], [16, 32, 32], [16, 44, 44], [16, 48, 48]]
@@ -67,13 +67,6 @@ def prepare(workdir: Path, small: bool = False) -> None:
     save_json(workdir / "cases.json", make_cases())
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    log("[planner] running nnU-Net's get_pool_and_conv_props")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def check(workdir: Path) -> dict:
     """Our planner on the cases of ``workdir`` against nnU-Net's answers recorded there."""
     cases = load_json(workdir / "cases.json")
@@ -104,6 +97,9 @@ def check(workdir: Path) -> dict:
                               "note": "not in match: nnU-Net never caps (max_numpool 999999); its "
                                       "get_pool_and_conv_props takes the finest spacing BEFORE removing "
                                       "capped axes, engine/planner.py after"})
+
+
+compare = protocol_compare(prepare, check, __file__, "[planner] running nnU-Net's get_pool_and_conv_props")
 
 
 if __name__ == "__main__":

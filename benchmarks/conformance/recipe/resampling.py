@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (fp16_exact, load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json,
+from common import (fp16_exact, load_json, load_npz, protocol_compare, result, run_standalone, save_json,
                     save_npz)
 
 CASES = [  # name, shape (network order), original spacing, target spacing
@@ -148,13 +148,6 @@ def fixture_files(workdir: Path) -> list[str]:
             *(f"{n}_{kind}.npz" for n in names for kind in ("inputs", "nnunet"))]
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    log(f"[resampling] nnU-Net's resample_data_or_seg_to_shape on {len(CASES)} cases")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def check(workdir: Path) -> dict:
     """Ours on the arrays of ``workdir`` against nnU-Net's results recorded there."""
     from seggrid.data.resampling import separate_axis
@@ -203,6 +196,9 @@ def check(workdir: Path) -> dict:
                   f"labels equal on >= {LABEL_MIN:.1%}, back-mapped logits within {LOGIT_TOL} x range, "
                   "same shapes and separate axes", cases=rows, spacing_pairs=len(spacing_pairs),
                   separate_axis_differences=axis_diff, nnunet_kwargs=theirs_meta["kwargs"])
+
+
+compare = protocol_compare(prepare, check, __file__, f"[resampling] nnU-Net's resample_data_or_seg_to_shape on {len(CASES)} cases")
 
 
 if __name__ == "__main__":

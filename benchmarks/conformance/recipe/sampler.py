@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, log, result, run_nnunet_side, run_standalone, save_json
+from common import load_json, protocol_compare, result, run_standalone, save_json
 
 PATCHES = [[64, 160, 160], [64, 288, 288], [64, 352, 352], [64, 384, 384], [16, 24, 24], [16, 48, 48]]
 QUOTAS = [[w, b] for w in (1, 2, 4, 8) for b in (2, 4, 8, 16, 64) if b >= w]
@@ -58,13 +58,6 @@ def prepare(workdir: Path, small: bool = False) -> None:
     save_json(workdir / "sampler_inputs.json", inputs)
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    log("[sampler] nnU-Net's trainer and data loader on the same shapes, batches and voxels")
-    run_nnunet_side(nnunet_python, __file__, workdir)
-    return check(workdir)
-
-
 def check(workdir: Path) -> dict:
     """Ours on the inputs of ``workdir`` against nnU-Net's answers recorded there."""
     from seggrid.engine.augment import initial_patch_size
@@ -94,6 +87,9 @@ def check(workdir: Path) -> dict:
                   forced_start={"ours": forced_ours, "nnunet": theirs["forced"]},
                   random_range={"ours": random_ours, "nnunet": random_theirs},
                   global_forced_per_batch={f"{b}": sum(forced_foreground_counts(b, 1, 0.33)) for b in (2, 4, 8, 16, 64)})
+
+
+compare = protocol_compare(prepare, check, __file__, "[sampler] nnU-Net's trainer and data loader on the same shapes, batches and voxels")
 
 
 if __name__ == "__main__":

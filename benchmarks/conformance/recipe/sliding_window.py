@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (fp16_exact, load_json, load_npz, log, result, run_nnunet_side, run_standalone, save_json,
-                    save_npz)
+from common import (fp16_exact, load_json, load_npz, log, protocol_compare, result, run_standalone,
+                    save_json, save_npz)
 
 PATCH_REQUESTED = [16, 24, 24]
 SPACING = [2.0, 1.0, 1.0]
@@ -149,12 +149,6 @@ def slim(workdir: Path) -> None:
     save_npz(Path(workdir) / "nnunet_logits.npz", **{k: v for k, v in theirs.items() if not k.startswith("random_")})
 
 
-def compare(nnunet_python: str, workdir: Path) -> dict:
-    prepare(workdir)
-    seconds = run_nnunet_side(nnunet_python, __file__, workdir)
-    return {**check(workdir), "nnunet_seconds": round(seconds, 1)}
-
-
 def check(workdir: Path) -> dict:
     """Our sliding window with the weights and images of ``workdir`` against nnU-Net's logits there."""
     import torch
@@ -227,6 +221,9 @@ def check(workdir: Path) -> dict:
                   gaussian_max_rel_diff=gaussian_rel, nnunet_accumulator=facts["accumulator_dtype"],
                   ours="seggrid.inference.sliding_window.sliding_window_logits (float32)",
                   nnunet=facts["called"])
+
+
+compare = protocol_compare(prepare, check, __file__, "")
 
 
 if __name__ == "__main__":

@@ -273,7 +273,8 @@ def seed_sd(values: list[float]) -> float:
 
 
 def per_case_means(df: pd.DataFrame, metric: str) -> pd.Series:
-    return pd.Series(_nanmean(case_by_organ(df, metric).to_numpy(float), 1), index=case_by_organ(df, metric).index)
+    table = case_by_organ(df, metric)
+    return pd.Series(_nanmean(table.to_numpy(float), 1), index=table.index)
 
 
 def paired_wilcoxon(row: pd.DataFrame, baseline: pd.DataFrame, metric: str) -> tuple[float, int]:
