@@ -11,8 +11,8 @@
 # cuda: the paper's patch 64 160 160, batch 2, 250 + 50 iterations, 3 epochs, features 32..320,
 #   6 AMOS-sized cases (512 x 512 x 100 at 0.75 x 0.75 x 3 mm, resampled to 2.0 x 0.688 x 0.688).
 # Steps: seggrid make-scale-data -> validate -> fingerprint -> split (3 folds) -> plan ->
-# preprocess (our venv); benchmarks/speed/nnunet_layout.py writes the same arrays in nnU-Net's
-# preprocessed layout (blosc2 + plans of our topology); then ours trains fold 0, then nnU-Net
+# preprocess (our venv); benchmarks/speed/plans_for_nnunet.py writes export-nnunet's plans (our side);
+# benchmarks/speed/nnunet_layout.py writes the same arrays in nnU-Net's preprocessed layout (blosc2 + those plans); then ours trains fold 0, then nnU-Net
 # (benchmarks/speed/nnunet_epoch.py), each under benchmarks/resources/tree_memory.py (host memory of the whole
 # process tree, augmentation workers included). --ours-setting merges recipe keys into our
 # setting (e.g. '{"compile": true}'); NNUNET_ENV (e.g. "nnUNet_n_proc_DA=4") is exported to the
@@ -79,7 +79,9 @@ run $SEGGRID plan --setting-json "$SETTING" --fingerprint "$WORK/fingerprint.jso
 rm -rf "$WORK/nnUNet_preprocessed" "$WORK/nnUNet_results" "$WORK/ours"
 log "writing nnU-Net's preprocessed layout"
 NNUNET_ENV_VARS=(nnUNet_raw="$WORK/nnUNet_raw" nnUNet_preprocessed="$WORK/nnUNet_preprocessed" nnUNet_results="$WORK/nnUNet_results")
-env "${NNUNET_ENV_VARS[@]}" "$NNUNET_PYTHON" benchmarks/speed/nnunet_layout.py --preprocessed "$WORK/pre" --plan "$WORK/plan.json" \
+$BIN/python benchmarks/speed/plans_for_nnunet.py --plan "$WORK/plan.json" --preprocessed "$WORK/pre" \
+  --dataset-name "$DATASET" --out "$WORK/nnunet_plans.json"
+env "${NNUNET_ENV_VARS[@]}" "$NNUNET_PYTHON" benchmarks/speed/nnunet_layout.py --preprocessed "$WORK/pre" --plans "$WORK/nnunet_plans.json" \
   --splits "$WORK/splits.json" --dataset-json "$WORK/data/dataset.json" --threads "$THREADS" \
   --out "$WORK/nnUNet_preprocessed/$DATASET" > "$WORK/layout.json"
 data_seconds=$(( $(date +%s) - t_data ))

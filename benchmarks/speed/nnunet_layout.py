@@ -2,7 +2,7 @@
 
 Run it with a Python that has nnunetv2 installed (2.8.1), from the repository root:
 
-    /path/to/nnunet-venv/bin/python benchmarks/speed/nnunet_layout.py --preprocessed PRE --plan PLAN.json \
+    /path/to/nnunet-venv/bin/python benchmarks/speed/nnunet_layout.py --preprocessed PRE --plans PLANS.json \
         --splits SPLITS.json --dataset-json DATA/dataset.json --out NNUNET_PREPROCESSED/Dataset990_SeggridBench
 
 Both trainers then read the same voxels: the arrays `seggrid preprocess` wrote (``<case>_img.npy``
@@ -11,9 +11,12 @@ writes: ``nnUNetPlans_3d_fullres/<case>.b2nd`` (float32 (1, z, y, x)) and ``<cas
 (int16 (1, z, y, x)), saved with nnU-Net's own ``nnUNetDatasetBlosc2.save_case`` and its
 chunk/block rule for the plans' patch (``comp_blosc2_params``), and ``<case>.pkl`` whose
 ``class_locations`` come from nnU-Net's own sampler (``DefaultPreprocessor._sample_foreground_locations``,
-seed 1234, as its preprocessing does). The plans (``nnUNetPlans.json``) carry our topology
-(patch, batch, PlainConvUNet with our stages, features, kernels and strides, batch Dice as our
-setting), ``dataset.json`` is written in v2 form, ``splits_final.json`` holds our folds.
+seed 1234, as its preprocessing does). The plans (``nnUNetPlans.json``) are the file
+``benchmarks/speed/plans_for_nnunet.py`` wrote on our side (seggrid's one plans builder, as
+``seggrid export-nnunet``: our topology, patch, batch, PlainConvUNet with our stages, features,
+kernels and strides, batch Dice as our setting); this script (nnU-Net's venv, no seggrid) only
+copies them, with ``dataset_name`` set to the output folder's name. ``dataset.json`` is written
+in v2 form, ``splits_final.json`` holds our folds.
 
 One difference from nnU-Net's own preprocessing is kept on purpose: voxels outside the
 non-zero mask are labelled 0 (ours), not -1 (nnU-Net's; its training transforms turn -1
@@ -45,47 +48,6 @@ def dataset_json_v2(ours: dict, n_training: int) -> dict:
             "name": ours.get("name", "seggrid")}
 
 
-def plans_from_ours(plan: dict, dataset_name: str) -> dict:
-    """nnUNetPlans.json with one 3d_fullres configuration: our plan's patch, batch and network."""
-    topo, s = plan["topology"], plan["setting"]
-    n_stages = len(topo["features"])
-    ct = plan.get("ct_foreground_intensity") or {}
-    intensity = {"0": {"mean": ct.get("mean", 0.0), "median": ct.get("mean", 0.0), "std": ct.get("std", 1.0),
-                       "min": ct.get("percentile_00_5", 0.0), "max": ct.get("percentile_99_5", 0.0),
-                       "percentile_99_5": ct.get("percentile_99_5", 0.0),
-                       "percentile_00_5": ct.get("percentile_00_5", 0.0)}}
-    arch = {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": n_stages, "features_per_stage": list(topo["features"]),
-            "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": topo["kernels"], "strides": topo["strides"],
-            "n_conv_per_stage": [2] * n_stages, "n_conv_per_stage_decoder": [2] * (n_stages - 1),
-            "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
-    resample_kwargs = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    configuration = {
-        "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": int(s["batch"]), "patch_size": list(topo["patch_effective"]),
-        "median_image_size_in_voxels": list(topo["patch_effective"]), "spacing": list(plan["target_spacing"]),
-        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": resample_kwargs,
-        "resampling_fn_seg_kwargs": {**resample_kwargs, "is_seg": True, "order": 1},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {**resample_kwargs, "order": 1},
-        "architecture": arch, "batch_dice": bool(s["batch_dice"]),
-    }
-    return {"dataset_name": dataset_name, "plans_name": PLANS_NAME,
-            "original_median_spacing_after_transp": list(plan["target_spacing"]),
-            "original_median_shape_after_transp": list(topo["patch_effective"]),
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {CONFIGURATION: configuration}, "experiment_planner_used": "seggrid (benchmarks/speed/nnunet_layout.py)",
-            "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": intensity}
-
-
 def convert_case(pre: Path, case: str, out_dir: Path, patch: list[int], foreground: list[int]) -> list[int]:
     """Write one case as nnU-Net's preprocessing does; returns its (z, y, x) shape."""
     meta = json.loads((pre / f"{case}.json").read_text())
@@ -109,7 +71,7 @@ def convert_case(pre: Path, case: str, out_dir: Path, patch: list[int], foregrou
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preprocessed", required=True, help="output folder of `seggrid preprocess`")
-    p.add_argument("--plan", required=True, help="output of `seggrid plan`")
+    p.add_argument("--plans", required=True, help="nnU-Net plans written by benchmarks/speed/plans_for_nnunet.py")
     p.add_argument("--splits", required=True, help="output of `seggrid split`")
     p.add_argument("--dataset-json", required=True, help="the raw dataset's dataset.json")
     p.add_argument("--out", required=True, help="nnUNet_preprocessed/DatasetXXX_Name")
@@ -117,7 +79,7 @@ def main() -> None:
     a = p.parse_args()
     t0 = time.time()
     pre, out = Path(a.preprocessed), Path(a.out)
-    plan = json.loads(Path(a.plan).read_text())
+    plans = json.loads(Path(a.plans).read_text())
     splits = json.loads(Path(a.splits).read_text())["folds"]
     cases = sorted({c for fold in splits for part in ("train", "val") for c in fold[part]})
     missing = [c for c in cases if not (pre / f"{c}_img.npy").exists()]
@@ -127,12 +89,12 @@ def main() -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     dataset = dataset_json_v2(json.loads(Path(a.dataset_json).read_text()), len(cases))
     foreground = sorted(v for v in dataset["labels"].values() if v > 0)
-    patch = plan["topology"]["patch_effective"]
+    patch = plans["configurations"][CONFIGURATION]["patch_size"]
     jobs = [(pre, c, data_dir, patch, foreground) for c in cases]
     with multiprocessing.get_context("fork").Pool(max(1, min(a.threads, len(cases)))) as pool:
         shapes = dict(zip(cases, pool.starmap(convert_case, jobs)))
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    (out / f"{PLANS_NAME}.json").write_text(json.dumps(plans_from_ours(plan, out.name), indent=1))
+    (out / f"{PLANS_NAME}.json").write_text(json.dumps({**plans, "dataset_name": out.name}, indent=1))
     (out / "splits_final.json").write_text(json.dumps([{"train": f["train"], "val": f["val"]} for f in splits], indent=1))
     (out / "dataset_fingerprint.json").write_text(json.dumps({"note": "written by benchmarks/speed/nnunet_layout.py; "
                                                               "nnU-Net's trainer only copies this file"}))

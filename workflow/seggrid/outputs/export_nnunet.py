@@ -152,26 +152,27 @@ def network_from_export(folder: str | Path, fold: int | str) -> PlainUNet:
     return net.eval()
 
 
-def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: str) -> dict:
-    """nnU-Net plans (one ``3d_fullres`` configuration) reproducing our preprocessing and network."""
+def nnunet_plans(plan: dict, dataset_name: str, scheme: str, ct_statistics: dict | None,
+                 zscore_uses_nonzero_mask: bool, median_shape: list | None, normalization_option: str,
+                 planner: str = "seggrid export-nnunet") -> dict:
+    """nnU-Net 2.8.1 plans (one ``3d_fullres`` configuration) reproducing our preprocessing and
+    network, from plain data: the seggrid ``plan`` dict as read from a plan JSON (``setting``,
+    ``topology``, ``target_spacing``, ``transpose``), the normalisation ``scheme`` (``ct`` or
+    ``zscore``) with its facts (``ct_statistics``: ``mean``, ``std``, ``percentile_00_5``,
+    ``percentile_99_5``, for ``ct``; ``zscore_uses_nonzero_mask``; ``normalization_option`` is
+    only recorded) and the median case shape after preprocessing (None: the patch). The one
+    builder of nnU-Net plans in this project: ``make_plans`` (export-nnunet) and the
+    benchmarks (``benchmarks/speed/plans_for_nnunet.py``, ``benchmarks/conformance/recipe``)
+    call it."""
     topo, s = plan["topology"], plan["setting"]
     n = len(topo["features"])
     norm = s["norm"]
     if norm not in NORM_OPS:
         raise SeggridError(f"export-nnunet: norm '{norm}' has no PlainConvUNet equivalent (nnU-Net builds a norm "
                            f"as norm_op(channels, **kwargs); GroupNorm needs the group count first)")
-    schemes = sorted({c["normalization"] for c in manifest["cases"].values()})
-    if len(schemes) != 1:
-        raise SeggridError(f"{manifest_path}: cases normalised with different schemes {schemes} "
-                           f"(preprocessing.normalization '{manifest['normalization']['option']}'); nnU-Net applies "
-                           f"one scheme per channel")
-    scheme = schemes[0]
-    nrm = manifest["normalization"]
     intensity = {"0": {}}         # nnU-Net's preprocessor looks channel "0" up even for z-score, which ignores it
     if scheme == "ct":
-        st = nrm["ct_statistics"]
-        intensity = {"0": {k: st[k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}}
-    shapes = np.asarray([c["shape"] for c in manifest["cases"].values()])
+        intensity = {"0": {k: ct_statistics[k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}}
     order = list(plan["transpose"])
     arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {"n_stages": n, "features_per_stage": list(topo["features"]),
@@ -185,10 +186,10 @@ def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: st
     configuration = {
         "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
         "batch_size": int(s["batch"]), "patch_size": list(topo["patch_effective"]),
-        "median_image_size_in_voxels": np.median(shapes, axis=0).tolist() if len(shapes) else list(topo["patch_effective"]),
+        "median_image_size_in_voxels": list(topo["patch_effective"]) if median_shape is None else list(median_shape),
         "spacing": [plan["target_spacing"][a] for a in order],
         "normalization_schemes": [NORM_SCHEMES[scheme]],
-        "use_mask_for_norm": [bool(scheme == "zscore" and nrm["zscore_uses_nonzero_mask"])],
+        "use_mask_for_norm": [bool(scheme == "zscore" and zscore_uses_nonzero_mask)],
         "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": dict(_RESAMPLE),
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
         "resampling_fn_seg_kwargs": {**_RESAMPLE, "is_seg": True, "order": 1},
@@ -200,10 +201,26 @@ def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: st
             "original_median_shape_after_transp": configuration["median_image_size_in_voxels"],
             "image_reader_writer": "NibabelIOWithReorient", "transpose_forward": order,
             "transpose_backward": np.argsort(order).tolist(), "configurations": {CONFIGURATION: configuration},
-            "experiment_planner_used": "seggrid export-nnunet", "label_manager": "LabelManager",
+            "experiment_planner_used": planner, "label_manager": "LabelManager",
             "foreground_intensity_properties_per_channel": intensity,
-            "seggrid": {"setting": s["name"], "normalization_option": nrm["option"],
+            "seggrid": {"setting": s["name"], "normalization_option": normalization_option,
                         "note": "exported from seggrid model.pt files; preprocessing and network as seggrid trained"}}
+
+
+def make_plans(plan: dict, manifest: dict, manifest_path: Path, dataset_name: str,
+               planner: str = "seggrid export-nnunet") -> dict:
+    """:func:`nnunet_plans` for ``plan`` with the normalisation and median shape of the
+    ``seggrid preprocess`` manifest (``manifest_path`` names it in errors)."""
+    schemes = sorted({c["normalization"] for c in manifest["cases"].values()})
+    if len(schemes) != 1:
+        raise SeggridError(f"{manifest_path}: cases normalised with different schemes {schemes} "
+                           f"(preprocessing.normalization '{manifest['normalization']['option']}'); nnU-Net applies "
+                           f"one scheme per channel")
+    scheme, nrm = schemes[0], manifest["normalization"]
+    shapes = np.asarray([c["shape"] for c in manifest["cases"].values()])
+    return nnunet_plans(plan, dataset_name, scheme, nrm["ct_statistics"] if scheme == "ct" else None,
+                        bool(scheme == "zscore" and nrm["zscore_uses_nonzero_mask"]),
+                        np.median(shapes, axis=0).tolist() if len(shapes) else None, nrm["option"], planner)
 
 
 def export_nnunet(model_paths: list[str | Path], preprocessed: str | Path, out: str | Path,
