@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from common import (fp16_exact, load_json, load_npz, log, max_abs_diff, protocol_compare, result,
-                    run_standalone, save_json, save_npz)
+                    run_standalone, save_json, save_npz, write_nnunet_plans)
 
 SEED = 0
 N_DRAWS = 20000
@@ -112,6 +112,9 @@ def prepare(workdir: Path, small: bool = False) -> None:
                 affine_scales=rng.uniform(0.7, 1.4, 10).tolist())
     save_json(workdir / "inputs.json", spec)
     save_npz(workdir / "inputs.npz", **arrays)
+    for tag, patch in spec["plans"].items():
+        write_nnunet_plans(workdir / f"nnunet_plans_{tag}.json", patch, [2.0, 0.7, 0.7],
+                           [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [[1, 3, 3], [3, 3, 3], [3, 3, 3]])
 
 
 def load_inputs(workdir: Path) -> dict[str, Any]:

@@ -42,7 +42,9 @@ Protocol (every component follows it):
 * On the nnU-Net side, call :func:`nnunet_env_setup` before ``import nnunetv2`` when the
   script may be run by hand (:func:`run_nnunet_side` already sets ``nnUNet_raw``,
   ``nnUNet_preprocessed``, ``nnUNet_results`` to folders under ``workdir``).
-* nnU-Net side: :func:`nnunet_plans` + :func:`nnunet_dataset_json` + :func:`nnunet_trainer` give a real
+* Plans: our side writes them with :func:`write_nnunet_plans` (seggrid's one builder) in
+  ``prepare``; the nnU-Net side loads that file.
+* nnU-Net side: the plans + :func:`nnunet_dataset_json` + :func:`nnunet_trainer` give a real
   (uninitialised, CPU) ``nnUNetTrainer`` whose own methods (``_build_loss``,
   ``get_training_transforms``, ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``,
   ``_set_batch_size_and_oversample``, ...) can be called without a dataset;
@@ -248,82 +250,39 @@ def run_standalone(
 # --- nnU-Net side helpers (import nnunetv2 lazily: call them only from nnunet_<name>.py) ----------
 
 
-def nnunet_plans(
+def write_nnunet_plans(
+    path: Path,
     patch: Sequence[int],
     spacing: Sequence[float],
-    pool_op_kernel_sizes: Sequence[Sequence[int]],
-    conv_kernel_sizes: Sequence[Sequence[int]],
+    strides: Sequence[Sequence[int]],
+    kernels: Sequence[Sequence[int]],
     batch_size: int = 2,
     batch_dice: bool = True,
     base_features: int = 32,
     max_features: int = 320,
-    normalization: str = "CTNormalization",
 ) -> dict:
-    """A minimal nnU-Net v2 plans dict with one ``3d_fullres`` configuration (pure data).
+    """OUR side (project venv): write ``path``, nnU-Net plans with one ``3d_fullres`` configuration
+    built by seggrid's one plans builder (``seggrid.outputs.export_nnunet.nnunet_plans``, as
+    ``seggrid export-nnunet``), for a plan of this patch, spacing, ``strides`` (per stage, the first
+    ``[1, 1, 1]``), ``kernels``, batch and batch Dice (instance norm, features
+    ``min(base * 2**i, max)``, CT normalisation, median shape twice the patch). The nnU-Net side
+    reads it with :func:`load_json` and gives it to :func:`nnunet_trainer`. Returns the plans."""
+    from seggrid.outputs.export_nnunet import nnunet_plans
 
-    Keys as nnU-Net 2.8.1's ExperimentPlanner writes them (PlainConvUNet, 2 convs per stage,
-    instance norm eps 1e-5 affine, leaky ReLU, conv bias); ``pool_op_kernel_sizes`` starts
-    with ``[1, 1, 1]`` (stage 0), one entry per stage like ``conv_kernel_sizes``. Pass it to
-    :func:`nnunet_trainer`.
-    """
-    n_stages = len(pool_op_kernel_sizes)
-    if len(conv_kernel_sizes) != n_stages:
-        raise ValueError(f"{n_stages} pool entries but {len(conv_kernel_sizes)} conv kernels")
-    arch = {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": n_stages,
-            "features_per_stage": [min(base_features * 2**i, max_features) for i in range(n_stages)],
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [list(map(int, k)) for k in conv_kernel_sizes],
-            "strides": [list(map(int, s)) for s in pool_op_kernel_sizes],
-            "n_conv_per_stage": [2] * n_stages,
-            "n_conv_per_stage_decoder": [2] * (n_stages - 1),
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
-    fullres = {
-        "data_identifier": "nnUNetPlans_3d_fullres",
-        "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": int(batch_size),
-        "patch_size": [int(p) for p in patch],
-        "median_image_size_in_voxels": [int(p) * 2 for p in patch],
-        "spacing": [float(s) for s in spacing],
-        "normalization_schemes": [normalization],
-        "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                               "force_separate_z": None},
-        "architecture": arch,
-        "batch_dice": bool(batch_dice),
-    }
-    return {
-        "dataset_name": "Dataset999_Recipe",
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [float(s) for s in spacing],
-        "original_median_shape_after_transp": [int(p) * 2 for p in patch],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": fullres},
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            "0": {"max": 3000.0, "mean": 100.0, "median": 100.0, "min": -1000.0,
-                  "percentile_00_5": -900.0, "percentile_99_5": 1500.0, "std": 200.0}
-        },
-    }
+    n_stages = len(strides)
+    if len(kernels) != n_stages:
+        raise ValueError(f"{n_stages} stride entries but {len(kernels)} conv kernels")
+    plan = {"setting": {"name": "recipe", "batch": int(batch_size), "batch_dice": bool(batch_dice), "norm": "instance"},
+            "topology": {"patch_effective": [int(p) for p in patch],
+                         "strides": [[int(v) for v in st] for st in strides],
+                         "kernels": [[int(v) for v in k] for k in kernels],
+                         "features": [min(base_features * 2**i, max_features) for i in range(n_stages)]},
+            "target_spacing": [float(v) for v in spacing], "transpose": [0, 1, 2]}
+    ct = {"mean": 100.0, "std": 200.0, "percentile_00_5": -900.0, "percentile_99_5": 1500.0}
+    plans = nnunet_plans(plan, "Dataset999_Recipe", "ct", ct, False, [int(p) * 2 for p in patch], "recipe",
+                         planner="seggrid (benchmarks/conformance/recipe)")
+    save_json(path, plans)
+    return plans
 
 
 def nnunet_dataset_json(n_classes: int, channel: str = "CT") -> dict:
@@ -349,7 +308,7 @@ def nnunet_import_setup(workdir: Path) -> None:
 
 
 def nnunet_trainer(plans: dict, dataset_json: dict, workdir: Path, fold: int = 0) -> Any:
-    """A real ``nnUNetTrainer`` (nnU-Net 2.8.1) on CPU for ``plans`` (see :func:`nnunet_plans`).
+    """A real ``nnUNetTrainer`` (nnU-Net 2.8.1) on CPU for ``plans`` (see :func:`write_nnunet_plans`).
 
     Not initialised (no network, no data): its methods that only read the plans and its own
     hyperparameters work as in training, e.g. ``_build_loss()``,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (fp16_exact, load_json, load_npz, protocol_compare, result, run_standalone, save_json,
-                    save_npz)
+                    save_npz, write_nnunet_plans)
 
 SPACING = [2.0, 0.68825001, 0.68825001]
 #: (patch, batch, classes, batch_dice, classes present in the target)
@@ -50,13 +50,13 @@ LOSS_TOLERANCE = 1e-5          # float32 sums of up to ~1e5 voxels on both sides
 GRAD_REL_TOLERANCE = 1e-4      # max |g_ours - g_nnunet| / max |g_nnunet|
 
 
-def our_plan(patch: list[int], classes: int, batch_dice: bool) -> dict:
+def our_plan(patch: list[int], classes: int, batch_dice: bool):
     """The plan ``training_loss`` reads: nnU-Net default recipe, our planner's topology."""
-    from seggrid.config import complete_setting
     from seggrid.engine.planner import plan_topology
+    from seggrid.plan import plan_from_topology
 
-    setting = complete_setting({"name": "recipe_loss", "patch": patch, "loss": "dice_ce", "batch_dice": batch_dice})
-    return {"setting": setting, "topology": plan_topology(patch, SPACING), "n_classes": classes}
+    return plan_from_topology(plan_topology(patch, SPACING), classes, "recipe_loss", patch=list(patch),
+                              loss="dice_ce", batch_dice=batch_dice)
 
 
 def prepare(workdir: Path, small: bool = False, seed: int = 0) -> list[dict]:
@@ -81,6 +81,8 @@ def prepare(workdir: Path, small: bool = False, seed: int = 0) -> list[dict]:
         described.append({"patch": topo["patch_effective"], "batch": batch, "classes": classes,
                           "batch_dice": batch_dice, "strides": topo["strides"], "kernels": topo["kernels"],
                           "outputs": len(shapes)})
+        write_nnunet_plans(workdir / f"nnunet_plans_{i}.json", topo["patch_effective"], SPACING, topo["strides"],
+                           topo["kernels"], batch_size=batch, batch_dice=batch_dice)
     save_json(workdir / "cases.json", {"spacing": SPACING, "cases": described})
     return described
 
@@ -97,7 +99,7 @@ def our_loss_and_grads(case: dict, arrays: dict) -> tuple[float, list[np.ndarray
     logits = [torch.tensor(arrays[f"logits_{k}"], requires_grad=True) for k in range(n_ours)]
     loss = training_loss(plan)(logits, torch.tensor(arrays["target"]))
     loss.backward()
-    weights = deep_supervision_weights(n_ours, plan["setting"]["deep_supervision_weights"]).tolist()
+    weights = deep_supervision_weights(n_ours, plan.setting.deep_supervision_weights).tolist()
     return loss.item(), [t.grad.numpy() for t in logits], weights
 
 

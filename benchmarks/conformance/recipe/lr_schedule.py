@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, protocol_compare, result, run_standalone
+from common import load_json, protocol_compare, result, run_standalone, write_nnunet_plans
 
 TOLERANCE = 1e-12
 OPTIMIZER_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "dampening")
@@ -27,17 +27,19 @@ def ours() -> dict:
     """Our default recipe's lr per epoch, SGD hyperparameters and loop lengths."""
     import torch
 
-    from seggrid.config import complete_setting
+    from seggrid.engine.planner import plan_topology
     from seggrid.engine.recipe import build_optimizer, learning_rate
+    from seggrid.plan import plan_from_topology
 
-    setting = complete_setting({"name": "recipe_lr"})
+    # the recipe's defaults (the schema's), as a training job reads them
+    setting = plan_from_topology(plan_topology([64, 128, 128], [1.0, 1.0, 1.0]), 2, "recipe_lr").setting
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], setting)
     group = optimizer.param_groups[0]
-    return {"lrs": [learning_rate(setting, e) for e in range(setting["epochs"])],
+    return {"lrs": [learning_rate(setting, e) for e in range(setting.epochs)],
             "optimizer": {"class": type(optimizer).__name__, **{k: group[k] for k in OPTIMIZER_KEYS}},
-            "loop": {"epochs": setting["epochs"], "iterations_per_epoch": setting["iterations_per_epoch"],
-                     "val_iterations": setting["val_iterations"],
-                     "oversample_foreground": setting["oversample_foreground"], "grad_clip": setting["grad_clip"]}}
+            "loop": {"epochs": setting.epochs, "iterations_per_epoch": setting.iterations_per_epoch,
+                     "val_iterations": setting.val_iterations,
+                     "oversample_foreground": setting.oversample_foreground, "grad_clip": setting.grad_clip}}
 
 
 #: the files of a run that make this component's fixture (tests/fixtures/nnunet/lr_schedule/)
@@ -45,7 +47,9 @@ FIXTURE_FILES = ["nnunet_lr_schedule.json"]
 
 
 def prepare(workdir: Path, small: bool = False) -> None:
-    """Nothing to write: nnU-Net's side needs no input."""
+    """Write the plans nnU-Net's trainer is built with (any plans: the schedule does not depend on them)."""
+    write_nnunet_plans(workdir / "nnunet_plans.json", [16, 32, 32], [2.0, 0.688, 0.688],
+                       [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [[1, 3, 3], [3, 3, 3], [3, 3, 3]])
 
 
 def check(workdir: Path) -> dict:

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (load_json, load_npz, log, nnunet_dataset_json, nnunet_import_setup,  # noqa: E402
-                    nnunet_plans, nnunet_trainer, save_json, save_npz)
+                    nnunet_trainer, save_json, save_npz)
 
 SKIP_ATTRS = {"_grid_cache", "benchmark_use_fft", "benchmark_num_runs", "upmodes"}
 
@@ -78,11 +78,10 @@ def export_pipeline(compose: Any) -> list[dict]:
     return out
 
 
-def pipeline_for(patch: list[int], workdir: Path) -> tuple[dict, Any]:
-    """A real trainer for a plan with ``patch``: its configure_... outputs and its pipeline."""
-    plans = nnunet_plans(patch, [2.0, 0.7, 0.7], [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-                         [[1, 3, 3], [3, 3, 3], [3, 3, 3]])
-    trainer = nnunet_trainer(plans, nnunet_dataset_json(4), workdir)
+def pipeline_for(plans_file: Path, workdir: Path) -> tuple[dict, Any]:
+    """A real trainer for the plans augmentation.prepare wrote (our side) for one patch: its
+    configure_... outputs and its pipeline."""
+    trainer = nnunet_trainer(load_json(plans_file), nnunet_dataset_json(4), workdir)
     with contextlib.redirect_stdout(io.StringIO()):
         rotation, dummy, initial, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     cm, lm = trainer.configuration_manager, trainer.label_manager
@@ -287,7 +286,7 @@ def main(workdir: Path) -> None:
     report: dict[str, Any] = {"configs": {}, "gamma_flags": {}}
     out: dict[str, np.ndarray] = {}
     for tag, patch in spec["plans"].items():
-        config, compose = pipeline_for(patch, workdir / f"trainer_{tag}")
+        config, compose = pipeline_for(workdir / f"nnunet_plans_{tag}.json", workdir / f"trainer_{tag}")
         report["configs"][tag] = {**config, "pipeline": export_pipeline(compose)}
         rec, flags = draws(compose, spec["n_draws"], spec["draw_seeds"][tag], tag)
         out.update(rec)

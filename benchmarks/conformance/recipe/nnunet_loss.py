@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_json, load_npz, nnunet_dataset_json, nnunet_import_setup, nnunet_plans, nnunet_trainer, save_npz  # noqa: E402
+from common import load_json, load_npz, nnunet_dataset_json, nnunet_import_setup, nnunet_trainer, save_npz  # noqa: E402
 
 
 def main(workdir: Path) -> None:
@@ -26,8 +26,7 @@ def main(workdir: Path) -> None:
 
     spec = load_json(workdir / "cases.json")
     for i, case in enumerate(spec["cases"]):
-        plans = nnunet_plans(case["patch"], spec["spacing"], case["strides"], case["kernels"],
-                             batch_size=case["batch"], batch_dice=case["batch_dice"])
+        plans = load_json(workdir / f"nnunet_plans_{i}.json")     # written by loss.prepare (our side)
         trainer = nnunet_trainer(plans, nnunet_dataset_json(case["classes"]), workdir / f"trainer_{i}")
         loss = trainer._build_loss()
         scales = trainer._get_deep_supervision_scales()

@@ -20,15 +20,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import nnunet_dataset_json, nnunet_import_setup, nnunet_plans, nnunet_trainer, save_json  # noqa: E402
+from common import load_json, nnunet_dataset_json, nnunet_import_setup, nnunet_trainer, save_json  # noqa: E402
 
 
 def main(workdir: Path) -> None:
     nnunet_import_setup(workdir)
     import torch
 
-    plans = nnunet_plans([16, 32, 32], [2.0, 0.688, 0.688], [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-                         [[1, 3, 3], [3, 3, 3], [3, 3, 3]])
+    plans = load_json(workdir / "nnunet_plans.json")      # written by lr_schedule.prepare (our side)
     trainer = nnunet_trainer(plans, nnunet_dataset_json(3), workdir / "trainer")
     trainer.network = torch.nn.Linear(2, 2)
     trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()

@@ -26,14 +26,12 @@ from types import SimpleNamespace
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (load_json, nnunet_dataset_json, nnunet_import_setup, nnunet_plans,  # noqa: E402
-                    nnunet_trainer, save_json)
+from common import load_json, nnunet_dataset_json, nnunet_import_setup, nnunet_trainer, save_json  # noqa: E402
 
 
-def _trainer(patch: list[int], batch: int, workdir: Path):
-    plans = nnunet_plans(patch, [2.0, 0.688, 0.688], [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-                         [[1, 3, 3], [3, 3, 3], [3, 3, 3]], batch_size=batch)
-    return nnunet_trainer(plans, nnunet_dataset_json(3), workdir)
+def _trainer(plans_file: Path, workdir: Path):
+    """A trainer for the plans sampler.prepare wrote (our side) for one patch."""
+    return nnunet_trainer(load_json(plans_file), nnunet_dataset_json(3), workdir)
 
 
 def _loader(initial: list[int], final: list[int]):
@@ -50,13 +48,13 @@ def main(workdir: Path) -> None:
 
     inputs = load_json(workdir / "sampler_inputs.json")
     out: dict = {"initial": [], "quota": [], "forced": [], "random": []}
-    for patch in inputs["patches"]:
-        trainer = _trainer(patch, 2, workdir / "trainer")
+    for i, patch in enumerate(inputs["patches"]):
+        trainer = _trainer(workdir / f"nnunet_plans_{i}.json", workdir / "trainer")
         with contextlib.redirect_stdout(io.StringIO()):
             _, _, initial, _ = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         out["initial"].append([int(v) for v in initial])
 
-    trainer = _trainer([16, 32, 32], 2, workdir / "trainer")
+    trainer = _trainer(workdir / "nnunet_plans_quota.json", workdir / "trainer")
     real_world, real_rank = dist.get_world_size, dist.get_rank
     for world, batch in inputs["quota"]:
         per_rank = []

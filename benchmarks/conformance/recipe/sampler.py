@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import load_json, protocol_compare, result, run_standalone, save_json
+from common import load_json, protocol_compare, result, run_standalone, save_json, write_nnunet_plans
 
 PATCHES = [[64, 160, 160], [64, 288, 288], [64, 352, 352], [64, 384, 384], [16, 24, 24], [16, 48, 48]]
 QUOTAS = [[w, b] for w in (1, 2, 4, 8) for b in (2, 4, 8, 16, 64) if b >= w]
@@ -56,6 +56,9 @@ def prepare(workdir: Path, small: bool = False) -> None:
               "random": [{"shape": s, "patch": p, "initial": initial_patch_size(p), "draws": 4000}
                          for s, p, _ in PLACEMENTS[:4]]}
     save_json(workdir / "sampler_inputs.json", inputs)
+    for name, patch in [*enumerate(inputs["patches"]), ("quota", [16, 32, 32])]:   # quota: any plan
+        write_nnunet_plans(workdir / f"nnunet_plans_{name}.json", patch, [2.0, 0.688, 0.688],
+                           [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], batch_size=2)
 
 
 def check(workdir: Path) -> dict:
