@@ -4,19 +4,55 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from seggrid.engine.augment import (PRESETS, AugmentConfig, Augmenter, SampleParams, build_augmenter_config,
-                                    gamma_keep_stats, gaussian_blur, initial_patch_size, resample_labels,
+                                    degrees_to_radians, gamma_keep_stats, gaussian_blur, initial_patch_size, resample_labels,
                                     rotation_matrix, simulate_low_resolution)
 from seggrid.engine.sampling import (PatchSampler, Prefetcher, SmartCache, adaptive_foreground_fraction, box_bounds,
                                      forced_foreground_counts, local_batch)
 
 OFF = PRESETS["none"]
+
+#: nnU-Net 2.8.1's own augmentation pipeline as benchmarks/conformance/recipe/nnunet_augmentation.py
+#: recorded it (nnUNetTrainer.get_training_transforms, batchgeneratorsv2's transform objects).
+NNUNET_AUGMENTATION = Path(__file__).parent / "fixtures" / "nnunet" / "augmentation" / "nnunet.json"
+
+
+def _nnunet_defaults() -> dict:
+    """nnU-Net's value of every AugmentConfig field (rotations in radians, as nnU-Net holds them),
+    read from the recorded pipelines of a 3D plan and of a dummy-2D plan."""
+    configs = json.loads(NNUNET_AUGMENTATION.read_text())["configs"]
+    steps: dict[str, dict] = {}
+    for step in configs["3d"]["pipeline"]:
+        inverted = step["class"] == "GammaTransform" and step["params"]["p_invert_image"] == 1
+        steps[step["class"] + ("_inverted" if inverted else "")] = step
+    spatial = steps["SpatialTransform"]["params"]
+    p = {name: step["p"] for name, step in steps.items()}
+    q = {name: step["params"] for name, step in steps.items()}
+    assert q["GammaTransform"]["gamma"] == q["GammaTransform_inverted"]["gamma"]
+    return {
+        "rotation_p": spatial["p_rotation"], "rotation_deg": configs["3d"]["rotation_for_DA"],
+        "rotation_deg_dummy_2d": configs["dummy_2d"]["rotation_for_DA"],
+        "scale_p": spatial["p_scaling"], "scale_range": spatial["scaling"],
+        "noise_p": p["GaussianNoiseTransform"], "noise_std": q["GaussianNoiseTransform"]["noise_variance"],
+        "blur_p": p["GaussianBlurTransform"], "blur_sigma": q["GaussianBlurTransform"]["blur_sigma"],
+        "blur_p_per_channel": q["GaussianBlurTransform"]["p_per_channel"],
+        "blur_truncate": q["GaussianBlurTransform"]["truncate"],
+        "brightness_p": p["MultiplicativeBrightnessTransform"],
+        "brightness_range": q["MultiplicativeBrightnessTransform"]["multiplier_range"]["BGContrast"],
+        "contrast_p": p["ContrastTransform"], "contrast_range": q["ContrastTransform"]["contrast_range"]["BGContrast"],
+        "lowres_p": p["SimulateLowResolutionTransform"], "lowres_range": q["SimulateLowResolutionTransform"]["scale"],
+        "lowres_p_per_channel": q["SimulateLowResolutionTransform"]["p_per_channel"],
+        "gamma_inverted_p": p["GammaTransform_inverted"], "gamma_p": p["GammaTransform"],
+        "gamma_range": q["GammaTransform"]["gamma"]["BGContrast"],
+        "mirror_p": q["MirrorTransform"]["p_per_axis"],
+    }
 
 
 def _blocks(shape=(12, 20, 20), seed=0):
@@ -122,13 +158,16 @@ def test_probabilities_match_the_nnunet_preset():
     rng = np.random.default_rng(0)
     draws = [aug.draw(rng) for _ in range(4000)]
     rates = {
-        "spatial": np.mean([d.matrix is not None for d in draws]),        # 1 - 0.8 * 0.8 = 0.36
+        "spatial": np.mean([d.matrix is not None for d in draws]),        # 1 - (1 - rotation_p)(1 - scale_p)
         "noise": np.mean([d.noise_std > 0 for d in draws]),
-        "lowres": np.mean([d.lowres is not None for d in draws]),          # 0.25 x 0.5 per channel
+        "lowres": np.mean([d.lowres is not None for d in draws]),          # lowres_p x p per channel
         "gamma": np.mean([d.gamma is not None for d in draws]),
         "mirror_axis0": np.mean([0 in d.mirror for d in draws]),
     }
-    expected = {"spatial": 0.36, "noise": 0.1, "lowres": 0.125, "gamma": 0.3, "mirror_axis0": 0.5}
+    n = _nnunet_defaults()                                   # rates from nnU-Net's recorded probabilities
+    expected = {"spatial": 1 - (1 - n["rotation_p"]) * (1 - n["scale_p"]), "noise": n["noise_p"],
+                "lowres": n["lowres_p"] * n["lowres_p_per_channel"], "gamma": n["gamma_p"],
+                "mirror_axis0": n["mirror_p"]}
     for k, v in expected.items():
         assert abs(rates[k] - v) < 0.03, (k, rates[k])
 
@@ -247,17 +286,19 @@ def test_smart_cache_replaces_a_fraction_per_epoch_and_resumes_identically():
 # ---- nnU-Net 2.8.1 fidelity: quota, placement and every augmentation parameter ----
 
 def test_default_parameters_are_nnunet_2_8_1s():
-    """get_training_transforms (nnUNetTrainer.py) with batchgeneratorsv2 0.3's transforms."""
-    c = AugmentConfig()
-    assert (c.rotation_p, c.rotation_deg, c.rotation_deg_dummy_2d) == (0.2, 30.0, 180.0)
-    assert (c.scale_p, c.scale_range) == (0.2, (0.7, 1.4))
-    assert (c.noise_p, c.noise_std) == (0.1, (0.0, 0.1))
-    assert (c.blur_p, c.blur_sigma, c.blur_p_per_channel, c.blur_truncate) == (0.2, (0.5, 1.0), 0.5, 6.0)
-    assert (c.brightness_p, c.brightness_range) == (0.15, (0.75, 1.25))
-    assert (c.contrast_p, c.contrast_range) == (0.15, (0.75, 1.25))
-    assert (c.lowres_p, c.lowres_range, c.lowres_p_per_channel) == (0.25, (0.5, 1.0), 0.5)
-    assert (c.gamma_inverted_p, c.gamma_p, c.gamma_range) == (0.1, 0.3, (0.7, 1.5))
-    assert c.mirror_p == 0.5
+    """Every AugmentConfig default against nnU-Net 2.8.1's own value, recorded from the transform
+    objects of nnUNetTrainer.get_training_transforms (batchgeneratorsv2) in tests/fixtures/nnunet/
+    augmentation/nnunet.json. dummy_2d is not a default but a property of the patch (compared with
+    nnU-Net's do_dummy_2d_data_aug by tests/test_conformance.py)."""
+    c, theirs = AugmentConfig(), _nnunet_defaults()
+    assert set(theirs) == {f.name for f in fields(AugmentConfig)} - {"dummy_2d"}
+    for name, nnunet in theirs.items():
+        ours = getattr(c, name)
+        if name.startswith("rotation_deg"):                  # nnU-Net holds (-rad, rad); ours degrees
+            ours = [-degrees_to_radians(ours), degrees_to_radians(ours)]
+        elif isinstance(ours, tuple):
+            ours = list(ours)
+        assert ours == nnunet, f"AugmentConfig.{name} = {getattr(c, name)}, nnU-Net 2.8.1's is {nnunet}"
 
 
 def test_noise_std_is_drawn_uniformly_not_its_square_root():
