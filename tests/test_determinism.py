@@ -7,7 +7,14 @@ import json
 import torch
 
 from conftest import run_cli
+from seggrid.plan import Plan
 
+
+
+def _plan(pipeline, **changes) -> Plan:
+    """The tiny pipeline's plan, with ``changes`` to its setting."""
+    plan = Plan.from_dict(json.loads(pipeline["plan"].read_text()), str(pipeline["plan"]))
+    return plan.with_setting(**changes) if changes else plan
 
 def _weights(path):
     return torch.load(path, weights_only=False)["state_dict"]
@@ -44,9 +51,9 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(pipeline, tmp_path, m
     import seggrid.engine.train as tr
     from seggrid.engine.sampling import PatchSampler
 
-    plan = json.loads(pipeline["plan"].read_text())
+    plan = _plan(pipeline)
     splits = json.loads(pipeline["splits"].read_text())
-    per_epoch = plan["setting"]["iterations_per_epoch"] + plan["setting"]["val_iterations"]
+    per_epoch = plan.setting.iterations_per_epoch + plan.setting.val_iterations
     calls = {"n": 0}
     real_next = PatchSampler.draw_batch
 
@@ -78,7 +85,7 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(pipeline, tmp_path, m
 def test_stale_checkpoint_of_another_plan_is_ignored(pipeline, tmp_path, capsys):
     import seggrid.engine.train as tr
 
-    plan = json.loads(pipeline["plan"].read_text())
+    plan = _plan(pipeline)
     splits = json.loads(pipeline["splits"].read_text())
     out = tmp_path / "t"
     out.mkdir()
@@ -137,7 +144,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(pipel
     from seggrid.errors import SeggridError
     from seggrid.engine.losses import DeepSupervisionLoss
 
-    plan = json.loads(pipeline["plan"].read_text())
+    plan = _plan(pipeline)
     splits = json.loads(pipeline["splits"].read_text())
     real = DeepSupervisionLoss.forward
     calls = {"n": 0}
@@ -145,7 +152,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(pipel
     def poisoned(self, outputs, target):
         calls["n"] += 1
         value = real(self, outputs, target)
-        return value * float("nan") if calls["n"] > plan["setting"]["iterations_per_epoch"] + 1 else value
+        return value * float("nan") if calls["n"] > plan.setting.iterations_per_epoch + 1 else value
 
     monkeypatch.setattr(DeepSupervisionLoss, "forward", poisoned)
     out = tmp_path / "nan"
@@ -167,8 +174,7 @@ def test_wall_time_stop_checkpoints_and_the_resumed_runs_give_the_uninterrupted_
     import seggrid.engine.train as tr
     from seggrid.engine.walltime import DEADLINE_ENV, EXIT_REQUEUE
 
-    plan = json.loads(pipeline["plan"].read_text())
-    plan["setting"].update(epochs=3, checkpoint_every=5)        # no ordinary checkpoint in 3 epochs
+    plan = _plan(pipeline, epochs=3, checkpoint_every=5)        # no ordinary checkpoint in 3 epochs
     splits = json.loads(pipeline["splits"].read_text())
     whole = tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / "whole", 3)
     assert whole["wall_time_requeues"] == 0 and [r["stopped"] for r in whole["runs"]] == ["done"]
@@ -230,12 +236,11 @@ def test_compile_auto_is_off_on_cpu_and_a_compiled_training_saves_the_plain_netw
     assert use_compile("auto", torch.device("cuda", 0)) is True
     assert use_compile("auto", torch.device("cuda", 0), spatial=True) is False
     assert use_compile(True, torch.device("cpu")) is True and use_compile(False, torch.device("cuda", 0)) is False
-    plan = json.loads(pipeline["plan"].read_text())
+    plan = _plan(pipeline, compile="auto")
     splits = json.loads(pipeline["splits"].read_text())
-    plan["setting"]["compile"] = "auto"
     assert tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / "auto", 3)["compile"] is False
     assert compiled_calls == []
-    plan["setting"].update(compile=True, epochs=1)
+    plan = plan.with_setting(compile=True, epochs=1)
     summary = tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / "compiled", 3)
     assert summary["compile"] is True and len(compiled_calls) == 1
     state = _weights(tmp_path / "compiled" / "model.pt")
@@ -253,9 +258,8 @@ def test_bf16_on_the_cpu_is_deterministic_and_differs_from_fp32(pipeline, tmp_pa
 
     import seggrid.engine.train as tr
 
-    plan = json.loads(pipeline["plan"].read_text())
+    plan = _plan(pipeline, precision="bf16")
     splits = json.loads(pipeline["splits"].read_text())
-    plan["setting"]["precision"] = "bf16"
     runs = [tr.train(plan, pipeline["preprocessed"], splits, 0, tmp_path / name, 3) for name in ("a", "b")]
     assert all(r["precision"] == "bf16" for r in runs), [r["precision"] for r in runs]
     a, b = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
@@ -277,11 +281,11 @@ def test_seed_and_fold_streams_are_keyed_on_the_tuple_not_a_sum(pipeline, tmp_pa
     import seggrid.engine.train as tr
     from seggrid.engine.device import BATCH_STREAM, stream_key, stream_seed
 
-    plan = json.loads(pipeline["plan"].read_text())
+    plan = _plan(pipeline)
     splits = json.loads(pipeline["splits"].read_text())
     runs = {}
     for seed, fold in ((4, 0), (3, 1)):
-        t = tr.setup(plan, pipeline["preprocessed"], splits, fold, tmp_path / f"s{seed}f{fold}", seed, 1, None)
+        t = tr.setup(plan, pipeline["preprocessed"], splits, fold, tmp_path / f"s{seed}f{fold}", seed, 1, 0)
         runs[seed, fold] = ({k: v.clone() for k, v in t.net.state_dict().items()}, t.rng.integers(2**62, size=4))
     (wa, ra), (wb, rb) = runs[4, 0], runs[3, 1]
     assert any(not torch.equal(wa[k], wb[k]) for k in wa if wa[k].is_floating_point())

@@ -91,7 +91,7 @@ def test_layout_plans_and_parameter_names(export, pipeline):
 def test_export_reads_back_into_our_network_with_the_same_output(export, pipeline):
     model, plan, _ = load_model(pipeline["train"] / "model.pt", torch.device("cpu"))
     rebuilt = network_from_export(export, 3)
-    x = torch.randn(2, 1, *plan["topology"]["patch_effective"], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 1, *plan.topology.patch_effective, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = model(x), rebuilt(x)
     assert got.shape == expected.shape and torch.equal(got, expected)

@@ -9,6 +9,8 @@ import torch
 
 from seggrid.engine.losses import LOSSES, TERMS, DeepSupervisionLoss, DiceTerm, PerimeterTerm, build_loss, soft_surface
 from seggrid.engine.network import deep_supervision_outputs, deep_supervision_weights, downsample_target, head_scales
+from seggrid.engine.planner import plan_topology
+from seggrid.plan import plan_from_topology
 
 
 def perfect_logits(target: torch.Tensor, n: int, scale: float = 30.0) -> torch.Tensor:
@@ -111,14 +113,13 @@ def test_downsample_target_equals_nearest_exact_interpolation(factor):
 def test_deep_supervision_weights_and_scales():
     assert deep_supervision_weights(4).tolist() == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
     assert deep_supervision_weights(3, "top3_721").tolist() == pytest.approx([0.7, 0.2, 0.1])
-    plan = {"setting": {"deep_supervision": True, "deep_supervision_weights": "nnunet"},
-            "topology": {"strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]}}
+    topo = plan_topology([64, 160, 160], [2.0, 0.69, 0.69], 4, 16, 5, "down")     # AMOS-like spacing
+    assert topo["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    plan = plan_from_topology(topo, 3, deep_supervision=True, deep_supervision_weights="nnunet")
     assert deep_supervision_outputs(plan) == 4                  # 5 decoder outputs, the lowest weighted 0
     assert head_scales(plan, 4) == [[1, 1, 1], [1, 2, 2], [2, 4, 4], [4, 8, 8]]
-    plan["setting"]["deep_supervision_weights"] = "top3_721"
-    assert deep_supervision_outputs(plan) == 3
-    plan["setting"]["deep_supervision"] = False
-    assert deep_supervision_outputs(plan) == 1
+    assert deep_supervision_outputs(plan.with_setting(deep_supervision_weights="top3_721")) == 3
+    assert deep_supervision_outputs(plan.with_setting(deep_supervision=False)) == 1
 
 
 def _reference_terms(batch_dice: bool):

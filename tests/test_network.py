@@ -12,14 +12,14 @@ import torch
 from conftest import run_cli
 from seggrid.engine.network import PlainUNet, build_network, deep_supervision_outputs
 from seggrid.engine.planner import plan_topology
+from seggrid.plan import plan_from_topology
 
 AMOS_SPACING = [2.0, 0.68825001, 0.68825001]
 
 
 def _plan(patch, spacing, base=4, cap=16, classes=3, ds=True, weights="nnunet", norm="instance", pools=5):
-    setting = {"deep_supervision": ds, "deep_supervision_weights": weights, "norm": norm}
-    return {"setting": setting, "n_classes": classes,
-            "topology": plan_topology(patch, spacing, base, cap, pools, "down")}
+    return plan_from_topology(plan_topology(patch, spacing, base, cap, pools, "down"), classes,
+                              deep_supervision=ds, deep_supervision_weights=weights, norm=norm)
 
 
 def test_heads_come_out_at_their_own_resolution():

@@ -20,6 +20,7 @@ from seggrid.config import SCHEDULING_KEYS, model_setting
 from seggrid.engine.device import ALLOW_CPU_ENV, require_cuda
 from seggrid.engine.checkpoint import model_hash
 from seggrid.errors import SeggridError
+from seggrid.plan import Plan
 
 
 def _env(**extra) -> dict:
@@ -44,7 +45,7 @@ def test_plans_and_their_hash_ignore_scheduling_keys(pipeline, tmp_path):
     assert model_setting({"gpus": 1, "batch": 2}) == {"batch": 2}
     # a hand-made plan that still carries gpus hashes like one without: old checkpoints resume
     with_gpus = {**plans[0], "setting": {**plans[0]["setting"], "gpus": 4, "threads": 3}}
-    assert model_hash(with_gpus) == model_hash(plans[0])
+    assert model_hash(Plan.from_dict(with_gpus, "hand.json")) == model_hash(Plan.from_dict(plans[0], "plan.json"))
 
 
 def test_final_checkpoint_finishes_a_job_that_died_before_model_pt(pipeline, tmp_path):

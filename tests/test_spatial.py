@@ -164,6 +164,8 @@ def test_partitioned_training_resumes_after_sigkill_to_the_uninterrupted_weights
     # the plain network: the single-process model of the same plan has the same keys and shapes
     from seggrid.engine.network import build_network
 
-    plain = build_network(plan).state_dict()
+    from seggrid.plan import Plan
+
+    plain = build_network(Plan.from_dict(plan, str(plan_path))).state_dict()
     assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in b["state_dict"].items()}
     assert json.loads((out / "summary.json").read_text())["spatial_partitions"] == 2

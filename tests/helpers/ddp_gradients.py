@@ -11,6 +11,7 @@ import torch.distributed as dist
 from seggrid.engine.losses import DeepSupervisionLoss, build_loss
 from seggrid.engine.network import build_network, deep_supervision_outputs, deep_supervision_weights, head_scales
 from seggrid.engine.planner import plan_topology
+from seggrid.plan import plan_from_topology
 
 GLOBAL_BATCH = 4
 
@@ -21,9 +22,8 @@ def main(out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo")
     torch.manual_seed(0)
-    setting = {"deep_supervision": True, "deep_supervision_weights": "nnunet", "norm": "instance"}
-    plan = {"setting": setting, "n_classes": 4,
-            "topology": plan_topology([8, 16, 16], [1.0, 1.0, 1.0], 4, 16, 3, "down")}
+    plan = plan_from_topology(plan_topology([8, 16, 16], [1.0, 1.0, 1.0], 4, 16, 3, "down"), 4,
+                              deep_supervision=True, deep_supervision_weights="nnunet", norm="instance")
     model = build_network(plan)
     images = torch.randn(GLOBAL_BATCH, 1, 8, 16, 16, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 4, (GLOBAL_BATCH, 1, 8, 16, 16), generator=torch.Generator().manual_seed(2))

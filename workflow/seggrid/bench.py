@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from seggrid.plan import Plan, plan_from_topology
+
 from seggrid.engine.augment import Augmenter, build_augmenter_config
 from seggrid.io import package_versions
 from seggrid.engine.sampling import PatchSampler
@@ -90,16 +92,14 @@ def bench_augment(patch: list[int], batch: int, batches: int, threads: int, devi
 
 
 def step_plan(patch: list[int], spacing: list[float], base_features: int, max_features: int, classes: int,
-              max_pools_per_axis: int | None = 5, loss: str = "dice_ce", batch_dice: bool = True) -> dict:
+              max_pools_per_axis: int | None = 5, loss: str = "dice_ce", batch_dice: bool = True) -> Plan:
     """The plan of a benchmark step: nnU-Net's recipe (SGD, instance norm, deep supervision)
-    on the topology the planner gives ``patch`` at ``spacing``."""
-    from seggrid.config import complete_setting
+    on the topology the planner gives ``patch`` at ``spacing`` (already in network axis order)."""
     from seggrid.engine.planner import plan_topology
 
     topo = plan_topology(patch, spacing, base_features, max_features, max_pools_per_axis, "down")
     # the recipe's defaults (the schema's: nnU-Net's SGD, instance norm, deep supervision)
-    setting = complete_setting({"loss": loss, "batch_dice": batch_dice})
-    return {"setting": setting, "topology": topo, "n_classes": classes}
+    return plan_from_topology(topo, classes, "bench", loss=loss, batch_dice=batch_dice)
 
 
 def bench_step(patch: list[int], batch: int, spacing: list[float], base_features: int = 32,
@@ -126,14 +126,14 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
     precision = effective_precision(precision, dev)
     torch.manual_seed(seed)
     plan = step_plan(patch, spacing, base_features, max_features, classes, max_pools_per_axis, loss, batch_dice)
-    setting, topo = plan["setting"], plan["topology"]
+    setting, topo = plan.setting, plan.topology
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = build_network(plan).to(dev).to(memory_format=fmt)
     forward = torch.compile(model) if compile_ else model
     optimizer = build_optimizer(model.parameters(), setting)
     scaler = grad_scaler(dev, precision)
     loss_fn = training_loss(plan)
-    eff = topo["patch_effective"]
+    eff = list(topo.patch_effective)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         case = synthetic_case(root, tuple(int(p * 1.25) for p in eff), seed, classes)
@@ -164,7 +164,8 @@ def bench_step(patch: list[int], batch: int, spacing: list[float], base_features
         timed_peak = peak_memory_mb(dev)
     return {
         "benchmark": "step", "side": "seggrid", "patch": list(eff), "patch_requested": list(patch), "batch": batch,
-        "spacing": list(spacing), "features": topo["features"], "strides": topo["strides"], "kernels": topo["kernels"],
+        "spacing": list(spacing), "features": list(topo.features), "strides": [list(s) for s in topo.strides],
+        "kernels": [list(k) for k in topo.kernels],
         "classes": classes, "loss": loss, "batch_dice": batch_dice, "augmentation": augmentation,
         "precision": precision, "device": str(dev), "threads": threads, "deterministic": determinism,
         "compile": compile_, "compile_mode": compile_mode, "compiled": ["network"] if compile_ else [], "channels_last": channels_last,
@@ -218,13 +219,13 @@ def _partition_rank(rank: int, world: int, port: int, cfg: dict, out: str) -> No
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     plan = step_plan(cfg["patch"], cfg["spacing"], cfg["base_features"], cfg["max_features"], cfg["classes"])
-    setting, topo = plan["setting"], plan["topology"]
-    eff = topo["patch_effective"]
+    setting, topo = plan.setting, plan.topology
+    eff = list(topo.patch_effective)
     torch.manual_seed(0)
     net = build_network(plan)
     spatial = None
     if world > 1:
-        axis = check_partitionable("bench", eff, topo["divisor"], world, None)
+        axis = check_partitionable("bench", eff, list(topo.divisor), world, None)
         spatial = SpatialContext.create(rank, world, world, axis)
         partition_network(net, spatial)
     split = spatial.split if spatial else (lambda t: t)

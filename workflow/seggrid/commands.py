@@ -93,14 +93,15 @@ def cmd_plan(a):
     from seggrid.io import write_json
     from seggrid.config import complete_setting
     from seggrid.engine.planner import make_plan
+    from seggrid.plan import Plan
 
     fingerprint, check = _read(a.fingerprint), _read(a.dataset_check)
     target = a.target_spacing or fingerprint["target_spacing_rule"]
     plan = make_plan(complete_setting(_json_arg(a.setting_json)), target, fingerprint, check["labels"])
+    t = Plan.from_dict(plan, a.out).topology          # validated before it is written
     write_json(a.out, plan)
-    t = plan["topology"]
-    print(f"[plan] {plan['setting']['name']}: patch {t['patch_requested']} -> {t['patch_effective']}, "
-          f"pools {t['pools_per_axis']}, {len(t['strides'])} stages")
+    print(f"[plan] {plan['setting']['name']}: patch {list(t.patch_requested)} -> {list(t.patch_effective)}, "
+          f"pools {list(t.pools_per_axis)}, {len(t.strides)} stages")
 
 
 def cmd_preprocess(a):
@@ -138,15 +139,19 @@ def run_log(out_dir: Path):
 
 
 def cmd_train(a):
-    from seggrid.config import complete_plan
     from seggrid.engine.train import train
+    from seggrid.plan import Plan
 
     splits = _read(a.splits)
     if not 0 <= a.fold < len(splits["folds"]):
         raise SeggridError(f"{a.splits}: no fold {a.fold} (has {len(splits['folds'])})")
-    plan = complete_plan(_read(a.plan), a.plan)
+    raw = _read(a.plan)
+    plan = Plan.from_dict(raw, a.plan)
+    # a workflow plan holds no scheduling keys: the job's GPUs come from --gpus; a hand-made
+    # plan may still name its ``gpus`` (torchrun without the workflow)
+    gpus = a.gpus if a.gpus is not None else int(raw["setting"].get("gpus", 0))
     with run_log(Path(a.out)):
-        train(plan, a.preprocessed, splits, a.fold, a.out, a.seed, a.threads, a.checkpoint_every, gpus=a.gpus,
+        train(plan, a.preprocessed, splits, a.fold, a.out, a.seed, a.threads, a.checkpoint_every, gpus=gpus,
               requeue_margin_min=a.requeue_margin_min)
 
 

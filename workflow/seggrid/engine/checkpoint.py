@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from seggrid.config import model_setting
 from seggrid.engine.device import RESUME_STREAM, seed_everything, stream_rng, stream_seed
 from seggrid.engine.network import MODEL_FORMAT
 from seggrid.engine.session import Training
 from seggrid.errors import SeggridError
+from seggrid.plan import Plan
 from seggrid.io import atomic_path, config_hash
 
 
@@ -47,9 +47,9 @@ class RunState:
         return self.elapsed_before + time.time() - self.started
 
 
-def model_hash(plan: dict) -> str:
-    """The plan's hash without scheduling keys: what a checkpoint must match to be resumed."""
-    return config_hash({**plan, "setting": model_setting(plan["setting"])})
+def model_hash(plan: Plan) -> str:
+    """The plan's hash (a plan holds no scheduling keys): what a checkpoint must match to be resumed."""
+    return config_hash(plan.to_dict())
 
 
 def gather(obj, world: int) -> list:
@@ -61,7 +61,7 @@ def gather(obj, world: int) -> list:
     return out
 
 
-def find_checkpoint(out_dir: Path, plan: dict, seed: int, announce: bool) -> tuple[dict | None, Path | None]:
+def find_checkpoint(out_dir: Path, plan: Plan, seed: int, announce: bool) -> tuple[dict | None, Path | None]:
     """The checkpoint this job resumes from and its path, or (None, None). A damaged file
     stops the job (it holds the training so far); another plan's, seed's or format's is skipped."""
     latest, final = out_dir / "checkpoint_latest.pt", out_dir / "checkpoint_final.pt"
@@ -116,7 +116,7 @@ def resume(t: Training) -> RunState:
     if t.rank == 0:
         print(f"[train] resumed from {path} at epoch {state.start_epoch}"
               + (" (all epochs done: writing model.pt from it, no training)"
-                 if state.start_epoch >= t.setting["epochs"] else ""), flush=True)
+                 if state.start_epoch >= t.setting.epochs else ""), flush=True)
     return state
 
 
@@ -129,7 +129,7 @@ def save_checkpoint(path: Path, t: Training, state: RunState, epoch: int) -> Non
     if t.rank != 0:
         return
     ckpt = {"model": t.net.state_dict(), "optimizer": t.optimizer.state_dict(), "scaler": t.scaler.state_dict(),
-            "schedule": {"name": t.setting["lr_schedule"], "epoch": epoch}, "ranks": ranks, "epoch": epoch,
+            "schedule": {"name": t.setting.lr_schedule, "epoch": epoch}, "ranks": ranks, "epoch": epoch,
             "ema": state.ema, "log": state.log, "elapsed": state.elapsed(), "runs": state.runs,
             "plan_hash": model_hash(t.plan), "seed": t.seed, "format": MODEL_FORMAT}
     with atomic_path(path) as tmp:

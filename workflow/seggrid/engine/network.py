@@ -28,6 +28,8 @@ import math
 import torch
 from torch import nn
 
+from seggrid.plan import Plan
+
 #: ``norm`` registry: instance (nnU-Net), batch, group (8 groups, as in Carmo et al.; fewer
 #: when a stage has fewer than 8 channels or a count 8 does not divide).
 NORMS = ("instance", "batch", "group")
@@ -125,15 +127,15 @@ def he_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def deep_supervision_outputs(plan: dict) -> int:
+def deep_supervision_outputs(plan: Plan) -> int:
     """Outputs the loss uses: every decoder scale except the lowest (nnU-Net gives it weight
     0), 3 for ``top3_721``, 1 without deep supervision."""
-    s = plan["setting"]
-    if not s["deep_supervision"]:
+    s = plan.setting
+    if not s.deep_supervision:
         return 1
-    n_pools = len(plan["topology"]["strides"]) - 1
+    n_pools = len(plan.topology.strides) - 1
     outputs = max(1, n_pools - 1)
-    return min(outputs, 3) if s["deep_supervision_weights"] == "top3_721" else outputs
+    return min(outputs, 3) if s.deep_supervision_weights == "top3_721" else outputs
 
 
 def deep_supervision_weights(n_outputs: int, scheme: str = "nnunet") -> torch.Tensor:
@@ -147,10 +149,10 @@ def deep_supervision_weights(n_outputs: int, scheme: str = "nnunet") -> torch.Te
     return w / w.sum()
 
 
-def head_scales(plan: dict, n_outputs: int) -> list[list[int]]:
+def head_scales(plan: Plan, n_outputs: int) -> list[list[int]]:
     """Downsampling factor (z, y, x) of each output: cumulative product of the strides."""
     scales, current = [], [1, 1, 1]
-    for stride in plan["topology"]["strides"][:n_outputs]:
+    for stride in plan.topology.strides[:n_outputs]:
         current = [c * s for c, s in zip(current, stride)]
         scales.append(list(current))
     return scales
@@ -163,7 +165,7 @@ def downsample_target(target: torch.Tensor, factor: list[int]) -> torch.Tensor:
     return target[(slice(None), slice(None)) + tuple(slice(f // 2, None, f) for f in factor)]
 
 
-def build_network(plan: dict) -> PlainUNet:
-    topo = plan["topology"]
-    return PlainUNet(plan["n_classes"], topo["features"], topo["kernels"], topo["strides"],
-                     plan["setting"]["norm"], deep_supervision_outputs(plan))
+def build_network(plan: Plan) -> PlainUNet:
+    topo = plan.topology
+    return PlainUNet(plan.n_classes, list(topo.features), [list(k) for k in topo.kernels],
+                     [list(s) for s in topo.strides], plan.setting.norm, deep_supervision_outputs(plan))

@@ -23,12 +23,14 @@ from typing import Callable
 
 import torch
 
+from seggrid.plan import Setting
+
 OPTIMIZERS: dict[str, Callable] = {
-    "sgd_nesterov": lambda params, s: torch.optim.SGD(params, lr=s["lr"], momentum=s["momentum"], nesterov=True,
-                                                      weight_decay=s["weight_decay"]),
-    "adam": lambda params, s: torch.optim.Adam(params, lr=s["lr"], weight_decay=s["weight_decay"]),
-    "radam": lambda params, s: torch.optim.RAdam(params, lr=s["lr"], weight_decay=s["weight_decay"]),
-    "novograd": lambda params, s: _novograd()(params, lr=s["lr"], weight_decay=s["weight_decay"]),
+    "sgd_nesterov": lambda params, s: torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=True,
+                                                      weight_decay=s.weight_decay),
+    "adam": lambda params, s: torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay),
+    "radam": lambda params, s: torch.optim.RAdam(params, lr=s.lr, weight_decay=s.weight_decay),
+    "novograd": lambda params, s: _novograd()(params, lr=s.lr, weight_decay=s.weight_decay),
 }
 
 LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
@@ -59,14 +61,14 @@ def _novograd():
     return Novograd
 
 
-def build_optimizer(params, setting: dict) -> torch.optim.Optimizer:
-    if setting["optimizer"] not in OPTIMIZERS:
-        raise KeyError(f"unknown optimizer '{setting['optimizer']}'; known: {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[setting["optimizer"]](params, setting)
+def build_optimizer(params, setting: Setting) -> torch.optim.Optimizer:
+    if setting.optimizer not in OPTIMIZERS:
+        raise KeyError(f"unknown optimizer '{setting.optimizer}'; known: {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[setting.optimizer](params, setting)
 
 
-def learning_rate(setting: dict, epoch: int) -> float:
-    return setting["lr"] * LR_SCHEDULES[setting["lr_schedule"]](epoch, setting["epochs"])
+def learning_rate(setting: Setting, epoch: int) -> float:
+    return setting.lr * LR_SCHEDULES[setting.lr_schedule](epoch, setting.epochs)
 
 
 def effective_precision(precision: str, device: torch.device) -> str:

@@ -25,24 +25,24 @@ from seggrid.engine.recipe import build_optimizer, effective_precision, grad_sca
 from seggrid.engine.sampling import PatchSampler, local_batch
 from seggrid.engine.spatial import SpatialContext, partition_network, sync_gradients
 from seggrid.errors import SeggridError
+from seggrid.plan import Plan, Setting
 
 
-def training_loss(plan: dict, spatial: SpatialContext | None = None) -> DeepSupervisionLoss:
+def training_loss(plan: Plan, spatial: SpatialContext | None = None) -> DeepSupervisionLoss:
     """The setting's loss over the network's deep-supervision outputs, each against the
     target downsampled to its resolution (reduced over a sample's slabs under ``spatial``)."""
-    s = plan["setting"]
+    s = plan.setting
     n_outputs = deep_supervision_outputs(plan)
-    loss = build_loss(s["loss"], s["batch_dice"], spatial, s["perimeter_weight"])
+    loss = build_loss(s.loss, s.batch_dice, spatial, s.perimeter_weight)
     return DeepSupervisionLoss(loss,
-                               deep_supervision_weights(n_outputs, s["deep_supervision_weights"]),
+                               deep_supervision_weights(n_outputs, s.deep_supervision_weights),
                                head_scales(plan, n_outputs))
 
 
 
-def class_columns(plan: dict) -> list[str]:
-    """Log column per foreground class: pseudo_dice_<label name>."""
-    names = {int(k): v for k, v in plan["labels"].items()}
-    return [f"pseudo_dice_{names.get(c, c)}".replace(" ", "_") for c in range(1, plan["n_classes"])]
+def class_columns(plan: Plan) -> list[str]:
+    """Log column per foreground class: pseudo_dice_<label name> (the id where a label has no name)."""
+    return [f"pseudo_dice_{plan.labels.get(c, c)}".replace(" ", "_") for c in range(1, plan.n_classes)]
 
 
 
@@ -50,8 +50,8 @@ def class_columns(plan: dict) -> list[str]:
 class Training:
     """Everything :func:`setup` builds for one (setting, fold) on this rank."""
 
-    plan: dict
-    setting: dict
+    plan: Plan
+    setting: Setting
     fold: int
     seed: int
     out_dir: Path
@@ -78,49 +78,48 @@ class Training:
     columns: list[str]                 # per-class pseudo-Dice log columns
 
 
-def setup(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: Path, seed: int,
-          threads: int, gpus: int | None) -> Training:
+def setup(plan: Plan, preprocessed: str | Path, splits: dict, fold: int, out_dir: Path, seed: int,
+          threads: int, gpus: int) -> Training:
     """Ranks, seeds and determinism, spatial partitions, the training and validation samplers,
     the network (DDP or partitioned, compiled or not), optimizer, grad scaler and loss."""
-    s = plan["setting"]
-    gpus = s.get("gpus", 0) if gpus is None else gpus
-    rank, world, device = distributed_context(gpus, f"train: setting '{s['name']}' fold {fold}")
+    s = plan.setting
+    rank, world, device = distributed_context(gpus, f"train: setting '{s.name}' fold {fold}")
     if rank == 0:
         print(f"[train] CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
               f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} usable CUDA device(s), "
               f"{world} rank(s), device {device}", flush=True)
     torch.set_num_threads(max(1, threads // world))        # the job's cores are shared by its ranks
     seed_everything(stream_seed(seed, fold, purpose=INIT_STREAM))     # the same initial weights on every rank
-    compiled = use_compile(s["compile"], device, bool(plan.get("partition")))
-    determinism = configure_determinism(s["deterministic"], device, compiled)
+    compiled = use_compile(s.compile, device, plan.partition is not None)
+    determinism = configure_determinism(s.deterministic, device, compiled)
     spatial = None
-    if plan.get("partition"):
-        spatial = SpatialContext.create(rank, world, plan["partition"]["parts"], plan["partition"]["axis"])
+    if plan.partition:
+        spatial = SpatialContext.create(rank, world, plan.partition.parts, plan.partition.axis)
         if rank == 0:
-            print(f"[train] spatial partitions: {spatial.size} slabs of {plan['partition']['slab']} voxels along "
+            print(f"[train] spatial partitions: {spatial.size} slabs of {plan.partition.slab} voxels along "
                   f"patch axis {spatial.axis}, {spatial.dp_size} data-parallel group(s)", flush=True)
     # data-parallel groups: every rank, or one per spatial group (its slabs share the samples)
     dp_size, dp_index = (spatial.dp_size, spatial.dp_index) if spatial else (world, rank)
-    if problem := batch_split_problem(s["batch"], world, spatial.size if spatial else 1):
-        raise SeggridError(f"setting '{s['name']}': {problem}")
-    precision = effective_precision(s["precision"], device)
-    if rank == 0 and precision != s["precision"]:
-        print(f"[train] precision {s['precision']}: running {precision} on {device}"
+    if problem := batch_split_problem(s.batch, world, spatial.size if spatial else 1):
+        raise SeggridError(f"setting '{s.name}': {problem}")
+    precision = effective_precision(s.precision, device)
+    if rank == 0 and precision != s.precision:
+        print(f"[train] precision {s.precision}: running {precision} on {device}"
               + (" (no native bfloat16 on this CPU)" if precision == "fp32" and device.type == "cpu" else ""), flush=True)
-    patch = plan["topology"]["patch_effective"]
+    patch = list(plan.topology.patch_effective)
     fold_split = splits["folds"][fold]
     rng = stream_rng(seed, fold, dp_index, purpose=BATCH_STREAM)
     # this group's slice of the global batch and its share of the global foreground quota (nnU-Net's)
-    group = dict(global_batch=s["batch"], group=dp_index, groups=dp_size)
-    sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s["batch"], dp_index, dp_size),
-                           0.5 if s["foreground_sampling"] == "adaptive" else s["oversample_foreground"], rng,
-                           Augmenter(build_augmenter_config(s["augmentation"], patch)), device,
-                           s["cache_cases"], s["cache_replace"], **group)
+    group = dict(global_batch=s.batch, group=dp_index, groups=dp_size)
+    sampler = PatchSampler(preprocessed, fold_split["train"], patch, local_batch(s.batch, dp_index, dp_size),
+                           0.5 if s.foreground_sampling == "adaptive" else s.oversample_foreground, rng,
+                           Augmenter(build_augmenter_config(s.augmentation, patch)), device,
+                           s.cache_cases, s.cache_replace, **group)
     # nnU-Net's validation loader cuts the patch itself (no initial-patch margin)
-    val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s["batch"], dp_index, dp_size),
-                               s["oversample_foreground"], np.random.default_rng(0), None, device,
+    val_sampler = PatchSampler(preprocessed, fold_split["val"], patch, local_batch(s.batch, dp_index, dp_size),
+                               s.oversample_foreground, np.random.default_rng(0), None, device,
                                initial_patch=patch, **group)
-    memory_format = torch.channels_last_3d if s["channels_last"] else torch.contiguous_format
+    memory_format = torch.channels_last_3d if s.channels_last else torch.contiguous_format
     net = build_network(plan).to(device).to(memory_format=memory_format)
     model = net
     if spatial:

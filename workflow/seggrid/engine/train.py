@@ -77,6 +77,7 @@ from seggrid.engine.session import Training, setup
 from seggrid.engine.walltime import WallTimeGuard, end_run, request_requeue
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, write_json
+from seggrid.plan import Plan
 
 LOG_FIELDS = ["epoch", "train_loss", "val_loss", "pseudo_dice", "pseudo_dice_ema", "foreground_fraction", "lr",
               "seconds", "data_wait_fraction", "augment_fraction", "peak_mem_mb"]
@@ -125,43 +126,43 @@ def agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def train(plan: dict, preprocessed: str | Path, splits: dict, fold: int, out_dir: str | Path,
-          seed: int, threads: int = 1, checkpoint_every: int | None = None, gpus: int | None = None,
+def train(plan: Plan, preprocessed: str | Path, splits: dict, fold: int, out_dir: str | Path,
+          seed: int, threads: int = 1, checkpoint_every: int | None = None, gpus: int = 0,
           requeue_margin_min: float = 10.0) -> dict:
     """Train one (setting, fold) into ``out_dir``. ``gpus``: the job's GPUs (a scheduling key,
-    not in a workflow plan); None takes the plan's setting's ``gpus`` (hand-made plans), else 0.
+    not in a plan; 0: CPU).
     ``requeue_margin_min``: minutes kept before the job's time limit (engine/walltime.py): the
     run stops at the last epoch boundary that leaves them, checkpoints and is requeued."""
     t = setup(plan, preprocessed, splits, fold, Path(out_dir), seed, threads, gpus)
     s, ckpt_path = t.setting, t.out_dir / "checkpoint_latest.pt"
-    checkpoint_every = checkpoint_every or s["checkpoint_every"]
+    checkpoint_every = checkpoint_every or s.checkpoint_every
     state = resume(t)
-    progress = ProgressWriter(t.out_dir, s["name"], fold, s["epochs"])     # progress.json / .png (seggrid status)
+    progress = ProgressWriter(t.out_dir, s.name, fold, s.epochs)     # progress.json / .png (seggrid status)
     guard = WallTimeGuard.for_this_job(60 * requeue_margin_min)
     guard.install_signal_handler()
     if t.rank == 0:
         print(f"[train] {guard.describe()}", flush=True)
     this_run = {"job": os.environ.get("SLURM_JOB_ID"), "start_epoch": state.start_epoch}
     state.started = time.time()
-    for epoch in range(state.start_epoch, s["epochs"]):
+    for epoch in range(state.start_epoch, s.epochs):
         row = run_epoch(t, epoch, state.ema)
         state.ema = row["pseudo_dice_ema"]
         state.log.append(row)
         if t.rank == 0:
-            print(f"[train] {s['name']} fold {fold} epoch {epoch + 1}/{s['epochs']} loss {row['train_loss']:.4f} "
+            print(f"[train] {s.name} fold {fold} epoch {epoch + 1}/{s.epochs} loss {row['train_loss']:.4f} "
                   f"val {row['val_loss']:.4f} pseudo-Dice {row['pseudo_dice']:.3f} lr {row['lr']:.5f} "
                   f"{row['seconds']:.1f}s", flush=True)
             progress(state.log)
-        if epoch + 1 < s["epochs"] and agree(guard.should_stop(row["seconds"]), t.world, t.device):
+        if epoch + 1 < s.epochs and agree(guard.should_stop(row["seconds"]), t.world, t.device):
             # the next epoch might not end before the job's time limit: checkpoint here, requeue
             state.runs.append({**this_run, "end_epoch": epoch + 1, "stopped": "wall time"})
             save_checkpoint(ckpt_path, t, state, epoch + 1)
-            requeued = agree(request_requeue(s["name"]) if t.rank == 0 else False, t.world, t.device)
-            end_run(f"{s['name']} fold {fold}", epoch + 1, str(ckpt_path), requeued, announce=t.rank == 0)
-        if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < s["epochs"]:
+            requeued = agree(request_requeue(s.name) if t.rank == 0 else False, t.world, t.device)
+            end_run(f"{s.name} fold {fold}", epoch + 1, str(ckpt_path), requeued, announce=t.rank == 0)
+        if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < s.epochs:
             save_checkpoint(ckpt_path, t, state, epoch + 1)
-    if state.start_epoch < s["epochs"]:
-        state.runs.append({**this_run, "end_epoch": s["epochs"], "stopped": "done"})
+    if state.start_epoch < s.epochs:
+        state.runs.append({**this_run, "end_epoch": s.epochs, "stopped": "done"})
     return finish(t, state)
 
 
@@ -169,8 +170,8 @@ def train_epoch(t: Training, epoch: int) -> tuple[torch.Tensor, float, float]:
     """The epoch's ``iterations_per_epoch`` steps: the summed loss (a float64 device scalar) and
     the seconds spent waiting for batches. A non-finite loss is looked for every
     ``finite_check_every`` steps and at the last one (one host sync each)."""
-    s, iterations = t.setting, t.setting["iterations_per_epoch"]
-    check_every = s["finite_check_every"]
+    s, iterations = t.setting, t.setting.iterations_per_epoch
+    check_every = s.finite_check_every
     t.sampler.start_epoch()
     t.model.train()
     batches = Prefetcher(t.sampler, iterations)
@@ -180,11 +181,11 @@ def train_epoch(t: Training, epoch: int) -> tuple[torch.Tensor, float, float]:
         for step in range(iterations):
             images, labels = batches.next_batch()
             loss = train_step(t.forward, t.model, t.loss_fn, t.optimizer, t.scaler, t.split(images), t.split(labels),
-                              t.precision, s["grad_clip"], t.memory_format, t.after_backward)
+                              t.precision, s.grad_clip, t.memory_format, t.after_backward)
             finite &= torch.isfinite(loss)
             loss_sum += loss
             if ((step + 1) % check_every == 0 or step + 1 == iterations) and not bool(finite):
-                raise SeggridError(f"setting '{s['name']}' fold {t.fold}: non-finite loss (seen by step {step + 1}) "
+                raise SeggridError(f"setting '{s.name}' fold {t.fold}: non-finite loss (seen by step {step + 1}) "
                                    f"at epoch {epoch}; stopped, the last good checkpoint is kept at "
                                    f"{t.out_dir / 'checkpoint_latest.pt'}")
     finally:
@@ -204,9 +205,9 @@ def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
         param_group["lr"] = lr
     loss_sum, train_wait, augment_s = train_epoch(t, epoch)
     t.val_sampler.rng = stream_rng(t.seed, t.fold, epoch, t.dp_index, purpose=VALIDATION_STREAM)  # same on every run
-    val_loss, counts, val_wait = validate(t.forward, t.plan, t.val_sampler, t.loss_fn, t.plan["n_classes"],
+    val_loss, counts, val_wait = validate(t.forward, t.plan, t.val_sampler, t.loss_fn, t.plan.n_classes,
                                           t.precision, t.memory_format, t.split)
-    stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / s["iterations_per_epoch"]])])
+    stats = torch.cat([counts.flatten(), torch.stack([val_loss, loss_sum / s.iterations_per_epoch])])
     if t.world > 1:
         dist.all_reduce(stats)
         stats[-2:] /= t.world
@@ -222,8 +223,8 @@ def run_epoch(t: Training, epoch: int, ema: float | None) -> dict:
            "augment_fraction": augment_s / (time.time() - t0),
            "peak_mem_mb": peak_memory_mb(t.device)}
     row.update({col: float(d) for col, d in zip(t.columns, dice)})
-    if s["foreground_sampling"] == "adaptive":
-        t.sampler.foreground_fraction = adaptive_foreground_fraction(counts, s["adaptive_gamma"])
+    if s.foreground_sampling == "adaptive":
+        t.sampler.foreground_fraction = adaptive_foreground_fraction(counts, s.adaptive_gamma)
     return row
 
 
@@ -232,19 +233,19 @@ def finish(t: Training, state: RunState) -> dict:
     checkpoint; on rank 0 ``model.pt``, ``log.csv`` and ``summary.json``. Returns the summary."""
     s, log, wall = t.setting, state.log, state.elapsed()
     summary = {
-        "setting": s["name"], "fold": t.fold, "epochs": s["epochs"], "world_size": t.world, "device": str(t.device),
+        "setting": s.name, "fold": t.fold, "epochs": s.epochs, "world_size": t.world, "device": str(t.device),
         "spatial_partitions": t.spatial.size if t.spatial else 1,
         "precision": t.precision, "deterministic": t.determinism, "compile": t.compiled,
-        "channels_last": s["channels_last"], "wall_seconds": wall,
+        "channels_last": s.channels_last, "wall_seconds": wall,
         "data_wait_fraction": float(np.mean([r.get("data_wait_fraction", 0.0) for r in log])),
         "augment_fraction": float(np.mean([r.get("augment_fraction", 0.0) for r in log])),
         "gpu_hours": wall * t.world / 3600 if t.device.type == "cuda" else 0.0,
-        "samples_per_second": s["epochs"] * s["iterations_per_epoch"] * s["batch"] / max(wall, 1e-9),
+        "samples_per_second": s.epochs * s.iterations_per_epoch * s.batch / max(wall, 1e-9),
         "peak_mem_mb": max(r["peak_mem_mb"] for r in log), "final_pseudo_dice_ema": state.ema,
         "runs": state.runs, "wall_time_requeues": sum(r["stopped"] == "wall time" for r in state.runs),
-        "provenance": provenance(t.seed, t.plan),
+        "provenance": provenance(t.seed, t.plan.to_dict()),
     }
-    save_checkpoint(t.out_dir / "checkpoint_final.pt", t, state, s["epochs"])
+    save_checkpoint(t.out_dir / "checkpoint_final.pt", t, state, s.epochs)
     if t.rank == 0:
         write_outputs(t.out_dir, t.net, t.plan, log, summary, t.columns)
         (t.out_dir / "checkpoint_latest.pt").unlink(missing_ok=True)
@@ -255,16 +256,16 @@ def finish(t: Training, state: RunState) -> dict:
 
 
 @torch.no_grad()
-def validate(model, plan, sampler: PatchSampler, loss_fn, n_classes, precision, memory_format, split=lambda t: t):
+def validate(model, plan: Plan, sampler: PatchSampler, loss_fn, n_classes, precision, memory_format, split=lambda t: t):
     """Validation loss (a device scalar), TP/FP/FN counts over this rank's share of the
     validation batches, and the seconds spent waiting for data. No host sync."""
-    s, device = plan["setting"], sampler.device
+    s, device = plan.setting, sampler.device
     model.eval()
     counts = torch.zeros(3, n_classes - 1, dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    batches = Prefetcher(sampler, s["val_iterations"])
+    batches = Prefetcher(sampler, s.val_iterations)
     try:
-        for _ in range(s["val_iterations"]):
+        for _ in range(s.val_iterations):
             images, labels = batches.next_batch()
             images, labels = split(images), split(labels)
             with autocast(device, precision):
@@ -273,10 +274,10 @@ def validate(model, plan, sampler: PatchSampler, loss_fn, n_classes, precision, 
             counts += confusion_counts(logits, labels, n_classes)
     finally:
         batches.close()
-    return loss_sum / s["val_iterations"], counts, batches.wait_seconds
+    return loss_sum / s.val_iterations, counts, batches.wait_seconds
 
 
-def write_outputs(out_dir: Path, model, plan: dict, log: list[dict], summary: dict, columns: list[str]) -> None:
+def write_outputs(out_dir: Path, model, plan: Plan, log: list[dict], summary: dict, columns: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "log.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
@@ -285,5 +286,5 @@ def write_outputs(out_dir: Path, model, plan: dict, log: list[dict], summary: di
             w.writerows(log)
     write_json(out_dir / "summary.json", summary)
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "plan": plan,
+        torch.save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "plan": plan.to_dict(),
                     "seed": summary["provenance"]["seed"]}, tmp)

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seggrid.config import complete_plan
 from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, provenance, read_json, write_json
+from seggrid.plan import Plan
 from seggrid.engine.network import MODEL_FORMAT, build_network
 from seggrid.inference.maps import remove_from_logits, write_file_labels, write_quantised_softmax, write_target_labels
 from seggrid.inference.postprocess import apply
@@ -45,7 +45,7 @@ from seggrid.engine.recipe import effective_precision
 from seggrid.engine.device import peak_memory_mb, require_cuda
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, int | None]:
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Plan, int | None]:
     """(network in eval mode, its plan, the training seed) from a ``model.pt``."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
@@ -54,13 +54,13 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
             raise SeggridError(f"{path}: a model of format {fmt or 'unknown (MONAI DynUNet, before nnU-Net network)'}"
                                f", but this seggrid reads {MODEL_FORMAT}; train it again (delete the file, "
                                f"snakemake reruns the training)")
-        ckpt["plan"] = complete_plan(ckpt["plan"], str(path))
-        model = build_network(ckpt["plan"]).to(device)
+        plan = Plan.from_dict(ckpt["plan"], str(path))
+        model = build_network(plan).to(device)
         model.load_state_dict(ckpt["state_dict"])
     except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
         raise SeggridError(f"{path}: not a readable seggrid model ({type(exc).__name__}: {exc})") from exc
     model.eval()
-    return model, ckpt["plan"], ckpt.get("seed")
+    return model, plan, ckpt.get("seed")
 
 
 def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: list[str], *,
@@ -84,13 +84,13 @@ def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: l
     torch.set_num_threads(threads)
     loaded = [load_model(p, device) for p in model_paths]
     models, plan, seed = [m for m, _, _ in loaded], loaded[0][1], loaded[0][2]
-    names = {p["setting"]["name"] for _, p, _ in loaded}
+    names = {p.setting.name for _, p, _ in loaded}
     if len(names) > 1:
         raise SeggridError(f"predict: the models are of different settings {sorted(names)}; one job averages "
                            "the folds of ONE setting (several settings are averaged by `seggrid ensemble`)")
     decision = read_json(postprocessing) if postprocessing else None
-    patch = plan["topology"]["patch_effective"]
-    precision = effective_precision(plan["setting"]["precision"], device)
+    patch = list(plan.topology.patch_effective)
+    precision = effective_precision(plan.setting.precision, device)
     preprocessed = Path(preprocessed)
     timings = {}
     with ExitStack() as stack:
@@ -130,5 +130,5 @@ def predict(model_paths: list[str | Path], preprocessed: str | Path, case_ids: l
                                      "averaged": "logits", "accumulator": "float32"},
                   "postprocessing": decision, "device": str(device), "cases": timings}
         for d in dirs.values():
-            write_json(d / "inference.json", {**record, "provenance": provenance(seed, plan)})
+            write_json(d / "inference.json", {**record, "provenance": provenance(seed, plan.to_dict())})
     return timings
