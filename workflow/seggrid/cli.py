@@ -57,6 +57,21 @@ def _add_setup_commands(sub) -> None:
                     help="the config(s) the grid runs with, as given to snakemake (default config/config.yaml)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
+    sp = _add(sub, "cost", commands.cmd_cost, "measure every training topology of a grid on this device and "
+             "project wall time, GPU-hours, memory fit and the SLURM resources of each job (docs/cost.md)")
+    sp.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                    help="the config(s) the grid runs with, as given to snakemake (default config/config.yaml)")
+    sp.add_argument("--budget-s", type=float, default=90.0,
+                    help="stop starting calibrations after this many seconds; the rest are extrapolated")
+    sp.add_argument("--gpu-mem", type=float, nargs="+", default=[40.0, 80.0], help="GPU memory sizes (GB) to fit")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when usable, else CPU), cpu or cuda")
+    sp.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of a calibration (default: each setting's `threads`, as its job gets)")
+    sp.add_argument("--out", default=None, help="output folder (default <outdir>/cost)")
+    sp.add_argument("--write-resources", default=None, metavar="DIR",
+                    help="write DIR/resources.yaml (measured runtime_min, mem_mb) and DIR/config.yaml (a profile)")
+    sp.add_argument("--recalibrate", action="store_true", help="ignore the cached calibrations")
+
     sp = _add(sub, "config-docs", commands.cmd_config_docs, "write config/README.md (every config key) from the schema")
     sp.add_argument("--out", default="config/README.md")
 

@@ -51,6 +51,48 @@ def cmd_status(a):
     print(json.dumps(status, indent=1, default=str) if a.json else format_status(status))
 
 
+def cmd_cost(a):
+    import torch
+
+    from seggrid.config import load_config
+    from seggrid.io import read_json, write_json
+    from seggrid.outputs.cost import measure, project
+    from seggrid.outputs.cost_measure import device_key, import_seconds
+    from seggrid.outputs.cost_report import table_lines, write_outputs, write_resources
+
+    config = load_config(*a.configfile)
+    missing = [k for k in ("median_shape", "classes", "training_cases", "evaluation_cases") if config["cost"][k] is None]
+    if missing:
+        raise SeggridError(f"{', '.join(a.configfile)}: cost.{missing[0]} is not set; seggrid cost plans without data "
+                           f"and needs cost.median_shape, classes, training_cases and evaluation_cases (docs/cost.md)")
+    if a.device not in ("auto", "cpu", "cuda"):
+        raise SeggridError(f"cost: --device {a.device}: use auto, cpu or cuda")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SeggridError("cost: --device cuda but no CUDA device is usable here")
+    device = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
+    out = Path(a.out or Path(config["outdir"]) / "cost")
+    cache_path = out / "calibration.json"
+    cache = {} if a.recalibrate or not cache_path.exists() else read_json(cache_path)
+    imports = cache.setdefault("import_s", {})
+    dev = json.dumps(device_key(device), sort_keys=True)
+    if dev not in imports:
+        imports[dev] = import_seconds()
+    calibrations = cache.setdefault("topologies", {})
+    try:
+        measured = measure(config, device, calibrations, a.budget_s, a.threads)
+    finally:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(cache_path, cache)          # whatever was measured is kept, even after an error
+    projection = project(config, measured, device, imports[dev], a.gpu_mem, a.threads)
+    projection["config_files"] = list(a.configfile)
+    write_outputs(out, projection)
+    print("\n".join(table_lines(projection)))
+    print(f"[cost] wrote {out / 'cost.json'} and {out / 'cost.md'}")
+    if a.write_resources:
+        folder = write_resources(Path(a.write_resources), a.configfile, config, projection, config["cost"]["margin"])
+        print(f"[cost] wrote {folder / 'resources.yaml'}; use: snakemake --profile {folder} -n")
+
+
 def cmd_config_docs(a):
     from seggrid.config_docs import write_config_docs
 
