@@ -6,7 +6,8 @@
    share one calibration; calibrations are cached (cost_measure.py).
 2. Calibration runs cheapest first (voxels x per-GPU batch) until ``--budget-s`` is spent; a
    topology left over is *extrapolated*: its step, validation and tile times scale with voxels x
-   batch from the nearest calibrated topology (marked in every output).
+   batch from the nearest calibrated topology (the same network at another batch first), and
+   every output marks it.
 3. Projection per job:
 
    - training wall = start-up (engine import + ``setup``) + epochs x (iterations x step +
@@ -39,10 +40,11 @@ import torch
 from seggrid.config import resolve_setting
 from seggrid.engine.planner import make_plan
 from seggrid.inference.sliding_window import tile_starts
-from seggrid.io import package_versions
+from seggrid.io import config_hash, package_versions
 from seggrid.layout import (parse_prediction_set_id, prediction_set_seed, prediction_sets, row_prediction_sets,
                             training_jobs)
-from seggrid.outputs.cost_measure import activation_model, cache_id, calibrate, device_key, topology_key
+from seggrid.outputs.cost_measure import (activation_key, activation_model, cache_id, calibrate, device_key,
+                                           topology_key)
 from seggrid.plan import Plan
 
 CUDA_ALLOWANCE_GB = 1.5       # CUDA context, cuDNN workspaces, allocator slack (an allowance, not measured)
@@ -73,6 +75,23 @@ def _voxel_batch(topology: dict) -> float:
     return float(np.prod(topology["patch"])) * topology["per_gpu_batch"]
 
 
+def activations(config: dict, device: torch.device, cache: dict, say=print) -> dict[str, dict]:
+    """The saved-tensor model of every setting (cost_measure.activation_model), computed once
+    per distinct network and precision and kept in ``cache`` (id -> record)."""
+    out = {}
+    for name, plan in grid_plans(config).items():
+        _, per_gpu = job_shape(config, name)
+        key = activation_key(topology_key(plan, per_gpu, device, 1))
+        cid = config_hash(key)
+        if cid not in cache:
+            t0 = time.perf_counter()
+            cache[cid] = activation_model(plan, key["precision"])
+            say(f"[cost] memory model of {name}: {cache[cid]['activation_bytes_per_sample'] / 2**30:.2f} GB saved "
+                f"per sample ({time.perf_counter() - t0:.1f} s)")
+        out[name] = cache[cid]
+    return out
+
+
 def measure(config: dict, device: torch.device, cache: dict, budget_s: float, threads: int | None = None,
             say=print) -> dict[str, dict]:
     """Calibration per distinct topology of the grid (cache id -> record), measuring only
@@ -98,7 +117,7 @@ def measure(config: dict, device: torch.device, cache: dict, budget_s: float, th
             continue
         t0 = time.perf_counter()
         record = {"topology": topo, **device_key(device), "measured": calibrate(plan, per_gpu, device, n_threads),
-                  "activation": activation_model(plan, topo["precision"]), "setting_example": plan.setting.name}
+                  "setting_example": plan.setting.name}
         cache[cid] = out[cid] = record
         m = record["measured"]
         say(f"[cost] {i}/{len(ordered)} {plan.setting.name} patch {topo['patch']} batch {per_gpu}: "
@@ -116,7 +135,12 @@ def _timing(config: dict, plan: Plan, per_gpu: int, device: torch.device, thread
     if not calibrations:
         return {"source": "none"}
     target = _voxel_batch(topo)
-    near = min(calibrations.values(), key=lambda r: abs(math.log(_voxel_batch(r["topology"]) / target)))
+    same_net = {k: v for k, v in topo.items() if k != "per_gpu_batch"}
+
+    def distance(record: dict) -> tuple[bool, float]:      # the same network at another batch first
+        other = {k: v for k, v in record["topology"].items() if k != "per_gpu_batch"}
+        return other != same_net, abs(math.log(_voxel_batch(record["topology"]) / target))
+    near = min(calibrations.values(), key=distance)
     ratio = target / _voxel_batch(near["topology"])
     m = near["measured"]
     scaled = {k: m[k] * ratio for k in ("step_s", "val_iteration_s", "forward_tile_s")}
@@ -139,7 +163,7 @@ def tiles_per_case(median_shape: list[int], patch: list[int], step: float) -> in
 
 
 def memory_fit(config: dict, plan: Plan, per_gpu: int, timing: dict, device: torch.device,
-               gpu_mem_gb: list[float], activation: dict | None) -> dict:
+               gpu_mem_gb: list[float], activation: dict) -> dict:
     """Per-GPU peak (GB) of the setting and, per card size, whether it fits and the fewest GPUs
     that fit with the global batch unchanged."""
     s = resolve_setting(config, plan.setting.name)
@@ -148,13 +172,12 @@ def memory_fit(config: dict, plan: Plan, per_gpu: int, timing: dict, device: tor
         peak_gb = timing["peak_mb"] / 1024 + CUDA_ALLOWANCE_GB
         kind = "measured (CUDA max allocated) + allowance"
     else:
-        if activation is None:
-            activation = activation_model(plan, s["precision"] if s["precision"] != "auto" else "fp32")
-        states = 2 + OPTIMIZER_STATES.get(s["optimizer"], 2)           # weights, gradients, optimizer state
+        states = 2 + OPTIMIZER_STATES[s["optimizer"]]                  # weights, gradients, optimizer state
         fixed = activation["parameters"] * 4 * states / 2**30 + CUDA_ALLOWANCE_GB
-        per_sample = activation["activation_bytes_per_sample"] / 2**30
+        # saved tensors, and the gradient of the largest one beside it during the backward pass
+        per_sample = (activation["activation_bytes_per_sample"] + activation["largest_tensor_bytes_per_sample"]) / 2**30
         peak_gb = fixed + per_gpu * per_sample
-        kind = "estimate (saved tensors + weights + allowance)"
+        kind = "estimate (saved tensors + largest gradient + weights, gradients, optimizer state + allowance)"
     fits = {}
     for card in gpu_mem_gb:
         fewest = None
@@ -166,8 +189,8 @@ def memory_fit(config: dict, plan: Plan, per_gpu: int, timing: dict, device: tor
     return {"per_gpu_peak_gb": peak_gb, "kind": kind, "cards": fits}
 
 
-def project(config: dict, calibrations: dict, device: torch.device, import_s: float, gpu_mem_gb: list[float],
-            threads: int | None = None) -> dict:
+def project(config: dict, calibrations: dict, activation: dict[str, dict], device: torch.device, import_s: float,
+            gpu_mem_gb: list[float], threads: int | None = None) -> dict:
     """Jobs, tables and grid totals (see the module docstring)."""
     plans, cost, inf = grid_plans(config), config["cost"], config["inference"]
     jobs, timings = [], {}
@@ -204,19 +227,13 @@ def project(config: dict, calibrations: dict, device: torch.device, import_s: fl
     for name, plan in plans.items():
         gpus, per_gpu = job_shape(config, name)
         fit[name] = {"gpus": gpus, "per_gpu_batch": per_gpu,
-                     **memory_fit(config, plan, per_gpu, timings[name], device, gpu_mem_gb,
-                                  _activation(calibrations, timings[name]))}
+                     **memory_fit(config, plan, per_gpu, timings[name], device, gpu_mem_gb, activation[name])}
     return {"device": device_key(device), "import_s": import_s, "jobs": jobs, "tables": _tables(config, jobs),
             "grid": _totals(jobs), "memory_fit": fit, "gpu_mem_gb": gpu_mem_gb, "versions": package_versions()}
 
 
 def _threads(config: dict, job: dict) -> int:
     return resolve_setting(config, job["setting"])["threads"] if job["kind"] == "train" else config["inference"]["threads"]
-
-
-def _activation(calibrations: dict, timing: dict) -> dict | None:
-    record = calibrations.get(timing.get("cache_id"))
-    return record.get("activation") if record else None
 
 
 def _totals(jobs: list[dict]) -> dict:

@@ -208,7 +208,8 @@ def activation_model(plan: Plan, precision: str) -> dict:
     """Bytes a training step keeps for its backward pass, per sample, from the tensors autograd
     saves (``saved_tensors_hooks``) in a forward + loss at two small patches of the plan's own
     network (2 and 3 x its divisor per axis), extrapolated linearly in voxels to its patch;
-    plus the parameters. ``precision`` fp16/bf16 runs the forward under CPU bf16 autocast
+    plus the largest single saved tensor (the backward pass holds its gradient beside it) and
+    the parameters. ``precision`` fp16/bf16 runs the forward under CPU bf16 autocast
     (2 bytes per element where CUDA fp16 autocast keeps 2 as well). Runs on the CPU in about a
     second for any patch: the memory fit of a GPU setting needs no GPU."""
     from seggrid.engine.network import build_network
@@ -232,10 +233,18 @@ def activation_model(plan: Plan, precision: str) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision in ("fp16", "bf16")):
                 outputs = net.train()(x)
             loss_fn(outputs, y)
-        points.append((float(np.prod(patch)), float(sum(saved.values()))))
-    (v1, b1), (v2, b2) = points
-    per_voxel = (b2 - b1) / (v2 - v1)
-    fixed = b1 - per_voxel * v1
+        points.append((float(np.prod(patch)), float(sum(saved.values())), float(max(saved.values()))))
     voxels = float(np.prod(plan.topology.patch_effective))
-    params = sum(p.numel() for p in net.parameters())
-    return {"activation_bytes_per_sample": fixed + per_voxel * voxels, "parameters": params}
+
+    def extrapolate(i: int) -> float:
+        (v1, *b1), (v2, *b2) = points
+        per_voxel = (b2[i] - b1[i]) / (v2 - v1)
+        return b1[i] + per_voxel * (voxels - v1)
+
+    return {"activation_bytes_per_sample": extrapolate(0), "largest_tensor_bytes_per_sample": extrapolate(1),
+            "parameters": sum(p.numel() for p in net.parameters())}
+
+
+def activation_key(topology: dict) -> dict:
+    """What :func:`activation_model` depends on: the topology without batch, threads, compile."""
+    return {k: v for k, v in topology.items() if k not in ("per_gpu_batch", "threads", "compile", "augmentation")}
