@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def recorded(monkeypatch):
     cache = json.loads(RECORDED.read_text())
     key = next(iter(cache["topologies"].values()))
     device = {k: key[k] for k in ("device", "torch", "cuda")}
+    monkeypatch.setattr("seggrid.engine.recipe.cpu_has_native_bf16", lambda *a: False)   # precision auto: fp32
     monkeypatch.setattr(cost_measure, "device_key", lambda d: device)
     monkeypatch.setattr(cost, "device_key", lambda d: device)
 
@@ -118,7 +120,9 @@ def test_the_amos_grid_is_planned_without_data():
     assert cost.job_shape(config, "p160_bs16_ce") == (4, 4) and cost.job_shape(config, "p128x512_bs2_sp4") == (8, 1)
     p = cost.project(config, {}, {n: {"parameters": 1, "activation_bytes_per_sample": 2**30,
                                       "largest_tensor_bytes_per_sample": 0} for n in plans}, CPU, 2.0, [40, 80])
-    assert {j["source"] for j in p["jobs"] if j["kind"] == "train"} == {"none"}     # nothing calibrated: no time
+    sources = {j["source"] for j in p["jobs"] if j["kind"] == "train"}     # a GPU grid on a CPU: no time
+    assert sources == {"not measured: a GPU job: run seggrid cost on a GPU"}
+    assert all(j["wall_s"] is None for j in p["jobs"]) and p["grid"]["projected_jobs"] == 0
     assert set(p["memory_fit"]) == set(plans) and all(set(f["cards"]) == {"40", "80"} for f in p["memory_fit"].values())
 
 
@@ -169,8 +173,14 @@ def test_cost_command_measures_caches_and_writes_a_profile_snakemake_accepts(tmp
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=str(ROOT / "workflow")))
     assert dry.returncode == 0, dry.stderr[-3000:]
-    runtime_a = fragment["settings"]["a"]["runtime_min"]
-    assert f"runtime={runtime_a}" in dry.stdout + dry.stderr            # the train jobs ask for what was measured
+    train_runtimes = set(re.findall(r"rule train:\n(?:    .*\n)*?    resources: .*runtime=(\d+)", dry.stdout + dry.stderr))
+    assert train_runtimes == {str(v["runtime_min"]) for v in fragment["settings"].values()}   # what was measured
+    # the README's form: the grid's config file and the fragment given to --configfile
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(cfg),
+                          str(prof / "resources.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT / "workflow")))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert set(re.findall(r"rule train:\n(?:    .*\n)*?    resources: .*runtime=(\d+)", dry.stdout + dry.stderr)) == train_runtimes
 
 
 def test_cost_command_errors(tmp_path, capsys):

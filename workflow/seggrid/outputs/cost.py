@@ -26,7 +26,9 @@
    (cost_measure.activation_model) plus weights, gradients, optimizer state and a fixed CUDA
    allowance (:data:`CUDA_ALLOWANCE_GB`). The smallest GPU count that fits keeps the GLOBAL
    batch (the engine's rule: ranks split it), so it is the smallest divisor of the batch whose
-   per-GPU batch fits; a setting whose ONE sample does not fit needs spatial partitions.
+   per-GPU batch fits (x spatial_partitions: each rank of a partitioned setting holds one slab
+   of a sample, halos left out); a setting whose ONE sample (or slab) does not fit needs
+   (more) spatial partitions.
 """
 
 from __future__ import annotations
@@ -80,8 +82,10 @@ def activations(config: dict, device: torch.device, cache: dict, say=print) -> d
     per distinct network and precision and kept in ``cache`` (id -> record)."""
     out = {}
     for name, plan in grid_plans(config).items():
-        _, per_gpu = job_shape(config, name)
-        key = activation_key(topology_key(plan, per_gpu, device, 1))
+        gpus, per_gpu = job_shape(config, name)
+        # the precision the job runs on ITS device (a GPU setting: fp16 on CUDA, whatever this machine is)
+        job_device = torch.device("cuda") if gpus > 0 else torch.device("cpu")
+        key = activation_key(topology_key(plan, per_gpu, job_device, 1))
         cid = config_hash(key)
         if cid not in cache:
             t0 = time.perf_counter()
@@ -98,7 +102,9 @@ def measure(config: dict, device: torch.device, cache: dict, budget_s: float, th
     what ``cache`` lacks, cheapest first, until ``budget_s`` seconds have passed."""
     plans, todo = grid_plans(config), {}
     for name, plan in plans.items():
-        _, per_gpu = job_shape(config, name)
+        gpus, per_gpu = job_shape(config, name)
+        if (gpus > 0) != (device.type == "cuda"):
+            continue                    # a GPU job's time is measured on a GPU, a CPU job's on a CPU
         n_threads = threads or resolve_setting(config, name)["threads"]
         topo = topology_key(plan, per_gpu, device, n_threads)
         todo.setdefault(cache_id(topo, device), (topo, plan, per_gpu, n_threads))
@@ -130,10 +136,15 @@ def _timing(config: dict, plan: Plan, per_gpu: int, device: torch.device, thread
     """The calibration of this topology, or one scaled by voxels x batch from the closest calibrated."""
     topo = topology_key(plan, per_gpu, device, threads)
     cid = cache_id(topo, device)
+    gpus, _ = job_shape(config, plan.setting.name)
+    if (gpus > 0) != (device.type == "cuda"):
+        return {"source": "none", "why": "a GPU job: run seggrid cost on a GPU" if gpus else "a CPU job"}
+    if plan.partition is not None:
+        return {"source": "none", "why": "spatial partitions (seggrid bench step --spatial-partitions measures them)"}
     if cid in calibrations:
         return {**calibrations[cid]["measured"], "source": "measured", "cache_id": cid}
     if not calibrations:
-        return {"source": "none"}
+        return {"source": "none", "why": "nothing calibrated (budget)"}
     target = _voxel_batch(topo)
     same_net = {k: v for k, v in topo.items() if k != "per_gpu_batch"}
 
@@ -167,6 +178,7 @@ def memory_fit(config: dict, plan: Plan, per_gpu: int, timing: dict, device: tor
     """Per-GPU peak (GB) of the setting and, per card size, whether it fits and the fewest GPUs
     that fit with the global batch unchanged."""
     s = resolve_setting(config, plan.setting.name)
+    parts = s["spatial_partitions"]
     if device.type == "cuda" and timing.get("source") == "measured":
         per_sample = None
         peak_gb = timing["peak_mb"] / 1024 + CUDA_ALLOWANCE_GB
@@ -174,8 +186,10 @@ def memory_fit(config: dict, plan: Plan, per_gpu: int, timing: dict, device: tor
     else:
         states = 2 + OPTIMIZER_STATES[s["optimizer"]]                  # weights, gradients, optimizer state
         fixed = activation["parameters"] * 4 * states / 2**30 + CUDA_ALLOWANCE_GB
-        # saved tensors, and the gradient of the largest one beside it during the backward pass
+        # saved tensors, and the gradient of the largest one beside it during the backward pass;
+        # with spatial partitions each rank holds one slab of every sample (halos left out)
         per_sample = (activation["activation_bytes_per_sample"] + activation["largest_tensor_bytes_per_sample"]) / 2**30
+        per_sample /= parts
         peak_gb = fixed + per_gpu * per_sample
         kind = "estimate (saved tensors + largest gradient + weights, gradients, optimizer state + allowance)"
     fits = {}
@@ -183,7 +197,7 @@ def memory_fit(config: dict, plan: Plan, per_gpu: int, timing: dict, device: tor
         fewest = None
         if per_sample is not None:
             groups = [g for g in range(1, s["batch"] + 1) if s["batch"] % g == 0]
-            fewest = next((g for g in groups if fixed + (s["batch"] // g) * per_sample <= card), None)
+            fewest = next((g * parts for g in groups if fixed + (s["batch"] // g) * per_sample <= card), None)
         fits[str(card)] = {"fits": peak_gb <= card, "fewest_gpus": fewest,
                            "needs_spatial_partitions": per_sample is not None and fewest is None}
     return {"per_gpu_peak_gb": peak_gb, "kind": kind, "cards": fits}
@@ -200,9 +214,12 @@ def project(config: dict, calibrations: dict, activation: dict[str, dict], devic
         s = resolve_setting(config, name)
         m = timings.setdefault(name, _timing(config, plan, per_gpu, device, threads or s["threads"], calibrations))
         row = {"kind": "train", "setting": name, "fold": fold, "seed": seed, "gpus": gpus, "per_gpu_batch": per_gpu,
-               "source": m["source"], "host_peak_mb": m.get("host_peak_mb")}
+               "source": m["source"] if m["source"] != "none" else f"not measured: {m['why']}",
+               "host_peak_mb": m.get("host_peak_mb")}
         if m["source"] != "none":
             row.update(training_seconds(s, m, import_s))
+        else:
+            row["wall_s"] = None
         jobs.append(row)
     n_train, n_eval = cost["training_cases"], cost["evaluation_cases"]
     for pset in prediction_sets(config):

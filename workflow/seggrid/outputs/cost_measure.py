@@ -205,22 +205,23 @@ def _forward_seconds(t, device: torch.device, repeats: int = 3) -> float:
 
 
 def activation_model(plan: Plan, precision: str) -> dict:
-    """Bytes a training step keeps for its backward pass, per sample, from the tensors autograd
-    saves (``saved_tensors_hooks``) in a forward + loss at two small patches of the plan's own
-    network (2 and 3 x its divisor per axis), extrapolated linearly in voxels to its patch;
-    plus the largest single saved tensor (the backward pass holds its gradient beside it) and
-    the parameters. ``precision`` fp16/bf16 runs the forward under CPU bf16 autocast
-    (2 bytes per element where CUDA fp16 autocast keeps 2 as well). Runs on the CPU in about a
-    second for any patch: the memory fit of a GPU setting needs no GPU."""
+    """Bytes a training step keeps for its backward pass, per sample: the tensors autograd
+    saves (``saved_tensors_hooks``, each storage once) in a forward + loss of the plan's own
+    network at 2 and 3 x its divisor per axis (every stage's feature map is then the patch
+    divided by the same strides), fitted as a fixed part (the low-precision weight copies
+    autocast keeps) plus a part proportional to voxels, and extrapolated to the plan's patch.
+    Also the largest single saved tensor (the backward pass holds its gradient beside it) and
+    the parameter count. ``precision`` fp16/bf16 runs the forward under CPU bf16 autocast (2
+    bytes per element where CUDA fp16 autocast keeps 2 as well). Runs on the CPU in seconds
+    for any patch: the memory fit of a GPU setting needs no GPU."""
     from seggrid.engine.network import build_network
     from seggrid.engine.session import training_loss
 
-    net = build_network(plan)
+    net = build_network(plan).train()
     loss_fn = training_loss(plan)
-    divisor = list(plan.topology.divisor)
     points = []
     for k in (2, 3):                       # 2 x 2 x 2 voxels at the bottleneck at least (instance norm)
-        patch = [d * k for d in divisor]
+        patch = [k * d for d in plan.topology.divisor]
         saved: dict[int, int] = {}
 
         def pack(tensor):
@@ -231,17 +232,15 @@ def activation_model(plan: Plan, precision: str) -> dict:
         y = torch.randint(0, plan.n_classes, (1, 1, *patch))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision in ("fp16", "bf16")):
-                outputs = net.train()(x)
+                outputs = net(x)
             loss_fn(outputs, y)
         points.append((float(np.prod(patch)), float(sum(saved.values())), float(max(saved.values()))))
+        del outputs, saved
     voxels = float(np.prod(plan.topology.patch_effective))
-
-    def extrapolate(i: int) -> float:
-        (v1, *b1), (v2, *b2) = points
-        per_voxel = (b2[i] - b1[i]) / (v2 - v1)
-        return b1[i] + per_voxel * (voxels - v1)
-
-    return {"activation_bytes_per_sample": extrapolate(0), "largest_tensor_bytes_per_sample": extrapolate(1),
+    (v2, total2, big2), (v3, total3, big3) = points
+    per_voxel = (total3 - total2) / (v3 - v2)
+    return {"activation_bytes_per_sample": total2 + per_voxel * (voxels - v2),
+            "largest_tensor_bytes_per_sample": big3 * voxels / v3,
             "parameters": sum(p.numel() for p in net.parameters())}
 
 

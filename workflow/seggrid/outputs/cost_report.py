@@ -48,19 +48,23 @@ def table_lines(projection: dict) -> list[str]:
     for name, jobs in trains.items():
         j, fit = jobs[0], projection["memory_fit"][name]
         wall = j.get("wall_s")
-        gpu_h = sum(x.get("gpu_hours", 0.0) for x in jobs)
-        cells = [f"{'yes' if fit['cards'][c]['fits'] else 'no'} ({fit['cards'][c]['fewest_gpus'] or 'partitions'})"
+        gpu_h = "n/a" if wall is None else f"{sum(x.get('gpu_hours', 0.0) for x in jobs):.1f}"
+        cells = [f"{'yes' if fit['cards'][c]['fits'] else 'no'} ({fit['cards'][c]['fewest_gpus'] or 'more partitions'})"
                  for c in cards]
         lines.append(f"| {name} | {len(jobs)} | {j['gpus']} | {j['per_gpu_batch']} | "
-                     f"{'n/a' if wall is None else format(j['epoch_s'], '.2f')} | {_hours(wall)} | {gpu_h:.1f} | "
+                     f"{'n/a' if wall is None else format(j['epoch_s'], '.2f')} | {_hours(wall)} | {gpu_h} | "
                      f"{fit['per_gpu_peak_gb']:.1f} GB | " + " | ".join(cells) + f" | {j['source']} |")
     lines += ["", "| | jobs | training jobs | serial wall | GPU-hours | CPU core-hours | longest job |",
               "|---|---|---|---|---|---|---|"]
     for name, t in [*projection["tables"].items(), ("whole grid", projection["grid"])]:
-        lines.append(f"| {name} | {t['jobs']} | {t['training_jobs']} | {t['wall_hours_serial']:.2f} h | "
-                     f"{t['gpu_hours']:.1f} | {t['cpu_core_hours']:.2f} | {t['longest_job_hours']:.2f} h |")
+        if t["projected_jobs"] == 0:
+            lines.append(f"| {name} | {t['jobs']} | {t['training_jobs']} | n/a | n/a | n/a | n/a |")
+            continue
+        part = "" if t["projected_jobs"] == t["jobs"] else f" ({t['projected_jobs']} of {t['jobs']} jobs)"
+        lines.append(f"| {name} | {t['jobs']} | {t['training_jobs']} | {t['wall_hours_serial']:.2f} h{part} | "
+                     f"{t['gpu_hours']:.1f}{part} | {t['cpu_core_hours']:.2f} | {t['longest_job_hours']:.2f} h |")
     lines += ["", "Per-GPU peak: " + next(iter(projection["memory_fit"].values()))["kind"]
-              + "; 'fewest GPUs' keeps the global batch (ranks split it); 'partitions': one sample does not fit."]
+              + "; 'fewest GPUs' keeps the global batch (ranks split it); 'more partitions': one sample (or slab) does not fit."]
     return lines
 
 
