@@ -108,7 +108,8 @@ def snakemake_problem(args: list[str]) -> str | None:
             continue
         if a in ("--profile", "--workflow-profile") and i + 1 < len(args):
             profile = args[i + 1]
-            if profile != "slurm" and not (ROOT / profile / "config.yaml").exists():   # slurm: seggrid slurm-profile
+            # slurm: written by seggrid slurm-profile; results/...: by seggrid cost --write-resources
+            if profile != "slurm" and not profile.startswith("results/") and not (ROOT / profile / "config.yaml").exists():
                 return f"no profile {profile}"
         if a in takes_value:
             i += 2
@@ -116,13 +117,16 @@ def snakemake_problem(args: list[str]) -> str | None:
         if not a.startswith("-"):
             targets.append(a)
         i += 1
-    missing = [c for c in configs if not (ROOT / c).exists()]
+    grids = [c for c in configs if not c.startswith("results/")] or ["config/config.yaml"]
+    outdirs = {yaml.safe_load((ROOT / c).read_text()).get("outdir", "results") for c in grids if (ROOT / c).exists()}
+    # a config fragment under the grid's outdir is written by an earlier command (seggrid cost --write-resources)
+    missing = [c for c in configs if not (ROOT / c).exists()
+               and not any(c.startswith(o.rstrip("/") + "/") for o in outdirs)]
     if missing:
         return f"no config {missing}"
     tables = set()
-    for c in configs or ["config/config.yaml"]:
+    for c in grids:
         tables |= set(yaml.safe_load((ROOT / c).read_text()).get("tables", {}))
-    outdirs = {yaml.safe_load((ROOT / c).read_text()).get("outdir", "results") for c in configs or ["config/config.yaml"]}
     for t in targets:
         if "/" in t:
             if not any(t.startswith(o.rstrip("/") + "/") for o in outdirs):

@@ -1,7 +1,7 @@
 """The package's layering: a module imports only from its own stage or an earlier one, and
 what the Snakefile imports does not pull in torch (``snakemake -n`` stays light).
 
-Stages, earliest first: the bottom (``config``, ``layout``, ``io``, ``errors`` and the tooling beside them,
+Stages, earliest first: the bottom (``config``, ``plan``, ``layout``, ``io``, ``errors`` and the tooling beside them,
 ``config_docs``, ``site_profile``), then ``data`` -> ``engine`` -> ``inference`` ->
 ``evaluation`` -> ``outputs``; ``cli``, ``commands``, ``bench`` and ``__main__`` sit on top.
 """
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "workflow" / "seggrid"
-RANK = {"": 0, "config": 0, "layout": 0, "io": 0, "errors": 0, "config_docs": 0, "site_profile": 0,
+RANK = {"": 0, "config": 0, "plan": 0, "layout": 0, "io": 0, "errors": 0, "config_docs": 0, "site_profile": 0,
         "data": 1, "engine": 2, "inference": 3, "evaluation": 4, "outputs": 5,
         "cli": 6, "commands": 6, "bench": 6, "__main__": 6}
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow"))
-from seggrid.bench import synthetic_case  # noqa: E402
+from seggrid.data.synthetic import synthetic_case  # noqa: E402
 
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402

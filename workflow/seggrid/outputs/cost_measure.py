@@ -5,7 +5,7 @@ network (patch, strides, kernels, features, classes), the per-GPU batch, the pre
 compile mode that really run on this device, spatial partitions, norm, loss, deep supervision,
 channels-last and the augmentation preset (:func:`topology_key`). The calibration runs the
 REAL engine (engine/session.py ``setup``, engine/train.py ``train_epoch`` and ``validate``) on a
-synthetic case of the plan's patch (1.25 x the patch, ``bench.synthetic_case``), so the data
+synthetic case of the plan's patch (1.25 x the patch, ``data/synthetic.py``), so the data
 pipeline (prefetch thread, cropping, augmentation, device copy), the validation loop and the
 grad scaler count exactly as a training runs them:
 
@@ -120,7 +120,7 @@ def import_seconds() -> float:
 
 def calibrate(plan: Plan, per_gpu_batch: int, device: torch.device, threads: int, seed: int = 0) -> dict:
     """Measure one topology (see the module docstring); returns seconds and megabytes."""
-    from seggrid.bench import synthetic_case
+    from seggrid.data.synthetic import synthetic_case
     from seggrid.engine.checkpoint import RunState, save_checkpoint
     from seggrid.engine.progress import write_progress_json
     from seggrid.engine.session import setup
@@ -235,7 +235,7 @@ def activation_model(plan: Plan, precision: str) -> dict:
                 outputs = net(x)
             loss_fn(outputs, y)
         points.append((float(np.prod(patch)), float(sum(saved.values())), float(max(saved.values()))))
-        del outputs, saved
+        del outputs
     voxels = float(np.prod(plan.topology.patch_effective))
     (v2, total2, big2), (v3, total3, big3) = points
     per_voxel = (total3 - total2) / (v3 - v2)
