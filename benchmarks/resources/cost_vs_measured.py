@@ -1,12 +1,13 @@
 """The projection of ``seggrid cost`` against what a finished grid measured, per training job.
 
-    .venv/bin/python benchmarks/resources/cost_vs_measured.py RESULTS_DIR COST_JSON [--configfile ...]
+    .venv/bin/python benchmarks/resources/cost_vs_measured.py RESULTS_DIR COST_JSON [--configfile ...] [--markdown]
 
 For every training job in COST_JSON: the projected training loop (``loop_s``: epochs, steps,
 validation, checkpoints) against ``wall_seconds`` of its ``summary.json`` (the same span: from
 the first epoch to the last, start-up excluded), and the projected whole job (``wall_s``)
 against Snakemake's benchmark file of the job (``s``: process start to end), where there is
-one. Prints one JSON object: rows, the share of jobs within +/-30 % for each, and the median ratio.
+one. Prints one JSON object: rows, the share of jobs within +/-30 % for each, and the median
+ratio; ``--markdown`` prints the same as the table docs/benchmarks.md quotes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("results")
     ap.add_argument("cost_json")
     ap.add_argument("--configfile", nargs="+", default=[str(ROOT / "config" / "config.yaml")])
+    ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON")
     a = ap.parse_args()
     config, results = load_config(*a.configfile), Path(a.results)
     rows = []
@@ -51,7 +53,20 @@ def main() -> None:
         return {"n": len(values), "within_30_percent": sum(0.7 <= v <= 1.3 for v in values) / max(1, len(values)),
                 "median_ratio": sorted(values)[len(values) // 2] if values else None}
 
-    print(json.dumps({"rows": rows, "loop": share("loop_ratio"), "job": share("job_ratio")}, indent=1))
+    result = {"rows": rows, "loop": share("loop_ratio"), "job": share("job_ratio")}
+    print(markdown(result) if a.markdown else json.dumps(result, indent=1))
+
+
+def markdown(result: dict) -> str:
+    lines = ["| training | projected loop | measured loop | ratio | projected job | measured job | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['job']} | {r['projected_loop_s']:.1f} s | {r['measured_loop_s']:.1f} s | {r['loop_ratio']:.2f} | "
+                     f"{r['projected_job_s']:.1f} s | {r['measured_job_s'] or 'n/a'} s | {r['job_ratio'] or 'n/a'} |")
+    for key in ("loop", "job"):
+        s = result[key]
+        lines.append(f"\n{key}: {s['within_30_percent']:.0%} of {s['n']} within +/-30 %, median ratio {s['median_ratio']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
