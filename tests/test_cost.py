@@ -165,6 +165,7 @@ def test_cost_command_measures_caches_and_writes_a_profile_snakemake_accepts(tmp
     calibration = (out / "calibration.json").read_bytes()
     assert run_cli("cost", "--configfile", cfg, "--out", out) == 0
     assert "s/step" not in capsys.readouterr().out and (out / "calibration.json").read_bytes() == calibration
+    assert not (tmp_path / "results").exists()           # nothing of the grid's outdir is written
     fragment = yaml.safe_load((prof / "resources.yaml").read_text())
     assert set(fragment["settings"]) == {"a", "b"} and all(v["mem_mb"] >= 100 for v in fragment["settings"].values())
     profile = yaml.safe_load((prof / "config.yaml").read_text())
@@ -192,3 +193,16 @@ def test_cost_command_errors(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert run_cli("cost", "--configfile", _tiny(tmp_path), "--device", "cuda", "--out", tmp_path / "c") != 0
         assert "no CUDA device is usable here" in capsys.readouterr().err
+
+
+def test_gloo_allreduce_is_measured_between_two_cpu_ranks_and_cached(monkeypatch):
+    seconds = cost_measure.gloo_allreduce_seconds(100_000)
+    assert 0 < seconds < 5
+    config = load_config(ROOT / "config" / "amos22_task1.yaml")
+    memory = {n: {"parameters": 31_000_000 if n.startswith("p160") else 1000} for n in cost.grid_plans(config)}
+    calls = []
+    monkeypatch.setattr(cost, "gloo_allreduce_seconds", lambda n: calls.append(n) or 0.25)
+    cache = {}
+    shares = cost.allreduce_shares(config, memory, cache, say=lambda *a: None)
+    assert shares == {"31000000": 0.25, "1000": 0.25} and sorted(calls) == [1000, 31_000_000]   # multi-GPU only
+    assert cost.allreduce_shares(config, memory, cache, say=lambda *a: None) == shares and len(calls) == 2

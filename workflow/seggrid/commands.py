@@ -56,7 +56,7 @@ def cmd_cost(a):
 
     from seggrid.config import load_config
     from seggrid.io import read_json, write_json
-    from seggrid.outputs.cost import activations, measure, project
+    from seggrid.outputs.cost import activations, allreduce_shares, measure, project
     from seggrid.outputs.cost_measure import device_key, import_seconds
     from seggrid.outputs.cost_report import table_lines, write_outputs, write_resources
 
@@ -81,11 +81,13 @@ def cmd_cost(a):
     try:
         measured = measure(config, device, calibrations, a.budget_s, a.threads)
         memory = activations(config, device, cache.setdefault("activations", {}))
+        gloo = allreduce_shares(config, memory, cache.setdefault("gloo_allreduce_s", {}))
     finally:
         out.mkdir(parents=True, exist_ok=True)
         write_json(cache_path, cache)          # whatever was measured is kept, even after an error
     projection = project(config, measured, memory, device, imports[dev], a.gpu_mem, a.threads)
     projection["config_files"] = list(a.configfile)
+    projection["gloo_allreduce_s"] = gloo
     write_outputs(out, projection)
     print("\n".join(table_lines(projection)))
     print(f"[cost] wrote {out / 'cost.json'} and {out / 'cost.md'}")

@@ -46,7 +46,7 @@ from seggrid.io import config_hash, package_versions
 from seggrid.layout import (parse_prediction_set_id, prediction_set_seed, prediction_sets, row_prediction_sets,
                             training_jobs)
 from seggrid.outputs.cost_measure import (activation_key, activation_model, cache_id, calibrate, device_key,
-                                           topology_key)
+                                           gloo_allreduce_seconds, topology_key)
 from seggrid.plan import Plan
 
 CUDA_ALLOWANCE_GB = 1.5       # CUDA context, cuDNN workspaces, allocator slack (an allowance, not measured)
@@ -94,6 +94,18 @@ def activations(config: dict, device: torch.device, cache: dict, say=print) -> d
                 f"per sample ({time.perf_counter() - t0:.1f} s)")
         out[name] = cache[cid]
     return out
+
+
+def allreduce_shares(config: dict, memory: dict[str, dict], cache: dict, say=print) -> dict[str, float]:
+    """Seconds of one gradient all-reduce between 2 gloo ranks on this CPU, per distinct
+    parameter count of the grid's multi-rank settings (cached under the count): what can be
+    measured here of a data-parallel step's communication; NCCL between GPUs is not."""
+    counts = {memory[n]["parameters"] for n in memory if job_shape(config, n)[0] > 1}
+    for n in sorted(counts):
+        if str(n) not in cache:
+            cache[str(n)] = gloo_allreduce_seconds(n)
+            say(f"[cost] gloo all-reduce of {n:,} gradients between 2 CPU ranks: {cache[str(n)]:.3f} s")
+    return {str(n): cache[str(n)] for n in counts}
 
 
 def measure(config: dict, device: torch.device, cache: dict, budget_s: float, threads: int | None = None,

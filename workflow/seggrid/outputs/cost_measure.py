@@ -110,6 +110,47 @@ def _peak_mb(device: torch.device) -> float:
     return peak_memory_mb(device)
 
 
+_ALLREDUCE = """
+import json, os, sys, time
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def rank(r, n, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=r, world_size=2)
+    torch.set_num_threads(1)
+    x = torch.ones(n)
+    times = []
+    for i in range(6):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        times.append(time.perf_counter() - t0)
+    if r == 0:
+        open(out, "w").write(json.dumps(sorted(times[1:])[len(times[1:]) // 2]))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank, args=(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]), nprocs=2)
+"""
+
+
+def gloo_allreduce_seconds(n_parameters: int) -> float:
+    """Median seconds of one all-reduce of ``n_parameters`` float32 values between 2 gloo ranks
+    on this CPU (two processes, one thread each): the communication a data-parallel step adds
+    on CPU ranks. It says nothing about NCCL between GPUs (docs/cost.md)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out, script = Path(tmp) / "seconds.json", Path(tmp) / "allreduce.py"
+        script.write_text(_ALLREDUCE)                  # spawned ranks import the script's functions
+        subprocess.run([sys.executable, str(script), str(n_parameters), str(port), str(out)], check=True,
+                       capture_output=True, timeout=300)
+        return float(out.read_text())
+
+
 def import_seconds() -> float:
     """Seconds a fresh Python process takes to import the training engine (a job's start-up)."""
     t0 = time.perf_counter()

@@ -63,6 +63,10 @@ def table_lines(projection: dict) -> list[str]:
         part = "" if t["projected_jobs"] == t["jobs"] else f" ({t['projected_jobs']} of {t['jobs']} jobs)"
         lines.append(f"| {name} | {t['jobs']} | {t['training_jobs']} | {t['wall_hours_serial']:.2f} h{part} | "
                      f"{t['gpu_hours']:.1f}{part} | {t['cpu_core_hours']:.2f} | {t['longest_job_hours']:.2f} h |")
+    for n, seconds in projection.get("gloo_allreduce_s", {}).items():
+        lines += ["", f"Multi-GPU jobs assume perfect data-parallel scaling. Measured here: one all-reduce of the "
+                      f"{int(n):,} gradients between 2 gloo ranks on this CPU takes {seconds:.3f} s (not added: "
+                      f"GPU ranks use NCCL, which this machine cannot measure)."]
     lines += ["", "Per-GPU peak: " + next(iter(projection["memory_fit"].values()))["kind"]
               + "; 'fewest GPUs' keeps the global batch (ranks split it); 'more partitions': one sample (or slab) does not fit."]
     return lines
