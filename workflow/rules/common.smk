@@ -149,6 +149,11 @@ def env_for(gpus):
     return CUDA_ENV if gpus > 0 else ENV
 
 
+def cost_gpus():
+    """The `cost` job's GPUs: one when any setting trains on GPUs (their time is measured there)."""
+    return int(any(resolve_setting(config, s)["gpus"] > 0 for s in config["settings"]))
+
+
 def uses_all_folds(folds):
     return sorted(folds) == list(range(config["folds"]))
 

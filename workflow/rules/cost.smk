@@ -1,11 +1,9 @@
 # `snakemake cost`: what the grid will cost, measured on the device this job gets (a GPU when
 # any training uses one). Outside `all`: it measures the machine, it is not a result of the
 # study, and it writes only under <outdir>/cost/ (docs/cost.md). Its table is a page of
-# `snakemake --report results/report.html all cost`.
-
-
-def cost_gpus():
-    return int(any(resolve_setting(config, s)["gpus"] > 0 for s in config["settings"]))
+# `snakemake --report results/report.html all cost`. The job gives the calibration 20 minutes
+# (--budget-s; AMOS on a GPU: about a minute per topology, cuDNN autotuning included);
+# its memory and wall time are in the workflow profile (profiles/default).
 
 
 rule cost:
@@ -19,10 +17,8 @@ rule cost:
     threads: 2
     resources:
         gpu=cost_gpus(),
-        mem_mb=8000,
-        runtime=30,
     params:
         configfiles=" ".join(str(f) for f in workflow.configfiles) or "config/config.yaml",
         outdir=lambda w, output: os.path.dirname(output.json),
     shell:
-        "python -m seggrid cost --configfile {params.configfiles} --out {params.outdir} > {log} 2>&1"
+        "python -m seggrid cost --configfile {params.configfiles} --budget-s 1200 --out {params.outdir} > {log} 2>&1"
