@@ -190,6 +190,18 @@ def test_cost_command_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(cfg) in err and "cost.median_shape is not set" in err
     assert not (tmp_path / "c").exists()
+    unspaced = _tiny(tmp_path)
+    grid = yaml.safe_load(unspaced.read_text())
+    grid["preprocessing"]["target_spacing"] = None
+    unspaced.write_text(yaml.safe_dump(grid))
+    assert run_cli("cost", "--configfile", unspaced, "--out", tmp_path / "c") != 0
+    assert "preprocessing.target_spacing is null" in capsys.readouterr().err
+    assert run_cli("cost", "--configfile", _tiny(tmp_path), "--gpu-mem", "0", "--out", tmp_path / "c") != 0
+    assert "--gpu-mem must be positive" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    (tmp_path / "afile").write_text("x")
+    assert run_cli("cost", "--configfile", _tiny(tmp_path), "--budget-s", "0", "--out", tmp_path / "c",
+                   "--write-resources", tmp_path / "afile") != 0
+    assert "afile: exists and is not a folder" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert run_cli("cost", "--configfile", _tiny(tmp_path), "--device", "cuda", "--out", tmp_path / "c") != 0
         assert "no CUDA device is usable here" in capsys.readouterr().err

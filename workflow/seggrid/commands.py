@@ -65,6 +65,11 @@ def cmd_cost(a):
     if missing:
         raise SeggridError(f"{', '.join(a.configfile)}: cost.{missing[0]} is not set; seggrid cost plans without data "
                            f"and needs cost.median_shape, classes, training_cases and evaluation_cases (docs/cost.md)")
+    if config["preprocessing"]["target_spacing"] is None:
+        raise SeggridError(f"{', '.join(a.configfile)}: preprocessing.target_spacing is null; seggrid cost plans "
+                           f"without data and needs the spacing stated")
+    if min(a.gpu_mem) <= 0 or a.budget_s < 0:
+        raise SeggridError("cost: --gpu-mem must be positive GB and --budget-s not negative")
     if a.device not in ("auto", "cpu", "cuda"):
         raise SeggridError(f"cost: --device {a.device}: use auto, cpu or cuda")
     if a.device == "cuda" and not torch.cuda.is_available():

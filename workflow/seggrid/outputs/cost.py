@@ -57,10 +57,7 @@ def grid_plans(config: dict) -> dict[str, Plan]:
     """Every setting a training job uses, planned from the config alone."""
     classes = config["cost"]["classes"]
     labels = {str(c): ("background" if c == 0 else f"class_{c}") for c in range(classes)}
-    spacing = config["preprocessing"]["target_spacing"]
-    if spacing is None:
-        raise ValueError("cost: preprocessing.target_spacing is null; seggrid cost plans without data and "
-                         "needs the spacing stated in the config")
+    spacing = config["preprocessing"]["target_spacing"]          # stated (commands.cmd_cost checks)
     names = dict.fromkeys(s for s, _, _ in training_jobs(config))
     return {n: Plan.from_dict(make_plan(resolve_setting(config, n), spacing, {}, labels), f"setting '{n}'")
             for n in names}

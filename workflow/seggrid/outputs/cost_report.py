@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from seggrid.errors import SeggridError
 from seggrid.io import atomic_path, write_json
 
 
@@ -113,6 +114,8 @@ def write_resources(folder: Path, config_files: list[str], config: dict, project
     """``folder/resources.yaml`` (config fragment) and ``folder/config.yaml`` (a profile that
     names the grid's config files and it)."""
     fragment, notes = resources(config, projection, margin)
+    if folder.exists() and not folder.is_dir():
+        raise SeggridError(f"{folder}: exists and is not a folder (--write-resources takes a folder)")
     folder.mkdir(parents=True, exist_ok=True)
     header = (f"# seggrid cost: measured on {projection['device']['device']}, margin {margin}, capped at "
               f"cluster.max_runtime_min = {config['cluster']['max_runtime_min']}\n"
