@@ -18,6 +18,7 @@ a stream. 5-fold rows keep the base seed.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,22 @@ def _extend_with_defaults(validator_class):
 _DefaultFilling = _extend_with_defaults(Draft7Validator)
 
 
-def load_schema() -> dict:
-    """The config schema. Every recipe key is written once, in ``definitions.setting`` (type,
-    description, default); ``properties.recipe`` gets a copy of them with their defaults, and
-    a setting's keys lose theirs (a setting only overrides the recipe)."""
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     keys = schema["definitions"]["setting"]["properties"]
     schema["properties"]["recipe"]["properties"] = copy.deepcopy(keys)
     for sub in keys.values():
         sub.pop("default", None)
     return schema
+
+
+def load_schema() -> dict:
+    """The config schema (a copy: callers may change it; the file is parsed once per process).
+    Every recipe key is written once, in ``definitions.setting`` (type, description, default);
+    ``properties.recipe`` gets a copy of them with their defaults, and a setting's keys lose
+    theirs (a setting only overrides the recipe)."""
+    return copy.deepcopy(_schema())
 
 
 def _key(path) -> str:

@@ -16,7 +16,7 @@ recipe keys less config.SCHEDULING_KEYS.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -143,8 +143,8 @@ class Plan:
     def with_setting(self, **changes) -> Plan:
         """This plan with some setting keys changed (tests and benchmarks; a workflow plan
         comes from ``seggrid plan``)."""
-        return Plan.from_dict({**self.to_dict(), "setting": {**self.to_dict()["setting"], **changes}},
-                              f"plan of '{self.setting.name}'")
+        plan = self.to_dict()
+        return Plan.from_dict({**plan, "setting": {**plan["setting"], **changes}}, f"plan of '{self.setting.name}'")
 
 
 def plan_from_topology(topology: dict, n_classes: int, name: str = "ad hoc", **setting) -> Plan:
@@ -155,8 +155,3 @@ def plan_from_topology(topology: dict, n_classes: int, name: str = "ad hoc", **s
                            "target_spacing": list(topology["spacing"]), "transpose": [0, 1, 2],
                            "labels": {str(c): f"class_{c}" for c in range(n_classes)}, "n_classes": n_classes,
                            "ct_foreground_intensity": None}, f"plan '{name}'")
-
-
-def setting_keys() -> tuple[str, ...]:
-    """The names of :class:`Setting`'s fields."""
-    return tuple(f.name for f in fields(Setting))

@@ -221,7 +221,9 @@ def project(config: dict, calibrations: dict, activation: dict[str, dict], devic
         plan = plans[name]
         gpus, per_gpu = job_shape(config, name)
         s = resolve_setting(config, name)
-        m = timings.setdefault(name, _timing(config, plan, per_gpu, device, threads or s["threads"], calibrations))
+        if name not in timings:
+            timings[name] = _timing(config, plan, per_gpu, device, threads or s["threads"], calibrations)
+        m = timings[name]
         row = {"kind": "train", "setting": name, "fold": fold, "seed": seed, "gpus": gpus, "per_gpu_batch": per_gpu,
                "source": m["source"] if m["source"] != "none" else f"not measured: {m['why']}",
                "host_peak_mb": m.get("host_peak_mb")}
@@ -254,7 +256,7 @@ def project(config: dict, calibrations: dict, activation: dict[str, dict], devic
         gpus, per_gpu = job_shape(config, name)
         fit[name] = {"gpus": gpus, "per_gpu_batch": per_gpu,
                      **memory_fit(config, plan, per_gpu, timings[name], device, gpu_mem_gb, activation[name])}
-    return {"device": device_key(device), "import_s": import_s, "jobs": jobs, "tables": _tables(config, jobs),
+    return {"device": device_key(device), "device_type": device.type, "import_s": import_s, "jobs": jobs, "tables": _tables(config, jobs),
             "grid": _totals(jobs), "memory_fit": fit, "gpu_mem_gb": gpu_mem_gb, "versions": package_versions()}
 
 

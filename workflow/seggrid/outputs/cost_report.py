@@ -18,7 +18,6 @@ files (``snakemake --profile DIR -n``). Scheduling keys are outside every plan a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def write_outputs(out_dir: Path, projection: dict) -> None:
 def resources(config: dict, projection: dict, margin: float) -> tuple[dict, list[str]]:
     """(config fragment of scheduling keys, notes) from the projection (module docstring)."""
     cap = config["cluster"]["max_runtime_min"]
-    device_is_gpu = projection["device"]["cuda"] is not None and "(CPU)" not in projection["device"]["device"]
+    device_is_gpu = projection["device_type"] == "cuda"
 
     def minutes(seconds: float) -> int:
         m = max(2, math.ceil(seconds * margin / 60))
@@ -128,7 +127,3 @@ def write_resources(folder: Path, config_files: list[str], config: dict, project
                        "# copy `configfiles` into your cluster profile, or pass the same files to --configfile\n"
                        + yaml.safe_dump({"configfiles": files}, sort_keys=False))
     return folder
-
-
-def summary_json(projection: dict) -> str:
-    return json.dumps({"device": projection["device"], "grid": projection["grid"]})
